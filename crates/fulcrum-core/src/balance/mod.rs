@@ -1,0 +1,301 @@
+//! Balancing algorithms. Each algorithm lives in its own file and is built once per pool
+//! snapshot (tables such as Maglev's are computed then, off the data path); a pick reads the
+//! live per-server numbers through [`LoadView`] and allocates nothing.
+//!
+//! Servers are identified by their index in the pool's server list. Consistent-hashing
+//! algorithms also take each server's stable `key` (its address) so that tables agree across
+//! processes and restarts.
+
+mod least_connections;
+mod maglev;
+mod power_of_two;
+mod random;
+mod ring_hash;
+mod round_robin;
+mod source_hash;
+mod weighted_round_robin;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+pub use least_connections::LeastConnections;
+pub use maglev::Maglev;
+pub use power_of_two::PowerOfTwo;
+pub use random::Random;
+pub use ring_hash::RingHash;
+pub use round_robin::RoundRobin;
+pub use source_hash::SourceHash;
+pub use weighted_round_robin::WeightedRoundRobin;
+
+/// A server as the balancer builder sees it: a stable identity and a static weight.
+/// A weight of 0 means "never picked".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSpec<'a> {
+    pub key: &'a str,
+    pub weight: u32,
+}
+
+/// Live view of a pool's servers at pick time. Implemented by the data plane over its
+/// per-server atomics and by tests over plain vectors.
+pub trait LoadView {
+    /// Number of servers; equal to the number of specs the balancer was built with.
+    fn len(&self) -> usize;
+    /// Whether server `i` may take a new connection now (healthy, not ejected, not draining).
+    fn eligible(&self, i: usize) -> bool;
+    /// Active connections (or in-flight requests) on server `i`.
+    fn active(&self, i: usize) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Most attempts one client connection makes (first try plus retries); bounds [`Tried`].
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// Servers already tried for this client connection: a pick never returns one of them.
+/// Fixed-size so that carrying it through retries allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tried {
+    idx: [u32; MAX_ATTEMPTS],
+    len: u8,
+}
+
+impl Tried {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Records `i`; returns false (and records nothing) when the set is full.
+    pub fn insert(&mut self, i: usize) -> bool {
+        if usize::from(self.len) >= MAX_ATTEMPTS {
+            return false;
+        }
+        self.idx[usize::from(self.len)] = i as u32;
+        self.len += 1;
+        true
+    }
+    pub fn contains(&self, i: usize) -> bool {
+        self.idx[..usize::from(self.len)].iter().any(|&x| x as usize == i)
+    }
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Per-pick inputs that do not come from the view.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickInput {
+    /// Hash of the client's identity (see [`hash_ip`]); used by hashing algorithms.
+    pub hash: u64,
+    /// A fresh random word; algorithms needing more derive them with [`mix`].
+    pub rand: u64,
+}
+
+/// Stable hash of a client address (xxh3, identical across processes and versions).
+/// IPv4-mapped IPv6 addresses hash like their IPv4 form.
+pub fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => xxhash_rust::xxh3::xxh3_64(&v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => xxhash_rust::xxh3::xxh3_64(&v4.octets()),
+            None => xxhash_rust::xxh3::xxh3_64(&v6.octets()),
+        },
+    }
+}
+
+/// Stable hash of a string key (server identities in hash rings and Maglev tables).
+pub fn hash_key(key: &str, seed: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), seed)
+}
+
+/// Derives a further well-mixed word from `x` (splitmix64 finaliser).
+pub fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The algorithms, by their configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    Random,
+    PowerOfTwo,
+    SourceHash,
+    Maglev,
+    RingHash,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 8] = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::Random,
+        Algorithm::PowerOfTwo,
+        Algorithm::SourceHash,
+        Algorithm::Maglev,
+        Algorithm::RingHash,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::Random => "random",
+            Algorithm::PowerOfTwo => "power-of-two",
+            Algorithm::SourceHash => "source-hash",
+            Algorithm::Maglev => "maglev",
+            Algorithm::RingHash => "ring-hash",
+        }
+    }
+
+    /// All names, comma separated, for error messages.
+    pub fn names() -> String {
+        Self::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.iter().copied().find(|a| a.name() == s).ok_or_else(|| {
+            format!("unknown algorithm \"{s}\" (expected one of: {})", Self::names())
+        })
+    }
+}
+
+/// A built balancer for one pool snapshot.
+#[derive(Debug)]
+pub enum Balancer {
+    RoundRobin(RoundRobin),
+    WeightedRoundRobin(WeightedRoundRobin),
+    LeastConnections(LeastConnections),
+    Random(Random),
+    PowerOfTwo(PowerOfTwo),
+    SourceHash(SourceHash),
+    Maglev(Maglev),
+    RingHash(RingHash),
+}
+
+impl Balancer {
+    pub fn new(algorithm: Algorithm, servers: &[ServerSpec<'_>]) -> Self {
+        match algorithm {
+            Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::new(servers)),
+            Algorithm::WeightedRoundRobin => {
+                Balancer::WeightedRoundRobin(WeightedRoundRobin::new(servers))
+            }
+            Algorithm::LeastConnections => {
+                Balancer::LeastConnections(LeastConnections::new(servers))
+            }
+            Algorithm::Random => Balancer::Random(Random::new(servers)),
+            Algorithm::PowerOfTwo => Balancer::PowerOfTwo(PowerOfTwo::new(servers)),
+            Algorithm::SourceHash => Balancer::SourceHash(SourceHash::new(servers)),
+            Algorithm::Maglev => Balancer::Maglev(Maglev::new(servers)),
+            Algorithm::RingHash => Balancer::RingHash(RingHash::new(servers)),
+        }
+    }
+
+    /// Picks a server that is eligible in `view` and not in `tried`, or `None` when there is
+    /// none. Allocates nothing.
+    pub fn pick(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
+        match self {
+            Balancer::RoundRobin(b) => b.pick(input, view, tried),
+            Balancer::WeightedRoundRobin(b) => b.pick(input, view, tried),
+            Balancer::LeastConnections(b) => b.pick(input, view, tried),
+            Balancer::Random(b) => b.pick(input, view, tried),
+            Balancer::PowerOfTwo(b) => b.pick(input, view, tried),
+            Balancer::SourceHash(b) => b.pick(input, view, tried),
+            Balancer::Maglev(b) => b.pick(input, view, tried),
+            Balancer::RingHash(b) => b.pick(input, view, tried),
+        }
+    }
+}
+
+/// Whether `i` may be returned by a pick.
+#[inline]
+pub(crate) fn usable(view: &impl LoadView, tried: &Tried, i: usize) -> bool {
+    view.eligible(i) && !tried.contains(i)
+}
+
+/// Maps a uniform word onto `0..n` with a multiply instead of a 64-bit division (Lemire's
+/// reduction): `rand`-driven picks do this on every connection. Uses the high bits, so it
+/// must only see well-mixed words; `n == 0` gives 0.
+#[inline]
+pub(crate) fn reduce(x: u64, n: u64) -> u64 {
+    ((u128::from(x) * u128::from(n)) >> 64) as u64
+}
+
+/// Whether `a` active on weight `wa` is strictly less loaded than `b` active on weight `wb`,
+/// i.e. `a / wa < b / wb`, cross-multiplied in u128 so it neither divides nor overflows.
+#[inline]
+pub(crate) fn less_loaded(a: u64, wa: u32, b: u64, wb: u32) -> bool {
+    u128::from(a) * u128::from(wb) < u128::from(b) * u128::from(wa)
+}
+
+/// The rules every pick obeys, bundled once per pick: a server may be returned only if its
+/// index is below both the built size and `view.len()` (the two can disagree for a moment
+/// while a pool is swapped, and indexing past either must not panic), its spec weight is
+/// positive, and it is [`usable`].
+pub(crate) struct Gate<'a, V: LoadView> {
+    view: &'a V,
+    tried: &'a Tried,
+    weights: &'a [u32],
+    n: usize,
+}
+
+impl<'a, V: LoadView> Gate<'a, V> {
+    #[inline]
+    pub(crate) fn new(view: &'a V, tried: &'a Tried, weights: &'a [u32]) -> Self {
+        Self { view, tried, weights, n: view.len().min(weights.len()) }
+    }
+
+    /// Servers that may be considered: `min(view.len(), built size)`.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Spec weight of `i`, 0 when out of range.
+    #[inline]
+    pub(crate) fn weight(&self, i: usize) -> u32 {
+        if i < self.n { self.weights.get(i).copied().unwrap_or(0) } else { 0 }
+    }
+
+    #[inline]
+    pub(crate) fn active(&self, i: usize) -> u64 {
+        self.view.active(i)
+    }
+
+    /// Whether a pick may return `i`.
+    #[inline]
+    pub(crate) fn allows(&self, i: usize) -> bool {
+        self.weight(i) > 0 && usable(self.view, self.tried, i)
+    }
+
+    /// The first allowed server at or after `start` (wrapping), skipping `except`. This is
+    /// every algorithm's last resort, so "None" from a pick always means "none allowed".
+    pub(crate) fn scan(&self, start: usize, except: Option<usize>) -> Option<usize> {
+        if self.n == 0 {
+            return None;
+        }
+        let start = start % self.n;
+        (start..self.n).chain(0..start).find(|&i| Some(i) != except && self.allows(i))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;

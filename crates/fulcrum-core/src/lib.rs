@@ -1,0 +1,7 @@
+//! Pure decision logic of fulcrum: which server gets the next connection, and when a failing
+//! server is taken out of rotation. Everything here takes the clock and random words as
+//! arguments and does no I/O, so it is tested exhaustively without sockets. Nothing in this
+//! crate may open a socket, read a file, spawn a task or read the system clock.
+
+pub mod balance;
+pub mod eject;
