@@ -1,0 +1,443 @@
+//! TOML → [`Config`]. serde stops at the first error, but `fulcrum check` must report every
+//! one with its line and key path, so this walks the spanned document from the `toml` crate
+//! by hand, collecting errors as it goes. Unknown keys are errors.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::time::Duration;
+
+use fulcrum_core::balance::Algorithm;
+use fulcrum_core::eject::EjectPolicy;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::addr::{parse_dest, parse_listen};
+use crate::error::{ConfigError, Errors};
+use crate::model::*;
+
+type Value<'a> = Spanned<DeValue<'a>>;
+
+/// Parses and validates a configuration document; `file` names it in errors.
+pub fn parse_str(text: &str, file: &str) -> Result<Config, Errors> {
+    let mut w = Walker { file, text, errors: Vec::new() };
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    for e in syntax {
+        let span = e.span().unwrap_or(0..0);
+        w.error_at(span, "", e.message().trim());
+    }
+    let config = if w.errors.is_empty() { Some(w.config(doc.get_ref())) } else { None };
+    let mut errors = w.errors;
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => {
+            errors.sort_by_key(|e| (e.line, e.column));
+            errors.dedup();
+            Err(Errors(errors))
+        }
+    }
+}
+
+struct Walker<'t> {
+    file: &'t str,
+    text: &'t str,
+    errors: Vec<ConfigError>,
+}
+
+const TOP_KEYS: &[&str] =
+    &["workers", "max_connections", "drain_timeout", "access_log", "frontend", "pool"];
+const FRONTEND_KEYS: &[&str] = &["bind", "protocol", "pool", "idle_timeout", "max_connections"];
+const POOL_KEYS: &[&str] = &["algorithm", "servers", "connect_timeout", "retries", "eject"];
+const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff"];
+const SERVER_KEYS: &[&str] = &["address", "weight"];
+/// Protocols later versions add; named so the error says "not supported yet", not "unknown".
+const FUTURE_PROTOCOLS: &[&str] = &["udp", "http", "https", "directory", "directory-udp"];
+
+impl Walker<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let column =
+            before.rfind('\n').map_or(before.chars().count(), |i| before[i + 1..].chars().count())
+                + 1;
+        (line, column)
+    }
+
+    fn error_at(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let (line, column) = self.position(span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn error(&mut self, v: &Value<'_>, key: &str, message: impl Into<String>) {
+        self.error_at(v.span(), key, message)
+    }
+
+    /// Reports every key of `t` not in `allowed`.
+    fn check_keys(&mut self, t: &DeTable<'_>, path: &str, allowed: &[&str]) {
+        for (k, _) in t.iter() {
+            if !allowed.contains(&k.get_ref().as_ref()) {
+                let key = join(path, k.get_ref());
+                self.error_at(
+                    k.span(),
+                    &key,
+                    format!("unknown key (expected one of: {})", allowed.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn table<'v, 'a>(&mut self, v: &'v Value<'a>, key: &str) -> Option<&'v DeTable<'a>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.error(v, key, format!("expected a table, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn string<'v>(&mut self, v: &'v Value<'_>, key: &str) -> Option<&'v str> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.as_ref()),
+            other => {
+                self.error(v, key, format!("expected a string, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Value<'_>, key: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.error(v, key, format!("expected true or false, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, v: &Value<'_>, key: &str, min: u64, max: u64) -> Option<u64> {
+        let DeValue::Integer(i) = v.get_ref() else {
+            let found = v.get_ref().type_str();
+            self.error(v, key, format!("expected an integer, found {found}"));
+            return None;
+        };
+        match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => Some(n as u64),
+            _ => {
+                self.error(v, key, format!("{} is out of range ({min}-{max})", i.as_str()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Value<'_>, key: &str) -> Option<Duration> {
+        let s = self.string(v, key)?;
+        match parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(v, key, e);
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, doc: &DeTable<'_>) -> Config {
+        let mut c = Config::default();
+        self.check_keys(doc, "", TOP_KEYS);
+        if let Some(v) = doc.get("workers") {
+            c.workers = self.integer(v, "workers", 1, MAX_WORKERS as u64).map(|n| n as usize);
+        }
+        if let Some(v) = doc.get("max_connections") {
+            c.max_connections =
+                self.integer(v, "max_connections", 1, 10_000_000).map(|n| n as usize);
+        }
+        if let Some(v) = doc.get("drain_timeout") {
+            c.drain_timeout = self.duration(v, "drain_timeout").unwrap_or(c.drain_timeout);
+        }
+        if let Some(v) = doc.get("access_log") {
+            c.access_log = self.boolean(v, "access_log").unwrap_or(true);
+        }
+        if let Some(v) = doc.get("pool")
+            && let Some(t) = self.table(v, "pool")
+        {
+            for (name, pv) in t.iter() {
+                let path = format!("pool.{}", name.get_ref());
+                self.check_name(name, &path);
+                if let Some(p) = self.pool(name.get_ref(), pv, &path) {
+                    c.pools.push(p);
+                }
+            }
+        }
+        match doc.get("frontend") {
+            Some(v) => {
+                if let Some(t) = self.table(v, "frontend") {
+                    let mut binds: HashSet<std::net::SocketAddr> = HashSet::new();
+                    for (name, fv) in t.iter() {
+                        let path = format!("frontend.{}", name.get_ref());
+                        self.check_name(name, &path);
+                        if let Some(f) = self.frontend(name.get_ref(), fv, &path, &c) {
+                            if f.bind.port() != 0 && !binds.insert(f.bind) {
+                                let bind = f.bind;
+                                self.error(
+                                    fv,
+                                    &format!("{path}.bind"),
+                                    format!("{bind} is already bound by another frontend"),
+                                );
+                            }
+                            c.frontends.push(f);
+                        }
+                    }
+                }
+            }
+            None => self.error_at(
+                0..0,
+                "frontend",
+                "no frontend defined: add a [frontend.NAME] table with bind and pool",
+            ),
+        }
+        c
+    }
+
+    fn check_name(&mut self, name: &Spanned<std::borrow::Cow<'_, str>>, path: &str) {
+        let n = name.get_ref();
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            self.error_at(name.span(), path, "names may only contain letters, digits, '-' and '_'");
+        }
+    }
+
+    fn frontend(&mut self, name: &str, v: &Value<'_>, path: &str, c: &Config) -> Option<Frontend> {
+        let t = self.table(v, path)?;
+        self.check_keys(t, path, FRONTEND_KEYS);
+        let mut ok = true;
+        let bind = match t.get("bind") {
+            Some(bv) => {
+                let key = format!("{path}.bind");
+                match self.string(bv, &key).map(parse_listen) {
+                    Some(Ok(a)) => Some(a),
+                    Some(Err(e)) => {
+                        self.error(bv, &key, e);
+                        None
+                    }
+                    None => None,
+                }
+            }
+            None => {
+                self.error(
+                    v,
+                    &format!("{path}.bind"),
+                    "missing key (the address to listen on, e.g. \"127.0.0.1:8080\")",
+                );
+                None
+            }
+        };
+        if let Some(pv) = t.get("protocol") {
+            let key = format!("{path}.protocol");
+            if let Some(p) = self.string(pv, &key) {
+                if FUTURE_PROTOCOLS.contains(&p) {
+                    self.error(
+                        pv,
+                        &key,
+                        format!(
+                            "protocol \"{p}\" is not supported by this version yet (supported: tcp)"
+                        ),
+                    );
+                    ok = false;
+                } else if p != "tcp" {
+                    self.error(pv, &key, format!("unknown protocol \"{p}\" (expected: tcp)"));
+                    ok = false;
+                }
+            }
+        }
+        let pool = match t.get("pool") {
+            Some(pv) => {
+                let key = format!("{path}.pool");
+                let p = self.string(pv, &key)?;
+                if c.pool(p).is_none() {
+                    self.error(
+                        pv,
+                        &key,
+                        format!("pool \"{p}\" is not defined (add a [pool.{p}] table)"),
+                    );
+                    ok = false;
+                }
+                Some(p.to_string())
+            }
+            None => {
+                self.error(
+                    v,
+                    &format!("{path}.pool"),
+                    "missing key (the name of the pool to send connections to)",
+                );
+                None
+            }
+        };
+        let mut f = Frontend::new(name, bind?, &pool?);
+        if let Some(iv) = t.get("idle_timeout") {
+            f.idle_timeout = self
+                .nonzero_duration(iv, &format!("{path}.idle_timeout"))
+                .unwrap_or(f.idle_timeout);
+        }
+        if let Some(mv) = t.get("max_connections") {
+            f.max_connections = self
+                .integer(mv, &format!("{path}.max_connections"), 1, 10_000_000)
+                .map(|n| n as usize);
+        }
+        ok.then_some(f)
+    }
+
+    fn nonzero_duration(&mut self, v: &Value<'_>, key: &str) -> Option<Duration> {
+        let d = self.duration(v, key)?;
+        if d.is_zero() {
+            self.error(v, key, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn pool(&mut self, name: &str, v: &Value<'_>, path: &str) -> Option<Pool> {
+        let t = self.table(v, path)?;
+        self.check_keys(t, path, POOL_KEYS);
+        let mut pool = Pool::new(name, Algorithm::RoundRobin, Vec::new());
+        if let Some(av) = t.get("algorithm") {
+            let key = format!("{path}.algorithm");
+            if let Some(s) = self.string(av, &key) {
+                match s.parse::<Algorithm>() {
+                    Ok(a) => pool.algorithm = a,
+                    Err(e) => self.error(av, &key, e),
+                }
+            }
+        }
+        match t.get("servers") {
+            Some(sv) => pool.servers = self.servers(sv, &format!("{path}.servers")),
+            None => self.error(
+                v,
+                &format!("{path}.servers"),
+                "missing key (a list of server addresses, e.g. [\"127.0.0.1:9001\"])",
+            ),
+        }
+        if let Some(cv) = t.get("connect_timeout") {
+            pool.connect_timeout = self
+                .nonzero_duration(cv, &format!("{path}.connect_timeout"))
+                .unwrap_or(pool.connect_timeout);
+        }
+        if let Some(rv) = t.get("retries") {
+            pool.retries = self
+                .integer(rv, &format!("{path}.retries"), 0, MAX_RETRIES as u64)
+                .map_or(pool.retries, |n| n as u32);
+        }
+        if let Some(ev) = t.get("eject") {
+            pool.eject = self.eject(ev, &format!("{path}.eject"));
+        }
+        Some(pool)
+    }
+
+    fn eject(&mut self, v: &Value<'_>, path: &str) -> EjectPolicy {
+        let mut p = EjectPolicy::default();
+        let Some(t) = self.table(v, path) else {
+            return p;
+        };
+        self.check_keys(t, path, EJECT_KEYS);
+        if let Some(fv) = t.get("failures") {
+            p.failures = self
+                .integer(fv, &format!("{path}.failures"), 0, 1_000)
+                .map_or(p.failures, |n| n as u32);
+        }
+        if let Some(bv) = t.get("backoff") {
+            p.base_ms = self
+                .duration(bv, &format!("{path}.backoff"))
+                .map_or(p.base_ms, |d| d.as_millis() as u64);
+        }
+        if let Some(mv) = t.get("max_backoff") {
+            p.max_ms = self
+                .duration(mv, &format!("{path}.max_backoff"))
+                .map_or(p.max_ms, |d| d.as_millis() as u64);
+        }
+        if p.max_ms < p.base_ms {
+            self.error(v, &format!("{path}.max_backoff"), "must not be shorter than backoff");
+        }
+        p
+    }
+
+    fn servers(&mut self, v: &Value<'_>, path: &str) -> Vec<Server> {
+        let DeValue::Array(items) = v.get_ref() else {
+            let found = v.get_ref().type_str();
+            self.error(v, path, format!("expected an array of servers, found {found}"));
+            return Vec::new();
+        };
+        let mut out: Vec<Server> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("{path}[{i}]");
+            let server = match item.get_ref() {
+                DeValue::String(s) => self.server_addr(item, &key, s).map(Server::new),
+                DeValue::Table(t) => {
+                    self.check_keys(t, &key, SERVER_KEYS);
+                    let addr = match t.get("address") {
+                        Some(av) => {
+                            let akey = format!("{key}.address");
+                            self.string(av, &akey).and_then(|s| self.server_addr(av, &akey, s))
+                        }
+                        None => {
+                            self.error(item, &format!("{key}.address"), "missing key");
+                            None
+                        }
+                    };
+                    let weight = match t.get("weight") {
+                        Some(wv) => self
+                            .integer(wv, &format!("{key}.weight"), 0, MAX_WEIGHT as u64)
+                            .map(|n| n as u32),
+                        None => Some(1),
+                    };
+                    addr.zip(weight).map(|(address, weight)| Server { address, weight })
+                }
+                other => {
+                    self.error(item, &key, format!("expected an address string or {{ address = ..., weight = ... }}, found {}", other.type_str()));
+                    None
+                }
+            };
+            if let Some(s) = server {
+                if out.iter().any(|o| o.address == s.address) {
+                    self.error(item, &key, format!("{} is listed twice in this pool", s.address));
+                } else {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    fn server_addr(
+        &mut self,
+        v: &Value<'_>,
+        key: &str,
+        s: &str,
+    ) -> Option<crate::addr::ServerAddr> {
+        match parse_dest(s) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.error(v, key, e);
+                None
+            }
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+/// Parses durations written as "500ms", "2s", "1m", "1h30m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("\"{s}\" is not a duration ({e}; write e.g. \"500ms\", \"2s\", \"1m\")")
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const GOOD: &str = r#"
+workers = 2
+
+[frontend.web]
+bind = "127.0.0.1:8080"
+protocol = "tcp"
+pool = "app"
+
+[pool.app]
+algorithm = "weighted-round-robin"
+servers = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse_str(text, "f.toml") {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn issue_example_parses() {
+    let c = parse_str(GOOD, "f.toml").unwrap();
+    assert_eq!(c.workers, Some(2));
+    assert_eq!(c.frontends.len(), 1);
+    let f = &c.frontends[0];
+    assert_eq!((f.name.as_str(), f.pool.as_str()), ("web", "app"));
+    assert_eq!(f.bind, "127.0.0.1:8080".parse().unwrap());
+    let p = c.pool("app").unwrap();
+    assert_eq!(p.algorithm, Algorithm::WeightedRoundRobin);
+    assert_eq!(p.servers.len(), 2);
+    assert_eq!((p.servers[0].weight, p.servers[1].weight), (1, 3));
+    assert_eq!(p.servers[1].address.to_string(), "127.0.0.1:9002");
+    assert_eq!(p.retries, DEFAULT_RETRIES);
+}
+
+#[test]
+fn all_keys_parse() {
+    let c = parse_str(
+        r#"
+workers = 4
+max_connections = 100
+drain_timeout = "5s"
+access_log = false
+[frontend.a]
+bind = "9000"
+pool = "p"
+idle_timeout = "1m"
+max_connections = 10
+[pool.p]
+algorithm = "maglev"
+servers = ["localhost:80", "[::1]:81"]
+connect_timeout = "500ms"
+retries = 3
+eject = { failures = 5, backoff = "2s", max_backoff = "1m" }
+"#,
+        "f.toml",
+    )
+    .unwrap();
+    assert_eq!(c.max_connections, Some(100));
+    assert_eq!(c.drain_timeout, Duration::from_secs(5));
+    assert!(!c.access_log);
+    assert_eq!(c.frontends[0].idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.frontends[0].bind, "0.0.0.0:9000".parse().unwrap());
+    let p = c.pool("p").unwrap();
+    assert_eq!(p.connect_timeout, Duration::from_millis(500));
+    assert_eq!(p.eject, EjectPolicy { failures: 5, base_ms: 2_000, max_ms: 60_000 });
+    assert_eq!(p.servers[0].address.host, "localhost");
+}
+
+#[test]
+fn every_error_is_reported_with_line_and_key() {
+    let errs = errors(
+        r#"
+workers = 2
+colour = "blue"
+
+[frontend.web]
+bind = "127.0.0.1:99999"
+pool = "nope"
+
+[pool.app]
+algorithm = "fastest"
+servers = ["127.0.0.1:9001", "not an address"]
+"#,
+    );
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+    assert!(errs[0].starts_with("f.toml:3:1: colour: unknown key"), "{}", errs[0]);
+    assert!(
+        errs[1].starts_with("f.toml:6:8: frontend.web.bind: port 99999 is out of range"),
+        "{}",
+        errs[1]
+    );
+    assert!(errs[2].contains("frontend.web.pool: pool \"nope\" is not defined"), "{}", errs[2]);
+    assert!(
+        errs[3].contains(":10:13: pool.app.algorithm: unknown algorithm \"fastest\""),
+        "{}",
+        errs[3]
+    );
+    assert!(errs[4].contains("pool.app.servers[1]"), "{}", errs[4]);
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let errs = errors("workers = \n[frontend.x\n");
+    assert!(!errs.is_empty());
+    assert!(errs[0].starts_with("f.toml:1:"), "{errs:?}");
+}
+
+#[test]
+fn type_and_range_errors() {
+    let errs = errors(
+        r#"
+workers = 0
+[frontend.w]
+bind = 8080
+pool = "p"
+[pool.p]
+servers = [{ address = "127.0.0.1:1", weight = -1 }, { weight = 2 }, 5, "127.0.0.1:1"]
+retries = 99
+connect_timeout = "soon"
+"#,
+    );
+    let joined = errs.join("\n");
+    for needle in [
+        "workers: 0 is out of range",
+        "frontend.w.bind: expected a string, found integer",
+        "pool.p.servers[0].weight: -1 is out of range",
+        "pool.p.servers[1].address: missing key",
+        "pool.p.servers[2]: expected an address string",
+        "pool.p.retries: 99 is out of range",
+        "pool.p.connect_timeout: \"soon\" is not a duration",
+    ] {
+        assert!(joined.contains(needle), "missing {needle:?} in\n{joined}");
+    }
+}
+
+#[test]
+fn duplicates_and_missing() {
+    let errs = errors(
+        r#"
+[frontend.a]
+bind = "127.0.0.1:1000"
+pool = "p"
+[frontend.b]
+bind = "127.0.0.1:1000"
+[pool.p]
+servers = ["127.0.0.1:1", "127.0.0.1:1"]
+"#,
+    )
+    .join("\n");
+    assert!(errs.contains("frontend.b.pool: missing key"), "{errs}");
+    assert!(errs.contains("pool.p.servers[1]: 127.0.0.1:1 is listed twice"), "{errs}");
+    assert!(errors("workers = 1").join("").contains("no frontend defined"));
+}
+
+#[test]
+fn future_protocols_say_not_yet() {
+    let errs = errors(
+        r#"
+[frontend.a]
+bind = "127.0.0.1:1000"
+protocol = "http"
+pool = "p"
+[pool.p]
+servers = []
+"#,
+    )
+    .join("\n");
+    assert!(
+        errs.contains(
+            "frontend.a.protocol: protocol \"http\" is not supported by this version yet"
+        ),
+        "{errs}"
+    );
+}
+
+#[test]
+fn garbage_never_panics() {
+    for text in [
+        "\u{0}",
+        "[[[",
+        "a = [1, [2, {x = 3}]]",
+        "frontend = 5",
+        "pool = []",
+        "[pool.x]\nservers = \"x\"",
+        "\u{feff}workers = 1",
+    ] {
+        let _ = parse_str(text, "f.toml");
+    }
+}
