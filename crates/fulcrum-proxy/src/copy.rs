@@ -1,0 +1,244 @@
+//! The TCP copy engine: moves bytes both ways between client and server until both
+//! directions have ended, turning an EOF on one side into `shutdown(Write)` on the other
+//! (half-close), and closing both when nothing moved for the idle timeout.
+//!
+//! Why hand-written instead of `tokio::io::copy_bidirectional`: that allocates two 8 KiB
+//! buffers per connection for its whole life, has no idle timeout and cannot splice. Here a
+//! direction borrows a buffer from a per-worker pool only while bytes are in flight (idle
+//! connections hold none), and switches to `splice(2)` once a read fills a whole buffer
+//! (a bulk stream), which is what HAProxy does adaptively too. Small request/response
+//! exchanges stay on the buffer path: one read and one write beat two splices.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use crate::clock::now_ms;
+use crate::splice::Pipe;
+
+pub const BUF_SIZE: usize = 16 * 1024;
+const BUF_POOL_MAX: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceMode {
+    /// Buffers for small exchanges, splice once a direction turns bulk.
+    Auto,
+    Never,
+    Always,
+}
+
+thread_local! {
+    static BUFS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from the worker's pool, returned on drop.
+struct Buf(Option<Box<[u8]>>);
+
+impl Buf {
+    fn take() -> Buf {
+        let b = BUFS.with(|p| p.borrow_mut().pop());
+        Buf(Some(b.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())))
+    }
+    fn get(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or(&mut [])
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            BUFS.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < BUF_POOL_MAX {
+                    p.push(b);
+                }
+            });
+        }
+    }
+}
+
+/// How a proxied connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides closed cleanly.
+    Done,
+    IdleTimeout,
+    ClientError,
+    ServerError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::IdleTimeout => "idle-timeout",
+            Outcome::ClientError => "client-error",
+            Outcome::ServerError => "server-error",
+        }
+    }
+}
+
+pub struct Copied {
+    pub outcome: Outcome,
+    /// Client → server.
+    pub bytes_in: u64,
+    /// Server → client.
+    pub bytes_out: u64,
+}
+
+struct Dir<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    bytes: &'a AtomicU64,
+    activity: &'a AtomicU64,
+    splice: SpliceMode,
+    /// Outcome when reading `src` fails (the other side's failure is the opposite).
+    src_fails: Outcome,
+    dst_fails: Outcome,
+}
+
+impl Dir<'_> {
+    fn moved(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.activity.store(now_ms(), Ordering::Relaxed);
+    }
+
+    async fn run(&self) -> Result<(), Outcome> {
+        let mut bulk = self.splice == SpliceMode::Always;
+        loop {
+            if bulk {
+                match Pipe::take() {
+                    Ok(pipe) => return self.run_splice(pipe).await,
+                    // Out of descriptors for a pipe: the buffer path still works.
+                    Err(_) => bulk = false,
+                }
+            }
+            self.src.readable().await.map_err(|_| self.src_fails)?;
+            let mut buf = Buf::take();
+            let n = match self.src.try_read(buf.get()) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err(self.src_fails),
+            };
+            if n < BUF_SIZE {
+                // A short read drained the socket: drop tokio's readiness now instead of
+                // paying a read that returns EAGAIN to learn it. Safe on this
+                // current-thread runtime: the reactor cannot run between the read above and
+                // this line, so data arriving after the read raises a fresh edge that sets
+                // readiness again; and EOF (read-closed) is never cleared by tokio.
+                let _ = self.src.try_io(Interest::READABLE, would_block);
+            }
+            write_all(self.dst, &buf.get()[..n]).await.map_err(|_| self.dst_fails)?;
+            drop(buf);
+            self.moved(n);
+            if n == BUF_SIZE && self.splice == SpliceMode::Auto {
+                bulk = true;
+            }
+        }
+        self.finish()
+    }
+
+    async fn run_splice(&self, pipe: Pipe) -> Result<(), Outcome> {
+        loop {
+            let n = pipe.fill(self.src).await.map_err(|_| self.src_fails)?;
+            if n == 0 {
+                pipe.give_back();
+                return self.finish();
+            }
+            // On error the pipe may hold bytes: it is dropped (closed), not pooled.
+            pipe.drain(self.dst, n).await.map_err(|_| self.dst_fails)?;
+            self.moved(n);
+        }
+    }
+
+    /// EOF from the source: pass the half-close on.
+    fn finish(&self) -> Result<(), Outcome> {
+        match socket2::SockRef::from(self.dst).shutdown(Shutdown::Write) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(_) => Err(self.dst_fails),
+        }
+    }
+}
+
+fn would_block() -> io::Result<()> {
+    Err(io::ErrorKind::WouldBlock.into())
+}
+
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Proxies between `client` and `server` until both directions end, an error, or `idle`
+/// passes with no byte moving.
+pub async fn proxy(
+    client: &TcpStream,
+    server: &TcpStream,
+    idle: Duration,
+    splice: SpliceMode,
+) -> Copied {
+    let bytes_in = AtomicU64::new(0);
+    let bytes_out = AtomicU64::new(0);
+    let activity = AtomicU64::new(now_ms());
+    let (c, s) = (Outcome::ClientError, Outcome::ServerError);
+    let up = Dir {
+        src: client,
+        dst: server,
+        bytes: &bytes_in,
+        activity: &activity,
+        splice,
+        src_fails: c,
+        dst_fails: s,
+    };
+    let down = Dir {
+        src: server,
+        dst: client,
+        bytes: &bytes_out,
+        activity: &activity,
+        splice,
+        src_fails: s,
+        dst_fails: c,
+    };
+    // The first error in either direction ends both: a reset side cannot take more bytes.
+    let both = async {
+        match tokio::try_join!(up.run(), down.run()) {
+            Ok(_) => Outcome::Done,
+            Err(o) => o,
+        }
+    };
+    let idle_ms = idle.as_millis() as u64;
+    let watchdog = async {
+        let mut wait = idle;
+        loop {
+            tokio::time::sleep(wait).await;
+            let quiet = now_ms().saturating_sub(activity.load(Ordering::Relaxed));
+            if quiet >= idle_ms {
+                return;
+            }
+            wait = Duration::from_millis(idle_ms - quiet);
+        }
+    };
+    let outcome = tokio::select! {
+        o = both => o,
+        () = watchdog => Outcome::IdleTimeout,
+    };
+    Copied {
+        outcome,
+        bytes_in: bytes_in.load(Ordering::Relaxed),
+        bytes_out: bytes_out.load(Ordering::Relaxed),
+    }
+}

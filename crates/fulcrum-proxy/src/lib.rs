@@ -1,0 +1,31 @@
+//! fulcrum's data plane: worker threads that each own a current-thread tokio runtime and their
+//! own `SO_REUSEPORT` listeners, the routing snapshot they read without locks, upstream
+//! connect with retry and passive ejection, and the TCP copy engine (buffers or `splice(2)`).
+//! It never parses configuration text and never decides *how* to balance: it asks
+//! `fulcrum-core` for picks and `fulcrum-config` for the model.
+
+mod clock;
+mod copy;
+mod engine;
+mod listener;
+mod ratelog;
+mod splice;
+mod state;
+mod stats;
+mod tcp;
+
+pub use engine::{Engine, EngineOptions, SpliceMode, StartError};
+pub use state::{ServerStats, Snapshot};
+pub use stats::{FrontendStats, Limits};
+
+/// Raises the soft open-file limit to the hard limit (each proxied connection holds two
+/// descriptors, more while splicing); returns the limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
+}

@@ -1,0 +1,64 @@
+//! Listener sockets: one `SO_REUSEPORT` socket per frontend per worker, so the kernel spreads
+//! new connections over the workers with no hand-off between threads. All are bound up front
+//! by the control plane, so a bind error stops the start with one clear line.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+const BACKLOG: i32 = 4096;
+
+fn reason(e: &io::Error) -> String {
+    let s = e.to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s).to_string();
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => s,
+    }
+}
+
+/// Binds `count` listening sockets sharing `addr`. With port 0 the first socket gets a port
+/// from the kernel and the others join it.
+pub fn bind_group(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, String> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let l = bind_one(addr).map_err(|e| format!("cannot bind {addr}: {}", reason(&e)))?;
+        if addr.port() == 0 {
+            addr = l.local_addr().map_err(|e| format!("cannot bind {addr}: {}", reason(&e)))?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+/// Errors of `accept(2)` that mean "out of a resource for now": back off and try again.
+pub fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == libc_errno::EMFILE
+            || code == libc_errno::ENFILE
+            || code == libc_errno::ENOBUFS
+            || code == libc_errno::ENOMEM
+    )
+}
+
+/// The errno values used above (Linux), kept here to avoid a libc dependency for four numbers.
+mod libc_errno {
+    pub const EMFILE: i32 = 24;
+    pub const ENFILE: i32 = 23;
+    pub const ENOBUFS: i32 = 105;
+    pub const ENOMEM: i32 = 12;
+}
