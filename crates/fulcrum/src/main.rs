@@ -1,0 +1,34 @@
+//! The `fulcrum` binary: command line, logging, signals and wiring of the engine. The only
+//! crate allowed to use `anyhow` and to call `std::process::exit`.
+
+mod cli;
+mod demo;
+mod logging;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let _guard = logging::init(cli.log_format);
+    match run::dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(run::Failure::Config(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+        Err(run::Failure::Runtime(msg)) => {
+            eprintln!("fulcrum: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

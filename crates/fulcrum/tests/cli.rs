@@ -1,0 +1,226 @@
+//! The command line as users meet it: version, exit codes, one-line errors that name the key,
+//! the quick `forward` form and the demo.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn check(toml: &str) -> (i32, String) {
+    let (_d, path) = temp_path("bad.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out =
+        Command::new(BIN).args(["check", "--config", path.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!text.contains("panicked"), "panic: {text}");
+    (out.status.code().unwrap(), text)
+}
+
+const BASE: &str = r#"
+[frontend.web]
+bind = "127.0.0.1:8080"
+pool = "app"
+
+[pool.app]
+servers = ["127.0.0.1:9001"]
+"#;
+
+#[test]
+fn version_prints_name_and_semver() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(s.trim(), format!("fulcrum {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_accepts_the_documented_example() {
+    let (_d, path) = temp_path("ok.toml");
+    std::fs::write(
+        &path,
+        r#"
+workers = 2
+
+[frontend.web]
+bind = "127.0.0.1:8080"
+protocol = "tcp"
+pool = "app"
+
+[pool.app]
+algorithm = "weighted-round-robin"
+servers = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+"#,
+    )
+    .unwrap();
+    let out =
+        Command::new(BIN).args(["check", "--config", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bad_configs_exit_2_naming_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (&format!("{BASE}\ncolour = 1\n"), "pool.app.colour: unknown key"),
+        (&BASE.replace("127.0.0.1:8080", "127.0.0.300:8080"), "frontend.web.bind:"),
+        (&BASE.replace("\"127.0.0.1:9001\"", "\"nowhere!:9001\""), "pool.app.servers[0]:"),
+        (
+            &BASE.replace("[pool.app]", "[pool.app]\nalgorithm = \"fastest\""),
+            "pool.app.algorithm: unknown algorithm",
+        ),
+        (
+            &BASE.replace("pool = \"app\"", "pool = \"missing\""),
+            "frontend.web.pool: pool \"missing\" is not defined",
+        ),
+        (
+            &BASE.replace("127.0.0.1:8080", "127.0.0.1:65536"),
+            "frontend.web.bind: port 65536 is out of range",
+        ),
+        (
+            &BASE.replace("127.0.0.1:9001", "127.0.0.1:99999"),
+            "pool.app.servers[0]: port 99999 is out of range",
+        ),
+    ];
+    for (toml, needle) in cases {
+        let (code, err) = check(toml);
+        assert_eq!(code, 2, "config:\n{toml}\nstderr: {err}");
+        assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+        assert!(err.contains("bad.toml:"), "error does not name the file: {err}");
+    }
+}
+
+#[test]
+fn every_error_is_listed_with_its_line() {
+    let (code, err) = check(
+        "workers = 0\nbogus = true\n[frontend.web]\nbind = \"x\"\npool = \"app\"\n[pool.app]\nservers = [\"1.2.3.4:5\"]\nalgorithm = \"nope\"\n",
+    );
+    assert_eq!(code, 2);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert!(lines[0].contains(":1:11: workers:"), "{err}");
+    assert!(lines[1].contains(":2:1: bogus: unknown key"), "{err}");
+    assert!(lines[2].contains(":4:8: frontend.web.bind:"), "{err}");
+    assert!(lines[3].contains(":8:13: pool.app.algorithm:"), "{err}");
+}
+
+#[test]
+fn missing_file_and_usage_errors_exit_2() {
+    let out =
+        Command::new(BIN).args(["check", "--config", "/nonexistent/f.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/f.toml: cannot read file: no such file")
+    );
+    for args in [
+        &["forward", "8080"][..],
+        &["forward", "--algorithm", "nope", "8080", "9001"],
+        &["forward", "8080", "99999"],
+        &["frobnicate"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!e.contains("panicked"), "{e}");
+    }
+    let out = Command::new(BIN).args(["forward", "8080", "99999"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "DEST 99999: port 99999 is out of range (0-65535)"
+    );
+}
+
+#[test]
+fn bind_failure_is_one_clear_line_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    // Without SO_REUSEPORT on the holder, our bind must fail.
+    let out = Command::new(BIN).args(["forward", &addr.to_string(), "9001"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    let last = e.lines().last().unwrap_or("");
+    assert_eq!(last, format!("fulcrum: cannot bind {addr}: address already in use"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_quick_form_just_works() {
+    let a = Backend::start(Mode::Named("a")).await;
+    let b = Backend::start(Mode::Named("b")).await;
+    let c = Backend::start(Mode::Named("c")).await;
+    // Bare ports mean localhost; the third is written in full.
+    let (p1, p2) = (a.port().to_string(), b.port().to_string());
+    let p3 = format!("127.0.0.1:{}", c.port());
+    let d = Daemon::spawn(&[
+        "forward",
+        "--workers",
+        "2",
+        "--idle-timeout",
+        "60s",
+        "--connect-timeout",
+        "500ms",
+        "--retries",
+        "1",
+        "127.0.0.1:0",
+        &p1,
+        &p2,
+        &p3,
+    ]);
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(ask_name(d.addr("forward")).await.unwrap());
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b", "c", "c"]);
+    // One access line per connection, with the documented fields.
+    let access = |d: &Daemon| -> Vec<serde_json::Value> {
+        d.log.lock().unwrap().iter().filter(|v| v["target"] == "fulcrum::access").cloned().collect()
+    };
+    let dd = &d;
+    wait_until_async(Duration::from_secs(5), "six access lines", || access(dd).len() == 6).await;
+    for line in access(&d) {
+        assert_eq!(line["frontend"], "forward");
+        assert_eq!(line["outcome"], "done", "{line}");
+        assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(line["server"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert_eq!(line["bytes_in"], 0);
+        assert_eq!(line["bytes_out"], 2, "{line}"); // the backend's name and a newline
+        assert!(line["duration_ms"].is_u64());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_can_be_switched_off() {
+    let a = Backend::start(Mode::Named("a")).await;
+    let p = a.port().to_string();
+    let d = Daemon::spawn(&["forward", "--no-access-log", "127.0.0.1:0", &p]);
+    for _ in 0..3 {
+        assert_eq!(ask_name(d.addr("forward")).await.unwrap(), "a");
+    }
+    // Log lines are written asynchronously: stop the daemon and wait for its last line, so
+    // every line about the connections is in.
+    d.signal(rustix::process::Signal::TERM);
+    let dd = &d;
+    wait_until_async(Duration::from_secs(10), "the last log line", || dd.find("stopped").is_some())
+        .await;
+    assert!(d.log.lock().unwrap().iter().all(|v| v["target"] != "fulcrum::access"));
+}
+
+#[test]
+fn demo_runs_and_shows_each_algorithm() {
+    let out = Command::new(BIN).args(["demo", "--connections", "60"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout);
+    for algo in ["round-robin", "weighted-round-robin", "least-connections"] {
+        let row = s
+            .lines()
+            .find(|l| l.starts_with(algo))
+            .unwrap_or_else(|| panic!("no row for {algo}: {s}"));
+        let nums: Vec<u64> =
+            row.split_whitespace().skip(1).take(3).map(|n| n.parse().unwrap()).collect();
+        assert_eq!(nums.iter().sum::<u64>(), 60, "{row}");
+    }
+    let rr = s.lines().find(|l| l.starts_with("round-robin")).unwrap();
+    assert!(rr.split_whitespace().skip(1).take(3).all(|n| n == "20"), "{rr}");
+}
