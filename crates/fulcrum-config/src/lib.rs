@@ -8,11 +8,13 @@
 mod addr;
 mod error;
 mod model;
+mod overlay;
 mod parse;
 
 pub use addr::{ListenAddr, ServerAddr, parse_dest, parse_listen};
 pub use error::{ConfigError, Errors};
 pub use model::*;
+pub use overlay::{ChangeError, Overlay, PoolOverlay, ServerOverride, StateFileError};
 pub use parse::{parse_duration, parse_str};
 
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! The validated configuration model, with the defaults of every key. What the data plane
 //! builds its routing snapshot from; constructed by the TOML parser or by `fulcrum forward`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use fulcrum_core::balance::Algorithm;
@@ -30,7 +31,21 @@ pub struct Config {
     pub access_log: bool,
     pub frontends: Vec<Frontend>,
     pub pools: Vec<Pool>,
+    /// Where runtime changes made through the admin API are kept across restarts.
+    pub state_file: Option<PathBuf>,
+    pub admin: Option<Admin>,
 }
+
+/// The admin API listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: ListenAddr,
+    /// File holding the bearer token (whitespace trimmed), relative to the config file's folder.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Environment variable that supplies the admin token (wins over `token_file`).
+pub const ADMIN_TOKEN_ENV: &str = "FULCRUM_ADMIN_TOKEN";
 
 impl Default for Config {
     fn default() -> Self {
@@ -41,6 +56,8 @@ impl Default for Config {
             access_log: true,
             frontends: Vec::new(),
             pools: Vec::new(),
+            state_file: None,
+            admin: None,
         }
     }
 }
@@ -98,6 +115,36 @@ pub struct Pool {
     /// Further servers tried after a failed connect (never the same one twice).
     pub retries: u32,
     pub eject: EjectPolicy,
+    /// Most servers passive ejection may take out at once, in percent of the pool.
+    pub max_ejection_percent: u32,
+    /// A server coming back up gets its share ramped up over this long.
+    pub slow_start: Duration,
+    pub health: Option<HealthCheck>,
+}
+
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
+
+/// Active health checking of a pool's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down server up.
+    pub rise: u32,
+    /// Consecutive failures that take an up server down.
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connect succeeds.
+    Tcp,
+    /// An HTTP/1.1 GET of `path` answers with a status in `status` (inclusive range) and, if
+    /// set, a body containing `body`.
+    Http { path: String, host: Option<String>, status: (u16, u16), body: Option<String> },
+    /// `send` is written, and the answer starts with `expect`.
+    SendExpect { send: Vec<u8>, expect: Vec<u8> },
 }
 
 impl Pool {
@@ -109,6 +156,9 @@ impl Pool {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retries: DEFAULT_RETRIES,
             eject: EjectPolicy::default(),
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            slow_start: Duration::ZERO,
+            health: None,
         }
     }
 }
@@ -117,10 +167,46 @@ impl Pool {
 pub struct Server {
     pub address: ServerAddr,
     pub weight: u32,
+    pub state: ServerState,
 }
 
 impl Server {
     pub fn new(address: ServerAddr) -> Self {
-        Self { address, weight: 1 }
+        Self { address, weight: 1, state: ServerState::Up }
+    }
+}
+
+/// The operator's say over a server (health is separate: a server `up` here can still be
+/// `down` by its health checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ServerState {
+    /// In rotation (when healthy).
+    #[default]
+    Up,
+    /// No new connections; open ones finish. Still health-checked.
+    Drain,
+    /// Out of rotation and not health-checked.
+    Maint,
+}
+
+impl ServerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Drain => "drain",
+            ServerState::Maint => "maint",
+        }
+    }
+}
+
+impl std::str::FromStr for ServerState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "up" => Ok(ServerState::Up),
+            "drain" => Ok(ServerState::Drain),
+            "maint" => Ok(ServerState::Maint),
+            _ => Err(format!("unknown server state \"{s}\" (expected: up, drain, maint)")),
+        }
     }
 }

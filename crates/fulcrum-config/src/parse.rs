@@ -43,11 +43,34 @@ struct Walker<'t> {
     errors: Vec<ConfigError>,
 }
 
-const TOP_KEYS: &[&str] =
-    &["workers", "max_connections", "drain_timeout", "access_log", "frontend", "pool"];
+const TOP_KEYS: &[&str] = &[
+    "workers",
+    "max_connections",
+    "drain_timeout",
+    "access_log",
+    "state_file",
+    "admin",
+    "frontend",
+    "pool",
+];
+const ADMIN_KEYS: &[&str] = &["bind", "token_file"];
+const HEALTH_KEYS: &[&str] = &[
+    "kind",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "path",
+    "host",
+    "expect_status",
+    "expect_body",
+    "send",
+    "expect",
+];
 const FRONTEND_KEYS: &[&str] = &["bind", "protocol", "pool", "idle_timeout", "max_connections"];
-const POOL_KEYS: &[&str] = &["algorithm", "servers", "connect_timeout", "retries", "eject"];
-const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff"];
+const POOL_KEYS: &[&str] =
+    &["algorithm", "servers", "connect_timeout", "retries", "eject", "slow_start", "health"];
+const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
 const SERVER_KEYS: &[&str] = &["address", "weight"];
 /// Protocols later versions add; named so the error says "not supported yet", not "unknown".
 const FUTURE_PROTOCOLS: &[&str] = &["udp", "http", "https", "directory", "directory-udp"];
@@ -163,6 +186,14 @@ impl Walker<'_> {
         }
         if let Some(v) = doc.get("access_log") {
             c.access_log = self.boolean(v, "access_log").unwrap_or(true);
+        }
+        if let Some(v) = doc.get("state_file") {
+            if let Some(s) = self.string(v, "state_file").map(str::to_string) {
+                c.state_file = Some(self.relative(&s));
+            }
+        }
+        if let Some(v) = doc.get("admin") {
+            c.admin = self.admin(v);
         }
         if let Some(v) = doc.get("pool")
             && let Some(t) = self.table(v, "pool")
@@ -333,7 +364,19 @@ impl Walker<'_> {
                 .map_or(pool.retries, |n| n as u32);
         }
         if let Some(ev) = t.get("eject") {
-            pool.eject = self.eject(ev, &format!("{path}.eject"));
+            let epath = format!("{path}.eject");
+            pool.eject = self.eject(ev, &epath);
+            if let Some(mv) = ev.get_ref().as_table().and_then(|et| et.get("max_percent")) {
+                pool.max_ejection_percent = self
+                    .integer(mv, &format!("{epath}.max_percent"), 0, 100)
+                    .map_or(pool.max_ejection_percent, |n| n as u32);
+            }
+        }
+        if let Some(sv) = t.get("slow_start") {
+            pool.slow_start = self.duration(sv, &format!("{path}.slow_start")).unwrap_or_default();
+        }
+        if let Some(hv) = t.get("health") {
+            pool.health = self.health(hv, &format!("{path}.health"));
         }
         Some(pool)
     }
@@ -365,6 +408,141 @@ impl Walker<'_> {
         p
     }
 
+    fn admin(&mut self, v: &Value<'_>) -> Option<Admin> {
+        let t = self.table(v, "admin")?;
+        self.check_keys(t, "admin", ADMIN_KEYS);
+        let bind = match t.get("bind") {
+            Some(bv) => match self.string(bv, "admin.bind").map(parse_listen) {
+                Some(Ok(a)) => Some(a),
+                Some(Err(e)) => {
+                    self.error(bv, "admin.bind", e);
+                    None
+                }
+                None => None,
+            },
+            None => {
+                self.error(v, "admin.bind", "missing key (e.g. \"127.0.0.1:9090\")");
+                None
+            }
+        };
+        let token_file = match t.get("token_file") {
+            Some(tv) => {
+                let s = self.string(tv, "admin.token_file")?.to_string();
+                Some(self.relative(&s))
+            }
+            None => None,
+        };
+        Some(Admin { bind: bind?, token_file })
+    }
+
+    /// Paths in the config are relative to the config file's folder.
+    fn relative(&self, p: &str) -> std::path::PathBuf {
+        let p = std::path::Path::new(p);
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        match std::path::Path::new(self.file).parent() {
+            Some(dir) => dir.join(p),
+            None => p.to_path_buf(),
+        }
+    }
+
+    fn health(&mut self, v: &Value<'_>, path: &str) -> Option<HealthCheck> {
+        let t = self.table(v, path)?;
+        self.check_keys(t, path, HEALTH_KEYS);
+        let key = |k: &str| format!("{path}.{k}");
+        let kind_name = match t.get("kind") {
+            Some(kv) => self.string(kv, &key("kind"))?.to_string(),
+            None => "tcp".to_string(),
+        };
+        let text = |w: &mut Self, k: &str| -> Option<String> {
+            t.get(k).and_then(|x| w.string(x, &key(k)).map(str::to_string))
+        };
+        let kind = match kind_name.as_str() {
+            "tcp" => HealthKind::Tcp,
+            "http" => {
+                let status = match t.get("expect_status") {
+                    Some(sv) => {
+                        let s = self.string(sv, &key("expect_status"))?;
+                        match parse_status_range(s) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                self.error(sv, &key("expect_status"), e);
+                                return None;
+                            }
+                        }
+                    }
+                    None => (200, 399),
+                };
+                let path_v = text(self, "path").unwrap_or_else(|| "/".into());
+                if !path_v.starts_with('/') || path_v.contains(['\r', '\n', ' ']) {
+                    if let Some(pv) = t.get("path") {
+                        self.error(
+                            pv,
+                            &key("path"),
+                            "must start with '/' and contain no spaces or line breaks",
+                        );
+                    }
+                    return None;
+                }
+                HealthKind::Http {
+                    path: path_v,
+                    host: text(self, "host"),
+                    status,
+                    body: text(self, "expect_body"),
+                }
+            }
+            "send-expect" => {
+                let send = text(self, "send");
+                let expect = text(self, "expect");
+                match (send, expect) {
+                    (Some(s), Some(e)) if !e.is_empty() => {
+                        HealthKind::SendExpect { send: s.into_bytes(), expect: e.into_bytes() }
+                    }
+                    _ => {
+                        self.error(
+                            v,
+                            &key("expect"),
+                            "send-expect needs `send` and a non-empty `expect`",
+                        );
+                        return None;
+                    }
+                }
+            }
+            other => {
+                let kv = t.get("kind")?;
+                self.error(
+                    kv,
+                    &key("kind"),
+                    format!(
+                        "unknown health check kind \"{other}\" (expected: tcp, http, send-expect)"
+                    ),
+                );
+                return None;
+            }
+        };
+        let mut h = HealthCheck {
+            kind,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        };
+        if let Some(x) = t.get("interval") {
+            h.interval = self.nonzero_duration(x, &key("interval"))?;
+        }
+        if let Some(x) = t.get("timeout") {
+            h.timeout = self.nonzero_duration(x, &key("timeout"))?;
+        }
+        if let Some(x) = t.get("rise") {
+            h.rise = self.integer(x, &key("rise"), 1, 100)? as u32;
+        }
+        if let Some(x) = t.get("fall") {
+            h.fall = self.integer(x, &key("fall"), 1, 100)? as u32;
+        }
+        Some(h)
+    }
+
     fn servers(&mut self, v: &Value<'_>, path: &str) -> Vec<Server> {
         let DeValue::Array(items) = v.get_ref() else {
             let found = v.get_ref().type_str();
@@ -394,7 +572,11 @@ impl Walker<'_> {
                             .map(|n| n as u32),
                         None => Some(1),
                     };
-                    addr.zip(weight).map(|(address, weight)| Server { address, weight })
+                    addr.zip(weight).map(|(address, weight)| Server {
+                        address,
+                        weight,
+                        state: ServerState::Up,
+                    })
                 }
                 other => {
                     self.error(item, &key, format!("expected an address string or {{ address = ..., weight = ... }}, found {}", other.type_str()));
@@ -430,6 +612,23 @@ impl Walker<'_> {
 
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+/// Parses "200", "200-299".
+fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("\"{s}\" is not a status or range (e.g. \"200\", \"200-399\")");
+    let num = |x: &str| x.trim().parse::<u16>().ok().filter(|n| (100..=599).contains(n));
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (num(a).ok_or_else(bad)?, num(b).ok_or_else(bad)?),
+        None => {
+            let n = num(s).ok_or_else(bad)?;
+            (n, n)
+        }
+    };
+    if lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 /// Parses durations written as "500ms", "2s", "1m", "1h30m".

@@ -1,15 +1,21 @@
-//! The engine: binds every listener, starts one thread per worker (each a current-thread
-//! tokio runtime running its own accept loops), holds the shared routing snapshot, and stops
-//! gracefully: stop accepting, let open connections finish up to the drain timeout.
+//! The engine: one thread per worker (each a current-thread tokio runtime running its own
+//! accept loops), the shared routing snapshot, and the listener set. `apply` moves the whole
+//! data plane to a new config: it binds new listeners first (so a bind error changes
+//! nothing), swaps the snapshot in one store, then tells workers which accept loops to start
+//! and stop. Open connections keep the pool they started with and are never cut.
+//! Stopping is graceful: accept loops end, open connections get the drain timeout.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fulcrum_config::Config;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,11 +44,14 @@ impl Default for EngineOptions {
 pub struct Shared {
     pub state: ArcSwap<Snapshot>,
     pub limits: Limits,
-    pub frontend_stats: Vec<FrontendStats>,
-    /// Per-frontend limits (`frontend.NAME.max_connections`), checked on top of `limits`.
-    pub frontend_limits: Vec<Option<Limits>>,
-    pub access_log: bool,
+    pub access_log: std::sync::atomic::AtomicBool,
     pub splice: SpliceMode,
+}
+
+impl Shared {
+    pub fn access_log(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -56,11 +65,38 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// One frontend's accept side, shared by its accept loops on every worker.
+pub struct AcceptCtx {
+    pub name: Arc<str>,
+    pub stats: Arc<FrontendStats>,
+    /// `frontend.NAME.max_connections`, on top of the global limit.
+    pub limits: Option<Limits>,
+    /// Identifies this listener generation: a rebind starts a new one.
+    pub generation: u64,
+}
+
+enum WorkerCmd {
+    Listen(Arc<AcceptCtx>, std::net::TcpListener),
+    Close(Arc<str>, u64),
+}
+
+/// A frontend's bound listener group, as the engine remembers it.
+struct Bound {
+    bind: SocketAddr,
+    local: SocketAddr,
+    max_connections: Option<usize>,
+    ctx: Arc<AcceptCtx>,
+}
+
 pub struct Engine {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    cmds: Vec<mpsc::UnboundedSender<WorkerCmd>>,
     stop: CancellationToken,
-    addrs: Vec<(String, SocketAddr)>,
+    bound: Vec<(String, Bound)>,
+    registry: StatsRegistry,
+    frontend_stats: HashMap<String, Arc<FrontendStats>>,
+    generation: AtomicU64,
     workers: usize,
 }
 
@@ -72,71 +108,125 @@ impl Engine {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        let mut registry = StatsRegistry::new();
-        let snapshot = Snapshot::build(config, &mut registry).map_err(StartError)?;
-        let mut groups = Vec::with_capacity(config.frontends.len());
-        let mut addrs = Vec::new();
-        for f in &config.frontends {
-            let group = bind_group(f.bind, workers).map_err(StartError)?;
-            let addr = group
-                .first()
-                .and_then(|l| l.local_addr().ok())
-                .ok_or_else(|| StartError(format!("cannot bind {}: no socket", f.bind)))?;
-            addrs.push((f.name.clone(), addr));
-            groups.push(group);
-        }
         let max = config.max_connections.unwrap_or(opts.default_max_connections);
         let shared = Arc::new(Shared {
-            state: ArcSwap::from_pointee(snapshot),
+            state: ArcSwap::from_pointee(Snapshot { frontends: Vec::new(), pools: Vec::new() }),
             limits: Limits::new(max),
-            frontend_stats: config.frontends.iter().map(|_| FrontendStats::default()).collect(),
-            frontend_limits: config
-                .frontends
-                .iter()
-                .map(|f| f.max_connections.map(Limits::new))
-                .collect(),
-            access_log: config.access_log,
+            access_log: config.access_log.into(),
             splice: opts.splice,
         });
         let stop = CancellationToken::new();
         let drain = config.drain_timeout;
         let mut threads = Vec::with_capacity(workers);
+        let mut cmds = Vec::with_capacity(workers);
         for w in 0..workers {
-            // Each worker takes the w-th socket of every frontend's group.
-            let mine: Vec<(usize, std::net::TcpListener)> = groups
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(fi, g)| (!g.is_empty()).then(|| (fi, g.remove(0))))
-                .collect();
+            let (tx, rx) = mpsc::unbounded_channel();
             let shared = shared.clone();
             let stop = stop.clone();
             let t = std::thread::Builder::new()
                 .name(format!("fulcrum-w{w}"))
-                .spawn(move || worker(w, shared, mine, stop, drain))
+                .spawn(move || worker(w, shared, rx, stop, drain))
                 .map_err(|e| StartError(format!("cannot start worker thread: {e}")))?;
             threads.push(t);
+            cmds.push(tx);
         }
-        Ok(Engine { shared, threads, stop, addrs, workers })
+        let mut engine = Engine {
+            shared,
+            threads,
+            cmds,
+            stop,
+            bound: Vec::new(),
+            registry: StatsRegistry::new(),
+            frontend_stats: HashMap::new(),
+            generation: AtomicU64::new(0),
+            workers,
+        };
+        engine.apply(config).map_err(StartError)?;
+        Ok(engine)
+    }
+
+    /// Moves the data plane to `config`. On error nothing changed. Listeners whose frontend
+    /// kept its address stay open (no client sees a refused connection during a reload).
+    pub fn apply(&mut self, config: &Config) -> Result<(), String> {
+        for f in &config.frontends {
+            self.frontend_stats.entry(f.name.clone()).or_default();
+        }
+        let snapshot = Snapshot::build(config, &mut self.registry, &self.frontend_stats)?;
+        // Bind what is new or moved before touching anything.
+        let mut fresh: Vec<(String, Bound, Vec<std::net::TcpListener>)> = Vec::new();
+        for f in &config.frontends {
+            let keep = self.bound.iter().any(|(n, b)| {
+                n == &f.name && b.bind == f.bind && b.max_connections == f.max_connections
+            });
+            if keep {
+                continue;
+            }
+            let group = bind_group(f.bind, self.workers)?;
+            let local = group
+                .first()
+                .and_then(|l| l.local_addr().ok())
+                .ok_or_else(|| format!("cannot bind {}: no socket", f.bind))?;
+            let ctx = Arc::new(AcceptCtx {
+                name: Arc::from(f.name.as_str()),
+                stats: self.frontend_stats.get(&f.name).cloned().unwrap_or_default(),
+                limits: f.max_connections.map(Limits::new),
+                generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            });
+            let b = Bound { bind: f.bind, local, max_connections: f.max_connections, ctx };
+            fresh.push((f.name.clone(), b, group));
+        }
+        self.shared.state.store(Arc::new(snapshot));
+        self.shared.access_log.store(config.access_log, Ordering::Relaxed);
+        // Close listeners of frontends that left or moved.
+        let mut kept = Vec::new();
+        for (name, b) in self.bound.drain(..) {
+            let stays = config.frontends.iter().any(|f| {
+                f.name == name && f.bind == b.bind && f.max_connections == b.max_connections
+            });
+            if stays {
+                kept.push((name, b));
+            } else {
+                for tx in &self.cmds {
+                    let _ = tx.send(WorkerCmd::Close(b.ctx.name.clone(), b.ctx.generation));
+                }
+            }
+        }
+        self.bound = kept;
+        for (name, b, group) in fresh {
+            for (tx, l) in self.cmds.iter().zip(group) {
+                let _ = tx.send(WorkerCmd::Listen(b.ctx.clone(), l));
+            }
+            self.bound.push((name, b));
+        }
+        // Keep the registries from growing with servers and frontends long gone.
+        self.registry.retain(|(pool, key), _| {
+            config
+                .pools
+                .iter()
+                .any(|p| &p.name == pool && p.servers.iter().any(|s| &s.address.to_string() == key))
+        });
+        self.frontend_stats.retain(|name, _| config.frontends.iter().any(|f| &f.name == name));
+        Ok(())
     }
 
     /// Each frontend's name and the address it listens on (with the kernel's port for port 0).
-    pub fn local_addrs(&self) -> &[(String, SocketAddr)] {
-        &self.addrs
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.bound.iter().map(|(n, b)| (n.clone(), b.local)).collect()
     }
 
     pub fn local_addr(&self, frontend: &str) -> Option<SocketAddr> {
-        self.addrs.iter().find(|(n, _)| n == frontend).map(|(_, a)| *a)
+        self.bound.iter().find(|(n, _)| n == frontend).map(|(_, b)| b.local)
     }
 
     pub fn workers(&self) -> usize {
         self.workers
     }
 
-    pub fn shared(&self) -> &Shared {
+    pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
-    /// Current routing snapshot (for stats and tests).
+    /// Current routing snapshot (for the admin API, metrics and tests).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.state.load_full()
     }
@@ -147,7 +237,7 @@ impl Engine {
     }
 
     /// Waits until every worker has stopped (after [`Engine::shutdown`]).
-    pub fn join(mut self) {
+    pub fn join(&mut self) {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -163,7 +253,7 @@ impl Drop for Engine {
 fn worker(
     id: usize,
     shared: Arc<Shared>,
-    listeners: Vec<(usize, std::net::TcpListener)>,
+    mut cmds: mpsc::UnboundedReceiver<WorkerCmd>,
     stop: CancellationToken,
     drain: Duration,
 ) {
@@ -176,22 +266,45 @@ fn worker(
     };
     rt.block_on(async move {
         let tracker = TaskTracker::new();
-        let mut accept_loops = Vec::new();
-        for (fi, l) in listeners {
-            match TcpListener::from_std(l) {
-                Ok(l) => accept_loops.push(tokio::spawn(accept_loop(
-                    shared.clone(),
-                    fi,
-                    l,
-                    stop.clone(),
-                    tracker.clone(),
-                ))),
-                Err(e) => tracing::error!(worker = id, error = %e, "cannot register listener"),
+        // Accept loops by (frontend, generation), each with its own stop token.
+        let mut loops: Vec<(Arc<str>, u64, CancellationToken, tokio::task::JoinHandle<()>)> =
+            Vec::new();
+        loop {
+            let cmd = tokio::select! {
+                c = cmds.recv() => c,
+                () = stop.cancelled() => None,
+            };
+            match cmd {
+                Some(WorkerCmd::Listen(ctx, l)) => match TcpListener::from_std(l) {
+                    Ok(l) => {
+                        let token = stop.child_token();
+                        let (name, generation) = (ctx.name.clone(), ctx.generation);
+                        let h = tokio::spawn(accept_loop(
+                            shared.clone(),
+                            ctx,
+                            l,
+                            token.clone(),
+                            tracker.clone(),
+                        ));
+                        loops.push((name, generation, token, h));
+                    }
+                    Err(e) => tracing::error!(worker = id, error = %e, "cannot register listener"),
+                },
+                Some(WorkerCmd::Close(name, generation)) => {
+                    loops.retain(|(n, g, token, _)| {
+                        let hit = *n == name && *g == generation;
+                        if hit {
+                            token.cancel();
+                        }
+                        !hit
+                    });
+                }
+                None => break,
             }
         }
-        stop.cancelled().await;
-        for a in accept_loops {
-            let _ = a.await;
+        for (_, _, token, h) in loops {
+            token.cancel();
+            let _ = h.await;
         }
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
@@ -208,16 +321,15 @@ static ACCEPT_ERR_LOG: RateLimit = RateLimit::new(1_000);
 
 async fn accept_loop(
     shared: Arc<Shared>,
-    fe: usize,
+    ctx: Arc<AcceptCtx>,
     listener: TcpListener,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     let mut backoff = Duration::from_millis(5);
-    let own = shared.frontend_limits.get(fe).and_then(Option::as_ref);
     loop {
         // Accept backpressure: at a limit, leave new clients in the kernel's backlog.
-        for limits in std::iter::once(&shared.limits).chain(own) {
+        for limits in std::iter::once(&shared.limits).chain(ctx.limits.as_ref()) {
             if wait_below(limits, &stop).await.is_err() {
                 return;
             }
@@ -235,25 +347,24 @@ async fn accept_loop(
                 if acquire(&shared.limits, &stop).await.is_err() {
                     return;
                 }
-                if let Some(l) = own
+                if let Some(l) = &ctx.limits
                     && acquire(l, &stop).await.is_err()
                 {
                     shared.limits.release();
                     return;
                 }
                 let shared = shared.clone();
+                let ctx = ctx.clone();
                 tracker.spawn(async move {
-                    let guard = ReleaseOnDrop(shared.clone(), fe);
-                    crate::tcp::serve(shared, fe, stream, peer).await;
+                    let guard = ReleaseOnDrop(shared.clone(), ctx.clone());
+                    crate::tcp::serve(shared, &ctx, stream, peer).await;
                     drop(guard);
                 });
             }
             Err(e) => {
-                if let Some(stats) = shared.frontend_stats.get(fe) {
-                    stats.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                ctx.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(skipped) = ACCEPT_ERR_LOG.allow(now_ms()) {
-                    tracing::warn!(error = %e, skipped, "accept failed");
+                    tracing::warn!(frontend = %ctx.name, error = %e, skipped, "accept failed");
                 }
                 if is_resource_error(&e) {
                     // Out of descriptors or memory: wait for connections to close.
@@ -298,12 +409,12 @@ async fn wait_below(limits: &Limits, stop: &CancellationToken) -> Result<(), ()>
 }
 
 /// Releases the connection slots however the connection task ends.
-struct ReleaseOnDrop(Arc<Shared>, usize);
+struct ReleaseOnDrop(Arc<Shared>, Arc<AcceptCtx>);
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
         self.0.limits.release();
-        if let Some(Some(l)) = self.0.frontend_limits.get(self.1) {
+        if let Some(l) = &self.1.limits {
             l.release();
         }
     }

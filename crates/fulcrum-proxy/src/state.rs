@@ -5,12 +5,14 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use fulcrum_config::{Config, ServerAddr};
+use fulcrum_config::{Config, HealthCheck, ServerAddr, ServerState};
 use fulcrum_core::balance::{Balancer, LoadView, ServerSpec};
 use fulcrum_core::eject::{EjectPolicy, FailureOutcome, is_ejected};
+
+use crate::stats::FrontendStats;
 
 /// Live numbers of one server. Written by every worker, hence atomics, aligned to a cache
 /// line so two servers' counters never share one.
@@ -26,15 +28,99 @@ pub struct ServerStats {
     consecutive_failures: AtomicU32,
     eject_streak: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Published by the pool's health checker: [`HEALTH_UP`] or [`HEALTH_DOWN`].
+    health: AtomicU8,
+    /// When the server last came back up (ms on the process clock); 0 = never was down.
+    up_since_ms: AtomicU64,
+    pub connect_time: Histogram,
+}
+
+/// Upper bounds of the connect-time histogram buckets, in seconds (Prometheus convention).
+pub const CONNECT_BUCKETS: [f64; 12] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// A fixed-bucket histogram in atomics (prometheus-client's own takes a lock per sample).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last one is +Inf.
+    buckets: [AtomicU64; CONNECT_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = CONNECT_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(CONNECT_BUCKETS.len());
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, cumulative (upper bound, count) pairs ending with +Inf).
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut acc = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, b) in self.buckets.iter().enumerate() {
+            acc += b.load(Ordering::Relaxed);
+            out.push((CONNECT_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), acc));
+        }
+        (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, acc, out)
+    }
 }
 
 impl ServerStats {
+    pub fn health_name(&self) -> &'static str {
+        if self.is_down() { "down" } else { "up" }
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+}
+
+pub const HEALTH_UP: u8 = 0;
+pub const HEALTH_DOWN: u8 = 1;
+
+impl ServerStats {
+    pub fn is_down(&self) -> bool {
+        self.health.load(Ordering::Relaxed) == HEALTH_DOWN
+    }
+
+    /// Publishes a health verdict; a down → up transition starts slow start at `now_ms`.
+    pub fn set_health(&self, up: bool, now_ms: u64) {
+        let new = if up { HEALTH_UP } else { HEALTH_DOWN };
+        let old = self.health.swap(new, Ordering::Relaxed);
+        if old == HEALTH_DOWN && up {
+            self.up_since_ms.store(now_ms.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Share of its normal traffic a server in slow start may take now, in 0.0..=1.0.
+    pub fn slow_start_factor(&self, window_ms: u64, now_ms: u64) -> f64 {
+        let since = self.up_since_ms.load(Ordering::Relaxed);
+        if window_ms == 0 || since == 0 {
+            return 1.0;
+        }
+        let elapsed = now_ms.saturating_sub(since);
+        if elapsed >= window_ms {
+            return 1.0;
+        }
+        // Never quite zero, so a server that just came up still sees some traffic.
+        (elapsed as f64 / window_ms as f64).max(0.05)
+    }
+
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         is_ejected(self.ejected_until_ms.load(Ordering::Relaxed), now_ms)
     }
 
-    pub(crate) fn on_connect_success(&self) {
+    pub(crate) fn on_connect_success(&self, took: Duration) {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connect_time.record(took);
         // Plain loads first: a store on every success would bounce the cache line between
         // workers for nothing.
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
@@ -46,7 +132,12 @@ impl ServerStats {
     }
 
     /// Records a failed connect; returns true when this failure ejected the server.
-    pub(crate) fn on_connect_failure(&self, policy: &EjectPolicy, now_ms: u64) -> bool {
+    pub(crate) fn on_connect_failure(
+        &self,
+        policy: &EjectPolicy,
+        may_eject: bool,
+        now_ms: u64,
+    ) -> bool {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
         // Racing workers may both count the same failure run; an ejection a little early
         // or late is harmless, a lock here is not.
@@ -57,6 +148,8 @@ impl ServerStats {
                 self.consecutive_failures.store(n, Ordering::Relaxed);
                 false
             }
+            // The pool's ejection share is used up: keep counting, eject later.
+            FailureOutcome::Ejected { .. } if !may_eject => false,
             FailureOutcome::Ejected { until_ms, streak } => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 self.eject_streak.store(streak, Ordering::Relaxed);
@@ -74,7 +167,23 @@ pub struct ServerEntry {
     pub key: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    pub state: ServerState,
     pub stats: Arc<ServerStats>,
+}
+
+impl ServerEntry {
+    /// Whether the operator and the health checks both allow new connections.
+    pub fn in_rotation(&self) -> bool {
+        self.state == ServerState::Up && !self.stats.is_down()
+    }
+}
+
+impl PoolState {
+    /// Whether one more server may be ejected without passing `max_ejection_percent`.
+    pub fn may_eject(&self, now_ms: u64) -> bool {
+        let ejected = self.servers.iter().filter(|s| s.stats.is_ejected(now_ms)).count();
+        (ejected + 1) * 100 <= self.max_ejection_percent as usize * self.servers.len()
+    }
 }
 
 #[derive(Debug)]
@@ -85,6 +194,9 @@ pub struct PoolState {
     pub connect_timeout: Duration,
     pub retries: u32,
     pub eject: EjectPolicy,
+    pub max_ejection_percent: u32,
+    pub slow_start: Duration,
+    pub health: Option<HealthCheck>,
 }
 
 /// The pool as the balancer sees it at one instant. `panic` ignores passive ejection: when
@@ -101,7 +213,7 @@ impl LoadView for PoolView<'_> {
     }
     fn eligible(&self, i: usize) -> bool {
         match self.servers.get(i) {
-            Some(s) => self.panic || !s.stats.is_ejected(self.now_ms),
+            Some(s) => s.in_rotation() && (self.panic || !s.stats.is_ejected(self.now_ms)),
             None => false,
         }
     }
@@ -116,6 +228,7 @@ pub struct FrontendState {
     pub name: Arc<str>,
     pub pool: usize,
     pub idle_timeout: Duration,
+    pub stats: Arc<FrontendStats>,
 }
 
 /// Everything a worker needs to route a new connection.
@@ -129,8 +242,20 @@ pub struct Snapshot {
 pub type StatsRegistry = HashMap<(String, String), Arc<ServerStats>>;
 
 impl Snapshot {
+    pub fn frontend(&self, name: &str) -> Option<&FrontendState> {
+        self.frontends.iter().find(|f| &*f.name == name)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<PoolState>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
     /// Builds the snapshot for `config`, resolving host names (blocking: control plane only).
-    pub fn build(config: &Config, registry: &mut StatsRegistry) -> Result<Snapshot, String> {
+    pub fn build(
+        config: &Config,
+        registry: &mut StatsRegistry,
+        frontend_stats: &HashMap<String, Arc<FrontendStats>>,
+    ) -> Result<Snapshot, String> {
         let mut pools = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
             let mut servers = Vec::with_capacity(p.servers.len());
@@ -138,7 +263,7 @@ impl Snapshot {
                 let key = s.address.to_string();
                 let addr = resolve(&s.address)?;
                 let stats = registry.entry((p.name.clone(), key.clone())).or_default().clone();
-                servers.push(ServerEntry { key, addr, weight: s.weight, stats });
+                servers.push(ServerEntry { key, addr, weight: s.weight, state: s.state, stats });
             }
             let specs: Vec<ServerSpec<'_>> =
                 servers.iter().map(|s| ServerSpec { key: &s.key, weight: s.weight }).collect();
@@ -150,6 +275,9 @@ impl Snapshot {
                 connect_timeout: p.connect_timeout,
                 retries: p.retries,
                 eject: p.eject,
+                max_ejection_percent: p.max_ejection_percent,
+                slow_start: p.slow_start,
+                health: p.health.clone(),
             }));
         }
         let mut frontends = Vec::with_capacity(config.frontends.len());
@@ -161,6 +289,7 @@ impl Snapshot {
                 name: Arc::from(f.name.as_str()),
                 pool,
                 idle_timeout: f.idle_timeout,
+                stats: frontend_stats.get(&f.name).cloned().unwrap_or_default(),
             });
         }
         Ok(Snapshot { frontends, pools })

@@ -43,7 +43,7 @@ impl Limits {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 #[repr(align(64))]
 pub struct FrontendStats {
     pub connections_total: AtomicU64,

@@ -12,24 +12,25 @@ use fulcrum_core::balance::{PickInput, Tried, hash_ip};
 use tokio::net::TcpStream;
 
 use crate::clock::now_ms;
-use crate::copy::{Copied, proxy};
-use crate::engine::Shared;
+use crate::copy::{Copied, Outcome, proxy};
+use crate::engine::{AcceptCtx, Shared};
 use crate::ratelog::RateLimit;
 use crate::state::{PoolState, PoolView, ServerEntry};
 
 static NO_SERVER_LOG: RateLimit = RateLimit::new(1_000);
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
-pub async fn serve(shared: Arc<Shared>, fe_index: usize, client: TcpStream, peer: SocketAddr) {
+pub async fn serve(shared: Arc<Shared>, ctx: &AcceptCtx, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
-    let (pool, fe_name, idle) = {
+    let fe_name = &ctx.name;
+    let (pool, idle) = {
         let snap = shared.state.load();
-        let Some(fe) = snap.frontends.get(fe_index) else { return };
+        let Some(fe) = snap.frontend(fe_name) else { return };
         let Some(pool) = snap.pools.get(fe.pool) else { return };
-        (pool.clone(), fe.name.clone(), fe.idle_timeout)
+        (pool.clone(), fe.idle_timeout)
     };
-    let fstats = &shared.frontend_stats[fe_index];
+    let fstats = &ctx.stats;
     fstats.connections_total.fetch_add(1, Ordering::Relaxed);
     fstats.connections_active.fetch_add(1, Ordering::Relaxed);
 
@@ -45,7 +46,7 @@ pub async fn serve(shared: Arc<Shared>, fe_index: usize, client: TcpStream, peer
                     "no server available: client closed"
                 );
             }
-            if shared.access_log {
+            if shared.access_log() {
                 tracing::info!(
                     target: "fulcrum::access",
                     client = %peer, frontend = %fe_name, server = "-", bytes_in = 0u64,
@@ -58,6 +59,11 @@ pub async fn serve(shared: Arc<Shared>, fe_index: usize, client: TcpStream, peer
     };
     let Copied { outcome, bytes_in, bytes_out } =
         proxy(&client, &upstream, idle, shared.splice).await;
+    if outcome == Outcome::ServerError {
+        // A reset from the server counts against it like a failed connect.
+        let now = now_ms();
+        server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
+    }
     drop(upstream);
     drop(client);
     server.stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -66,7 +72,7 @@ pub async fn serve(shared: Arc<Shared>, fe_index: usize, client: TcpStream, peer
     fstats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
     fstats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
     fstats.connections_active.fetch_sub(1, Ordering::Relaxed);
-    if shared.access_log {
+    if shared.access_log() {
         tracing::info!(
             target: "fulcrum::access",
             client = %peer, frontend = %fe_name, server = %server.key, bytes_in, bytes_out,
@@ -93,30 +99,48 @@ impl std::ops::Deref for Picked {
 async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, TcpStream)> {
     let input_hash = hash_ip(peer.ip());
     let mut tried = Tried::new();
+    // Servers passed over for slow start: still usable when nothing else is.
+    let mut deferred: Option<usize> = None;
     let attempts = pool.retries as usize + 1;
-    while tried.len() < attempts {
+    let slow_ms = pool.slow_start.as_millis() as u64;
+    let mut connects = 0;
+    while connects < attempts {
         let now = now_ms();
         let mut input = PickInput { hash: input_hash, rand: fastrand::u64(..) };
         let mut view = PoolView { servers: &pool.servers, now_ms: now, panic: false };
-        let index = match pool.balancer.pick(&input, &view, &tried) {
-            Some(i) => i,
+        let picked = match pool.balancer.pick(&input, &view, &tried) {
+            Some(i) => Some(i),
             None => {
                 view.panic = true;
                 input.rand = fastrand::u64(..);
-                pool.balancer.pick(&input, &view, &tried)?
+                pool.balancer.pick(&input, &view, &tried)
             }
         };
-        if !tried.insert(index) {
+        let index = match (picked, deferred.take()) {
+            (Some(i), _) => i,
+            (None, Some(d)) => d,
+            (None, None) => return None,
+        };
+        if !tried.insert(index) && picked.is_some() {
             return None;
         }
         let server = pool.servers.get(index)?;
+        if slow_ms > 0 && picked.is_some() {
+            let factor = server.stats.slow_start_factor(slow_ms, now);
+            if factor < 1.0 && fastrand::f64() > factor {
+                deferred = Some(index);
+                continue;
+            }
+        }
+        connects += 1;
         // Counted from the start of the connect, so least-connections sees it at once.
         server.stats.active.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let res = tokio::time::timeout(pool.connect_timeout, TcpStream::connect(server.addr)).await;
         let err = match res {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                server.stats.on_connect_success();
+                server.stats.on_connect_success(started.elapsed());
                 return Some((Picked { pool: pool.clone(), index }, stream));
             }
             Ok(Err(e)) => e,
@@ -125,8 +149,10 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, Tcp
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
         // Running out of local descriptors or ports is not the server's fault.
         let local = crate::listener::is_resource_error(&err) || err.raw_os_error() == Some(99);
-        let ejected = !local && server.stats.on_connect_failure(&pool.eject, now_ms());
-        if ejected || CONNECT_FAIL_LOG.allow(now_ms()).is_some() {
+        let now = now_ms();
+        let ejected =
+            !local && server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
+        if ejected || CONNECT_FAIL_LOG.allow(now).is_some() {
             tracing::warn!(
                 pool = %pool.name, server = %server.key, error = %err, ejected,
                 "connect to server failed"

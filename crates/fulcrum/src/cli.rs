@@ -47,6 +47,8 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Control a running daemon through its admin API.
+    Ctl(CtlArgs),
     /// A guided tour: demo backends on loopback, a balancer in front, a burst of traffic,
     /// and how it was spread by several algorithms.
     Demo {
@@ -99,4 +101,55 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CtlArgs {
+    /// Base URL of the admin API.
+    #[arg(long, env = "FULCRUM_API", default_value = "http://127.0.0.1:9090")]
+    pub api: String,
+    /// Bearer token.
+    #[arg(long, env = "FULCRUM_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// List, add, remove, drain, enable or re-weight servers.
+    #[command(subcommand)]
+    Servers(ServersCommand),
+    /// Re-read the daemon's config file (every error is shown; a bad file changes nothing).
+    Reload,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServersCommand {
+    /// Every server with its state, health, weight and counters.
+    List {
+        /// Only this pool.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Add a server to a pool.
+    Add {
+        pool: String,
+        address: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a server; its open connections finish.
+    Remove { pool: String, address: String },
+    /// No new connections to the server; open ones finish.
+    Drain { pool: String, address: String },
+    /// Put a drained or maintained server back in rotation.
+    Enable { pool: String, address: String },
+    /// Out of rotation and not health-checked.
+    Maint { pool: String, address: String },
+    /// Change a server's weight.
+    Weight { pool: String, address: String, weight: u32 },
 }

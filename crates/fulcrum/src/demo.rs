@@ -79,7 +79,7 @@ async fn drive(algo: Algorithm, addrs: &[SocketAddr], n: u32) -> Result<Report, 
     let servers = addrs
         .iter()
         .zip(BACKENDS)
-        .map(|(a, (_, _, w))| Server { address: ServerAddr::from_socket(*a), weight: w })
+        .map(|(a, (_, _, w))| Server { weight: w, ..Server::new(ServerAddr::from_socket(*a)) })
         .collect();
     let config = Config {
         workers: Some(2),
@@ -88,7 +88,7 @@ async fn drive(algo: Algorithm, addrs: &[SocketAddr], n: u32) -> Result<Report, 
         pools: vec![Pool::new("demo", algo, servers)],
         ..Config::default()
     };
-    let engine = match crate::run::start_engine(&config, Splice::Auto) {
+    let mut engine = match crate::run::start_engine(&config, Splice::Auto) {
         Ok(e) => e,
         Err(crate::run::Failure::Config(m) | crate::run::Failure::Runtime(m)) => return Err(m),
     };

@@ -2,6 +2,7 @@
 //! crate allowed to use `anyhow` and to call `std::process::exit`.
 
 mod cli;
+mod ctl;
 mod demo;
 mod logging;
 mod run;

@@ -2,9 +2,15 @@
 //! signal, drain. Errors come back as one line each, sorted into config errors (exit 2) and
 //! runtime failures (exit 1).
 
-use fulcrum_config::{Config, Frontend, Pool, Server, parse_dest, parse_listen};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fulcrum_admin::{AdminServer, Controller, serve_admin};
+use fulcrum_config::{ADMIN_TOKEN_ENV, Config, Frontend, Pool, Server, parse_dest, parse_listen};
 use fulcrum_core::balance::Algorithm;
 use fulcrum_proxy::{Engine, EngineOptions, SpliceMode};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Command, ForwardArgs, Splice};
 
@@ -20,12 +26,12 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
         Command::Forward(args) => {
             let splice = args.splice;
             let config = forward_config(&args).map_err(Failure::Config)?;
-            serve(&config, splice)
+            serve(config, None, splice)
         }
         Command::Run { config, splice } => {
             let c =
                 fulcrum_config::load_file(&config).map_err(|e| Failure::Config(e.to_string()))?;
-            serve(&c, splice)
+            serve(c, Some(config), splice)
         }
         Command::Check { config } => {
             let c =
@@ -39,6 +45,7 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Demo { connections } => crate::demo::run(connections).map_err(Failure::Runtime),
+        Command::Ctl(args) => crate::ctl::run(args),
     }
 }
 
@@ -66,6 +73,7 @@ pub fn forward_config(a: &ForwardArgs) -> Result<Config, String> {
         access_log: !a.no_access_log,
         frontends: vec![fe],
         pools: vec![pool],
+        ..Config::default()
     })
 }
 
@@ -92,46 +100,124 @@ pub fn start_engine(config: &Config, splice: Splice) -> Result<Engine, Failure> 
     Engine::start(config, opts).map_err(|e| Failure::Runtime(e.to_string()))
 }
 
-fn serve(config: &Config, splice: Splice) -> Result<(), Failure> {
-    let engine = start_engine(config, splice)?;
-    for (name, addr) in engine.local_addrs() {
-        tracing::info!(frontend = %name, address = %addr, "listening");
+/// The admin token: `FULCRUM_ADMIN_TOKEN` wins over `admin.token_file`. A non-loopback admin
+/// listener without a token is refused: it would hand the pool to anyone on the network.
+fn admin_token(config: &Config) -> Result<Option<String>, Failure> {
+    let Some(admin) = &config.admin else { return Ok(None) };
+    let from_env = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+    let token = match (from_env, &admin.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(path)) => {
+            let t = std::fs::read_to_string(path).map_err(|e| {
+                Failure::Config(format!("admin.token_file: cannot read {}: {e}", path.display()))
+            })?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(Failure::Config(format!(
+                    "admin.token_file: {} is empty",
+                    path.display()
+                )));
+            }
+            Some(t)
+        }
+        (None, None) => None,
+    };
+    if token.is_none() && !admin.bind.ip().is_loopback() {
+        return Err(Failure::Config(format!(
+            "admin.bind: refusing to serve the admin API on non-loopback address {} without a token \
+             (set admin.token_file or {ADMIN_TOKEN_ENV})",
+            admin.bind
+        )));
     }
-    tracing::info!(
-        workers = engine.workers(),
-        max_connections = engine.shared().limits.max(),
-        version = env!("CARGO_PKG_VERSION"),
-        "fulcrum started"
-    );
+    Ok(token)
+}
+
+fn serve(config: Config, path: Option<PathBuf>, splice: Splice) -> Result<(), Failure> {
+    let token = admin_token(&config)?;
+    let nofile = fulcrum_proxy::raise_nofile_limit();
+    let opts = EngineOptions {
+        splice: splice_mode(splice),
+        default_max_connections: default_max_connections(nofile),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(format!("cannot start control runtime: {e}")))?;
-    let signal = rt.block_on(wait_for_stop())?;
-    tracing::info!(
-        signal,
-        drain_timeout = ?config.drain_timeout,
-        open = active(&engine),
-        "stopping: no new connections, draining open ones"
-    );
-    engine.shutdown();
-    engine.join();
-    tracing::info!("stopped");
-    Ok(())
-}
-
-fn active(engine: &Engine) -> usize {
-    engine.shared().limits.active()
-}
-
-async fn wait_for_stop() -> Result<&'static str, Failure> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Failure::Runtime(format!("cannot handle SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| Failure::Runtime(format!("cannot handle SIGINT: {e}")))?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    rt.block_on(async move {
+        let admin = config.admin.clone();
+        let drain = config.drain_timeout;
+        let controller =
+            Controller::start(config, path, opts, tokio::runtime::Handle::current())
+                .map_err(Failure::Runtime)?;
+        for (name, addr) in controller.engine().local_addrs() {
+            tracing::info!(frontend = %name, address = %addr, "listening");
+        }
+        let workers = controller.engine().workers();
+        let max = controller.engine().shared().limits.max();
+        let controller = Arc::new(Mutex::new(controller));
+        let stop_admin = CancellationToken::new();
+        let mut admin_task = None;
+        if let Some(a) = admin {
+            let l = tokio::net::TcpListener::bind(a.bind)
+                .await
+                .map_err(|e| Failure::Runtime(format!("cannot bind admin API {}: {}", a.bind, reason(&e))))?;
+            let local = l.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
+            if token.is_none() {
+                tracing::warn!(address = %local, "admin API has no token: open to every local user");
+            }
+            tracing::info!(address = %local, "admin API listening");
+            let server = AdminServer { controller: controller.clone(), token };
+            admin_task = Some(tokio::spawn(serve_admin(l, server, stop_admin.clone())));
+        }
+        tracing::info!(workers, max_connections = max, version = env!("CARGO_PKG_VERSION"), "fulcrum started");
+        let signal = wait_for_stop(&controller).await?;
+        tracing::info!(
+            signal,
+            drain_timeout = ?drain,
+            open = controller.lock().await.engine().shared().limits.active(),
+            "stopping: no new connections, draining open ones"
+        );
+        stop_admin.cancel();
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        let c = controller.clone();
+        tokio::task::spawn_blocking(move || c.blocking_lock().shutdown())
+            .await
+            .map_err(|e| Failure::Runtime(e.to_string()))?;
+        tracing::info!("stopped");
+        Ok(())
     })
+}
+
+fn reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s).to_string();
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => s,
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile.
+async fn wait_for_stop(controller: &Mutex<Controller>) -> Result<&'static str, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let sig = |k: SignalKind, name: &str| {
+        signal(k).map_err(|e| Failure::Runtime(format!("cannot handle {name}: {e}")))
+    };
+    let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
+            _ = hup.recv() => {
+                if let Err(e) = controller.lock().await.reload() {
+                    tracing::error!(errors = ?e.errors, "reload on SIGHUP failed: {}", e.message);
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,16 @@
+//! fulcrum's control plane: the [`Controller`] that owns the running configuration (config
+//! file + runtime overlay), applies changes and reloads to the engine without dropping a
+//! connection, keeps the state file, runs health-check tasks; and the admin HTTP API (axum)
+//! with Prometheus metrics and its OpenAPI description. Nothing here is on the data path:
+//! workers only ever see the snapshots the controller publishes.
+
+mod api;
+mod controller;
+mod metrics;
+mod openapi;
+mod statefile;
+
+pub use api::{AdminServer, serve_admin};
+pub use controller::{ApiError, Controller};
+pub use metrics::render as render_metrics;
+pub use openapi::document as openapi_document;

@@ -1,0 +1,216 @@
+//! Prometheus exposition: read at scrape time straight from the snapshot and the per-server
+//! atomics (nothing on the data path is registered or locked for metrics), encoded by
+//! prometheus-client.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fulcrum_proxy::{Engine, Snapshot};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug)]
+struct Scrape {
+    snapshot: Arc<Snapshot>,
+    active: u64,
+    max: u64,
+    reloads: u64,
+    now_ms: u64,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: Vec<(Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in rows {
+        v.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+fn gauge(v: u64) -> ConstGauge<i64> {
+    ConstGauge::new(v.min(i64::MAX as u64) as i64)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snapshot;
+        let fe = |f: &fulcrum_proxy::FrontendState| vec![("frontend", f.name.to_string())];
+        let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        family(
+            &mut enc,
+            "fulcrum_frontend_connections",
+            "Client connections accepted.",
+            MetricType::Counter,
+            s.frontends.iter().map(|f| (fe(f), counter(ld(&f.stats.connections_total)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_frontend_connections_active",
+            "Client connections open now.",
+            MetricType::Gauge,
+            s.frontends.iter().map(|f| (fe(f), gauge(ld(&f.stats.connections_active)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_frontend_received_bytes",
+            "Bytes received from clients.",
+            MetricType::Counter,
+            s.frontends.iter().map(|f| (fe(f), counter(ld(&f.stats.bytes_in)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_frontend_sent_bytes",
+            "Bytes sent to clients.",
+            MetricType::Counter,
+            s.frontends.iter().map(|f| (fe(f), counter(ld(&f.stats.bytes_out)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_frontend_no_server",
+            "Clients closed because no server could take them.",
+            MetricType::Counter,
+            s.frontends.iter().map(|f| (fe(f), counter(ld(&f.stats.no_server)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_frontend_accept_errors",
+            "Failed accept calls.",
+            MetricType::Counter,
+            s.frontends.iter().map(|f| (fe(f), counter(ld(&f.stats.accept_errors)))).collect(),
+        )?;
+
+        let servers = || {
+            s.pools.iter().flat_map(|p| {
+                p.servers
+                    .iter()
+                    .map(move |sv| (vec![("pool", p.name.clone()), ("server", sv.key.clone())], sv))
+            })
+        };
+        family(
+            &mut enc,
+            "fulcrum_server_connections",
+            "Connections made to the server.",
+            MetricType::Counter,
+            servers().map(|(l, sv)| (l, counter(ld(&sv.stats.connections_total)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_server_connections_active",
+            "Connections open to the server now.",
+            MetricType::Gauge,
+            servers().map(|(l, sv)| (l, gauge(ld(&sv.stats.active)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_server_sent_bytes",
+            "Bytes sent to the server (from clients).",
+            MetricType::Counter,
+            servers().map(|(l, sv)| (l, counter(ld(&sv.stats.bytes_in)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_server_received_bytes",
+            "Bytes received from the server (to clients).",
+            MetricType::Counter,
+            servers().map(|(l, sv)| (l, counter(ld(&sv.stats.bytes_out)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_server_connect_errors",
+            "Failed connects (and resets) to the server.",
+            MetricType::Counter,
+            servers().map(|(l, sv)| (l, counter(ld(&sv.stats.connect_failures)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_server_ejections",
+            "Passive ejections of the server.",
+            MetricType::Counter,
+            servers().map(|(l, sv)| (l, counter(ld(&sv.stats.ejections)))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_server_up",
+            "1 when health checks pass (or none run), 0 when down.",
+            MetricType::Gauge,
+            servers().map(|(l, sv)| (l, gauge(u64::from(!sv.stats.is_down())))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_server_ejected",
+            "1 while passively ejected.",
+            MetricType::Gauge,
+            servers()
+                .map(|(l, sv)| (l, gauge(u64::from(sv.stats.is_ejected(self.now_ms)))))
+                .collect(),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "fulcrum_server_connect_seconds",
+                "Time to connect to the server.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (labels, sv) in servers() {
+                let (sum, count, buckets) = sv.stats.connect_time.snapshot();
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        family(
+            &mut enc,
+            "fulcrum_connections_active",
+            "Proxied connections open now, all frontends.",
+            MetricType::Gauge,
+            vec![(Vec::new(), gauge(self.active))],
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_connections_max",
+            "Global connection limit.",
+            MetricType::Gauge,
+            vec![(Vec::new(), gauge(self.max))],
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_reloads",
+            "Successful configuration reloads.",
+            MetricType::Counter,
+            vec![(Vec::new(), counter(self.reloads))],
+        )?;
+        Ok(())
+    }
+}
+
+/// The metrics page in the OpenMetrics text format (which Prometheus reads).
+pub fn render(engine: &Engine, reloads: u64) -> String {
+    let mut registry = Registry::default();
+    let shared = engine.shared();
+    registry.register_collector(Box::new(Scrape {
+        snapshot: engine.snapshot(),
+        active: shared.limits.active() as u64,
+        max: shared.limits.max() as u64,
+        reloads,
+        now_ms: fulcrum_proxy::now_ms(),
+    }));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out = "# encoding failed\n".into();
+    }
+    out
+}

@@ -1,0 +1,75 @@
+//! The OpenAPI 3.0 description of the admin API, served at `/api/v1/openapi.json` so outside
+//! tools (API fuzzers, clients) can use it. A test walks it against the router.
+
+use serde_json::{Value, json};
+
+fn err(desc: &str) -> Value {
+    json!({ "description": desc, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn path_param(name: &str, desc: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": desc, "schema": { "type": "string" } })
+}
+
+pub fn document() -> Value {
+    let pool = path_param("pool", "Pool name");
+    let address = path_param("address", "Server address as listed, e.g. 127.0.0.1:9004");
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "fulcrum admin API", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Runtime control of the fulcrum load balancer. Every /api/ route needs `Authorization: Bearer <token>`." },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": {
+                    "error": { "type": "string" }, "errors": { "type": "array", "items": { "type": "string" } } } },
+                "Server": { "type": "object", "properties": {
+                    "address": { "type": "string" }, "state": { "type": "string", "enum": ["up", "drain", "maint"] },
+                    "health": { "type": "string", "enum": ["up", "down"] }, "ejected": { "type": "boolean" },
+                    "weight": { "type": "integer" }, "active_connections": { "type": "integer" },
+                    "connections_total": { "type": "integer" }, "connect_failures": { "type": "integer" } } },
+                "Pool": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "algorithm": { "type": "string" },
+                    "health_check": { "type": "string", "nullable": true },
+                    "servers": { "type": "array", "items": { "$ref": "#/components/schemas/Server" } } } },
+                "NewServer": { "type": "object", "required": ["address"], "additionalProperties": false, "properties": {
+                    "address": { "type": "string", "example": "127.0.0.1:9004" },
+                    "weight": { "type": "integer", "minimum": 0, "maximum": 10000, "default": 1 } } },
+                "ServerChange": { "type": "object", "additionalProperties": false, "properties": {
+                    "state": { "type": "string", "enum": ["up", "drain", "maint"] },
+                    "weight": { "type": "integer", "minimum": 0, "maximum": 10000 } } }
+            }
+        },
+        "security": [ { "bearer": [] } ],
+        "paths": {
+            "/api/v1/pools": { "get": { "summary": "Pools, their servers, states, health and counters", "operationId": "listPools",
+                "responses": { "200": { "description": "Pools", "content": { "application/json": { "schema": {
+                    "type": "object", "properties": { "pools": { "type": "array", "items": { "$ref": "#/components/schemas/Pool" } } } } } } },
+                    "401": err("Missing or wrong token") } } },
+            "/api/v1/pools/{pool}/servers": { "post": { "summary": "Add a server", "operationId": "addServer",
+                "parameters": [pool],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/NewServer" } } } },
+                "responses": { "201": { "description": "Added" }, "400": err("Invalid request"), "401": err("Missing or wrong token"),
+                    "404": err("No such pool"), "409": err("Already in the pool") } } },
+            "/api/v1/pools/{pool}/servers/{address}": {
+                "delete": { "summary": "Remove a server (its open connections finish)", "operationId": "removeServer",
+                    "parameters": [pool, address],
+                    "responses": { "200": { "description": "Removed" }, "400": err("Invalid address"), "401": err("Missing or wrong token"), "404": err("No such pool or server") } },
+                "patch": { "summary": "Change a server's state (up, drain, maint) or weight", "operationId": "patchServer",
+                    "parameters": [pool, address],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ServerChange" } } } },
+                    "responses": { "200": { "description": "Changed" }, "400": err("Invalid request"), "401": err("Missing or wrong token"), "404": err("No such pool or server") } } },
+            "/api/v1/reload": { "post": { "summary": "Re-read and apply the config file", "operationId": "reload",
+                "responses": { "200": { "description": "Reloaded" }, "400": err("Invalid config: every error listed; the old config keeps serving"),
+                    "401": err("Missing or wrong token"), "409": err("No config file") } } },
+            "/api/v1/openapi.json": { "get": { "summary": "This document", "operationId": "openapi",
+                "responses": { "200": { "description": "OpenAPI document" }, "401": err("Missing or wrong token") } } },
+            "/healthz": { "get": { "summary": "Liveness", "operationId": "healthz", "security": [],
+                "responses": { "200": { "description": "Alive" } } } },
+            "/readyz": { "get": { "summary": "Readiness: listeners open", "operationId": "readyz", "security": [],
+                "responses": { "200": { "description": "Ready" }, "503": { "description": "Not ready" } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "operationId": "metrics", "security": [],
+                "responses": { "200": { "description": "OpenMetrics text" } } } }
+        }
+    })
+}

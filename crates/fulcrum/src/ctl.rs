@@ -1,0 +1,163 @@
+//! `fulcrum ctl`: a client for the admin API, so operators never need curl. Prints what the
+//! API answered in a readable form; exit 0 on success, 1 when the API refused or could not be
+//! reached, 2 on usage errors.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cli::{CtlArgs, CtlCommand, ServersCommand};
+use crate::run::Failure;
+
+pub fn run(args: CtlArgs) -> Result<(), Failure> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| Failure::Config(format!("--token-file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let api = Api { base: args.api.trim_end_matches('/').to_string(), token };
+    match args.command {
+        CtlCommand::Reload => {
+            api.call("POST", "/api/v1/reload", None)?;
+            println!("reloaded");
+        }
+        CtlCommand::Servers(cmd) => servers(&api, cmd)?,
+    }
+    Ok(())
+}
+
+fn servers(api: &Api, cmd: ServersCommand) -> Result<(), Failure> {
+    let path =
+        |pool: &str, addr: &str| format!("/api/v1/pools/{}/servers/{}", enc(pool), enc(addr));
+    match cmd {
+        ServersCommand::List { pool } => {
+            let v = api.call("GET", "/api/v1/pools", None)?;
+            println!(
+                "{:<12} {:<24} {:<6} {:<6} {:>6} {:>7} {:>10} {:>8}",
+                "POOL", "SERVER", "STATE", "HEALTH", "WEIGHT", "ACTIVE", "TOTAL", "FAILURES"
+            );
+            for p in v["pools"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap_or("");
+                if pool.as_deref().is_some_and(|want| want != name) {
+                    continue;
+                }
+                for s in p["servers"].as_array().into_iter().flatten() {
+                    let health = if s["ejected"] == true {
+                        "ejected"
+                    } else {
+                        s["health"].as_str().unwrap_or("")
+                    };
+                    println!(
+                        "{:<12} {:<24} {:<6} {:<6} {:>6} {:>7} {:>10} {:>8}",
+                        name,
+                        s["address"].as_str().unwrap_or(""),
+                        s["state"].as_str().unwrap_or(""),
+                        health,
+                        s["weight"],
+                        s["active_connections"],
+                        s["connections_total"],
+                        s["connect_failures"]
+                    );
+                }
+            }
+        }
+        ServersCommand::Add { pool, address, weight } => {
+            let body = json!({ "address": address, "weight": weight });
+            let url = format!("/api/v1/pools/{}/servers", enc(&pool));
+            let v = api.call("POST", &url, Some(body))?;
+            println!(
+                "added {} to {pool} (weight {weight})",
+                v["address"].as_str().unwrap_or(&address)
+            );
+        }
+        ServersCommand::Remove { pool, address } => {
+            api.call("DELETE", &path(&pool, &address), None)?;
+            println!("removed {address} from {pool}; its open connections finish");
+        }
+        ServersCommand::Drain { pool, address } => {
+            api.call("PATCH", &path(&pool, &address), Some(json!({ "state": "drain" })))?;
+            println!("draining {address} in {pool}: no new connections, open ones finish");
+        }
+        ServersCommand::Enable { pool, address } => {
+            api.call("PATCH", &path(&pool, &address), Some(json!({ "state": "up" })))?;
+            println!("{address} in {pool} is up");
+        }
+        ServersCommand::Maint { pool, address } => {
+            api.call("PATCH", &path(&pool, &address), Some(json!({ "state": "maint" })))?;
+            println!("{address} in {pool} is in maintenance");
+        }
+        ServersCommand::Weight { pool, address, weight } => {
+            api.call("PATCH", &path(&pool, &address), Some(json!({ "weight": weight })))?;
+            println!("{address} in {pool} now has weight {weight}");
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a path segment (addresses hold ':' and, for IPv6, brackets).
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let url = format!("{}{}", self.base, path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let unreachable = |e: ureq::Error| {
+            Failure::Runtime(format!("cannot reach the admin API at {}: {e}", self.base))
+        };
+        let mut resp = match (method, body) {
+            ("GET", _) => with_auth(agent.get(&url), &auth).call(),
+            ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
+            ("POST", None) => with_auth(agent.post(&url), &auth).send_empty(),
+            ("POST", Some(b)) => with_auth(agent.post(&url), &auth)
+                .header("Content-Type", "application/json")
+                .send(b.to_string()),
+            (_, b) => with_auth(agent.patch(&url), &auth)
+                .header("Content-Type", "application/json")
+                .send(b.unwrap_or(Value::Null).to_string()),
+        }
+        .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if (200..300).contains(&status) {
+            return Ok(v);
+        }
+        let mut msg = format!("{status}: {}", v["error"].as_str().unwrap_or("request failed"));
+        for e in v["errors"].as_array().into_iter().flatten() {
+            msg.push_str(&format!("\n  {}", e.as_str().unwrap_or("")));
+        }
+        Err(Failure::Runtime(msg))
+    }
+}
+
+fn with_auth<B>(r: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => r.header("Authorization", a),
+        None => r,
+    }
+}
