@@ -5,3 +5,4 @@
 
 pub mod balance;
 pub mod eject;
+pub mod health;

@@ -7,15 +7,19 @@
 mod clock;
 mod copy;
 mod engine;
+mod health;
 mod listener;
+mod probe;
 mod ratelog;
 mod splice;
 mod state;
 mod stats;
 mod tcp;
 
-pub use engine::{Engine, EngineOptions, SpliceMode, StartError};
-pub use state::{ServerStats, Snapshot};
+pub use clock::now_ms;
+pub use engine::{AcceptCtx, Engine, EngineOptions, Shared, SpliceMode, StartError};
+pub use health::run_pool_checks;
+pub use state::{FrontendState, PoolState, ServerEntry, ServerStats, Snapshot};
 pub use stats::{FrontendStats, Limits};
 
 /// Raises the soft open-file limit to the hard limit (each proxied connection holds two

@@ -57,15 +57,17 @@ impl Histogram {
         self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// (sum in seconds, count, cumulative (upper bound, count) pairs ending with +Inf).
+    /// (sum in seconds, count, per-bucket (upper bound, count) pairs ending with +Inf; the
+    /// Prometheus encoder makes them cumulative).
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut acc = 0;
+        let mut total = 0;
         let mut out = Vec::with_capacity(self.buckets.len());
         for (i, b) in self.buckets.iter().enumerate() {
-            acc += b.load(Ordering::Relaxed);
-            out.push((CONNECT_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), acc));
+            let n = b.load(Ordering::Relaxed);
+            total += n;
+            out.push((CONNECT_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
         }
-        (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, acc, out)
+        (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, total, out)
     }
 }
 
