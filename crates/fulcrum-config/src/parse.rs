@@ -485,12 +485,20 @@ impl Walker<'_> {
                     }
                     return None;
                 }
-                HealthKind::Http {
-                    path: path_v,
-                    host: text(self, "host"),
-                    status,
-                    body: text(self, "expect_body"),
+                let host = text(self, "host");
+                if let Some(h) = &host
+                    && (h.is_empty() || h.chars().any(|c| c.is_control() || c == ' '))
+                {
+                    if let Some(hv) = t.get("host") {
+                        self.error(
+                            hv,
+                            &key("host"),
+                            "must be non-empty, without spaces or control characters",
+                        );
+                    }
+                    return None;
                 }
+                HealthKind::Http { path: path_v, host, status, body: text(self, "expect_body") }
             }
             "send-expect" => {
                 let send = text(self, "send");
@@ -528,11 +536,15 @@ impl Walker<'_> {
             rise: 2,
             fall: 3,
         };
-        if let Some(x) = t.get("interval") {
-            h.interval = self.nonzero_duration(x, &key("interval"))?;
-        }
-        if let Some(x) = t.get("timeout") {
-            h.timeout = self.nonzero_duration(x, &key("timeout"))?;
+        for (k, slot) in [("interval", &mut h.interval), ("timeout", &mut h.timeout)] {
+            if let Some(x) = t.get(k) {
+                let d = self.nonzero_duration(x, &key(k))?;
+                if d > Duration::from_secs(3600) {
+                    self.error(x, &key(k), "must be at most 1h");
+                    return None;
+                }
+                *slot = d;
+            }
         }
         if let Some(x) = t.get("rise") {
             h.rise = self.integer(x, &key("rise"), 1, 100)? as u32;

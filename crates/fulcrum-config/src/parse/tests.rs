@@ -193,3 +193,32 @@ fn garbage_never_panics() {
         let _ = parse_str(text, "f.toml");
     }
 }
+
+#[test]
+fn health_keys_parse_and_are_checked() {
+    let base = "[frontend.a]\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[pool.p]\nservers = []\nslow_start = \"5s\"\n[pool.p.health]\n";
+    let c = parse_str(&format!("{base}kind = \"http\"\npath = \"/ok\"\nexpect_status = \"200-204\"\nexpect_body = \"fine\"\ninterval = \"500ms\"\nrise = 1\nfall = 4\n"), "f.toml").unwrap();
+    let p = c.pool("p").unwrap();
+    assert_eq!(p.slow_start, Duration::from_secs(5));
+    let h = p.health.as_ref().unwrap();
+    assert_eq!((h.interval, h.rise, h.fall), (Duration::from_millis(500), 1, 4));
+    assert_eq!(
+        h.kind,
+        HealthKind::Http {
+            path: "/ok".into(),
+            host: None,
+            status: (200, 204),
+            body: Some("fine".into())
+        }
+    );
+    let errs = errors(&format!("{base}kind = \"ping\"\n")).join("\n");
+    assert!(errs.contains("pool.p.health.kind: unknown health check kind \"ping\""), "{errs}");
+    let errs = errors(&format!("{base}kind = \"http\"\nhost = \"a b\"\n")).join("\n");
+    assert!(errs.contains("pool.p.health.host:"), "{errs}");
+    let errs = errors(&format!("{base}kind = \"send-expect\"\nsend = \"PING\"\n")).join("\n");
+    assert!(errs.contains("send-expect needs"), "{errs}");
+    let errs =
+        errors(&format!("{base}interval = \"2h\"\n"))
+            .join("\n");
+    assert!(errs.contains("pool.p.health.interval: must be at most 1h"), "{errs}");
+}
