@@ -217,8 +217,6 @@ fn health_keys_parse_and_are_checked() {
     assert!(errs.contains("pool.p.health.host:"), "{errs}");
     let errs = errors(&format!("{base}kind = \"send-expect\"\nsend = \"PING\"\n")).join("\n");
     assert!(errs.contains("send-expect needs"), "{errs}");
-    let errs =
-        errors(&format!("{base}interval = \"2h\"\n"))
-            .join("\n");
+    let errs = errors(&format!("{base}interval = \"2h\"\n")).join("\n");
     assert!(errs.contains("pool.p.health.interval: must be at most 1h"), "{errs}");
 }
