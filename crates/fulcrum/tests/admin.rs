@@ -512,3 +512,37 @@ async fn ctl_drives_the_api() {
     assert_eq!(server_addrs(&v), vec![a0]);
     assert_eq!(v["pools"][0]["servers"][0]["state"], "up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_opens_and_closes_frontend_listeners() {
+    let b = Backend::start(Mode::Echo).await;
+    let toml = admin_config(&format!("\"{}\"", b.addr), "");
+    let s = start(&toml);
+    let old = s.d.addr("web");
+    // A second frontend on a port from the kernel, then the first one removed.
+    let extra = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = extra.local_addr().unwrap().port();
+    drop(extra);
+    let with_two = toml.replace(
+        "[pool.app]",
+        &format!("[frontend.second]\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\n[pool.app]"),
+    );
+    std::fs::write(s.dir.join("fulcrum.toml"), &with_two).unwrap();
+    let (st, v) = call("POST", &format!("{}/api/v1/reload", s.api), Some(TOKEN), None);
+    assert_eq!(st, 200, "{v}");
+    let second: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(ask_name_echo(second).await, "ping");
+    assert_eq!(ask_name_echo(old).await, "ping");
+    let only_second =
+        with_two.replace("[frontend.web]\nbind = \"127.0.0.1:0\"\npool = \"app\"\n", "");
+    assert!(!only_second.contains("[frontend.web]"), "{only_second}");
+    std::fs::write(s.dir.join("fulcrum.toml"), &only_second).unwrap();
+    let (st, v) = call("POST", &format!("{}/api/v1/reload", s.api), Some(TOKEN), None);
+    assert_eq!(st, 200, "{v}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(old).await.is_ok() {
+        assert!(Instant::now() < end, "removed frontend still accepts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ask_name_echo(second).await, "ping");
+}
