@@ -56,6 +56,7 @@ pub fn router(s: Shared) -> Router {
         .route("/api/v1/pools/{pool}/servers", post(add_server))
         .route("/api/v1/pools/{pool}/servers/{address}", patch(patch_server).delete(remove_server))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/scale-events", get(scale_events))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .route_layer(middleware::from_fn_with_state(s.clone(), auth));
@@ -109,7 +110,7 @@ async fn readyz(State(s): State<Shared>) -> Response {
 async fn metrics(State(s): State<Shared>) -> Response {
     let text = {
         let c = s.controller.lock().await;
-        crate::metrics::render(c.engine(), c.reloads())
+        crate::metrics::render(&c)
     };
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
         .into_response()
@@ -140,6 +141,10 @@ async fn list_pools(State(s): State<Shared>) -> axum::Json<Value> {
                         "active_connections": sv.stats.active.load(Ordering::Relaxed),
                         "connections_total": sv.stats.connections_total.load(Ordering::Relaxed),
                         "connect_failures": sv.stats.connect_failures.load(Ordering::Relaxed),
+                        "agent": sv.stats.agent_state_name(),
+                        "reported": sv.stats.fresh_report(p.report_ttl_ms, now).map(|(clients, queue, assigned)| json!({
+                            "clients": clients, "queue": queue, "assigned_since": assigned,
+                        })),
                     })
                 })
                 .collect();
@@ -221,6 +226,11 @@ async fn patch_server(
     Ok(axum::Json(
         json!({ "pool": pool, "address": key, "state": req.state, "weight": req.weight }),
     ))
+}
+
+async fn scale_events(State(s): State<Shared>) -> axum::Json<Value> {
+    let log = s.controller.lock().await.scale_log.clone();
+    axum::Json(json!({ "events": log.events() }))
 }
 
 async fn reload(State(s): State<Shared>) -> Result<axum::Json<Value>, ApiError> {

@@ -4,10 +4,12 @@
 //! nothing; an accepted one never drops an open connection (connections keep the pool
 //! snapshot they started with).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use fulcrum_config::{ChangeError, Config, Overlay, ServerState};
-use fulcrum_proxy::{Engine, EngineOptions};
+use fulcrum_proxy::{Engine, EngineOptions, ServerStats};
 use tokio_util::sync::CancellationToken;
 
 use crate::statefile;
@@ -37,6 +39,11 @@ impl From<ChangeError> for ApiError {
 }
 
 pub struct Controller {
+    /// Self-registered servers by pool: address → sessions holding it. Not persisted: a
+    /// backend that registered itself re-registers after a restart.
+    dynamic: BTreeMap<String, BTreeMap<String, u32>>,
+    pub scale_log: Arc<crate::scale::ScaleLog>,
+    pub agent_stats: Arc<crate::agent::AgentStats>,
     engine: Engine,
     config_path: Option<PathBuf>,
     base: Config,
@@ -60,6 +67,9 @@ impl Controller {
         let overlay = state_file.as_deref().map(statefile::load).unwrap_or_default();
         let engine = Engine::start(&overlay.apply(&base), opts).map_err(|e| e.0)?;
         let mut c = Controller {
+            dynamic: BTreeMap::new(),
+            scale_log: Arc::default(),
+            agent_stats: Arc::default(),
             engine,
             config_path,
             base,
@@ -73,13 +83,100 @@ impl Controller {
         Ok(c)
     }
 
+    /// The agent listener's settings and key, when `[agent]` is configured.
+    pub fn agent_settings(&self) -> Option<fulcrum_config::Agent> {
+        self.base.agent.clone()
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// The configuration in force: the config file with the runtime changes applied.
+    /// The configuration in force: the config file with the runtime changes applied, plus
+    /// the servers that registered themselves.
     pub fn current(&self) -> Config {
-        self.overlay.apply(&self.base)
+        self.with_dynamic(self.overlay.apply(&self.base))
+    }
+
+    fn with_dynamic(&self, mut c: Config) -> Config {
+        for pool in &mut c.pools {
+            let Some(d) = self.dynamic.get(&pool.name) else { continue };
+            if !pool.self_register {
+                continue;
+            }
+            for addr in d.keys() {
+                let Ok(a) = fulcrum_config::parse_dest(addr) else { continue };
+                if !pool.servers.iter().any(|s| s.address == a) {
+                    pool.servers.push(fulcrum_config::Server::new(a));
+                }
+            }
+        }
+        c
+    }
+
+    /// An agent said hello for `address` in `pool`: returns the server's live stats, and
+    /// whether it joined the pool by registering itself.
+    pub fn register(
+        &mut self,
+        pool: &str,
+        address: &str,
+    ) -> Result<(Arc<ServerStats>, bool), ApiError> {
+        let current = self.current();
+        let p =
+            current.pool(pool).ok_or_else(|| ApiError::new(404, format!("no pool \"{pool}\"")))?;
+        let a = fulcrum_config::parse_dest(address)
+            .map_err(|e| ApiError::new(400, format!("address: {e}")))?;
+        let key = a.to_string();
+        let dynamic = if p.servers.iter().any(|s| s.address == a) {
+            // Already a member (configured, or registered by another session).
+            if let Some(n) = self.dynamic.get_mut(pool).and_then(|d| d.get_mut(&key)) {
+                *n += 1;
+                true
+            } else {
+                false
+            }
+        } else if p.self_register {
+            self.dynamic.entry(pool.to_string()).or_default().insert(key.clone(), 1);
+            if let Err(e) = self.engine.apply(&self.current()) {
+                self.dynamic.entry(pool.to_string()).or_default().remove(&key);
+                return Err(ApiError::new(400, format!("cannot add {key}: {e}")));
+            }
+            self.restart_health();
+            tracing::info!(pool, server = %key, "server registered itself");
+            true
+        } else {
+            return Err(ApiError::new(
+                403,
+                format!("{key} is not in pool \"{pool}\", which does not allow self_register"),
+            ));
+        };
+        let snapshot = self.engine.snapshot();
+        let stats = snapshot
+            .pool(pool)
+            .and_then(|p| p.servers.iter().find(|s| s.key == key))
+            .map(|s| s.stats.clone())
+            .ok_or_else(|| ApiError::new(500, format!("{key} missing after registration")))?;
+        Ok((stats, dynamic))
+    }
+
+    /// A self-registered server's session ended: it leaves the pool when no session holds it.
+    pub fn deregister(&mut self, pool: &str, address: &str) {
+        let Ok(a) = fulcrum_config::parse_dest(address) else { return };
+        let key = a.to_string();
+        let Some(d) = self.dynamic.get_mut(pool) else { return };
+        let Some(n) = d.get_mut(&key) else { return };
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            return;
+        }
+        d.remove(&key);
+        match self.engine.apply(&self.current()) {
+            Ok(()) => tracing::info!(pool, server = %key, "self-registered server left"),
+            Err(e) => {
+                tracing::error!(pool, server = %key, error = %e, "cannot remove self-registered server")
+            }
+        }
+        self.restart_health();
     }
 
     pub fn reloads(&self) -> u64 {
@@ -106,7 +203,7 @@ impl Controller {
                 errors,
             }
         })?;
-        self.engine.apply(&self.overlay.apply(&new)).map_err(|e| ApiError {
+        self.engine.apply(&self.with_dynamic(self.overlay.apply(&new))).map_err(|e| ApiError {
             status: 400,
             message: format!("cannot apply config: {e}; the old config keeps serving"),
             errors: vec![e],
@@ -126,6 +223,10 @@ impl Controller {
     ) -> Result<String, ApiError> {
         let mut o = self.overlay.clone();
         let key = o.add_server(&self.current(), pool, address, weight)?;
+        // A self-registered server added through the API becomes a permanent member.
+        if let Some(d) = self.dynamic.get_mut(pool) {
+            d.remove(&key);
+        }
         self.commit(o)?;
         tracing::info!(pool, server = %key, weight, "server added");
         Ok(key)
@@ -155,7 +256,7 @@ impl Controller {
 
     fn commit(&mut self, overlay: Overlay) -> Result<(), ApiError> {
         self.engine
-            .apply(&overlay.apply(&self.base))
+            .apply(&self.with_dynamic(overlay.apply(&self.base)))
             .map_err(|e| ApiError::new(400, format!("cannot apply: {e}")))?;
         self.overlay = overlay;
         self.restart_health();
@@ -178,13 +279,33 @@ impl Controller {
             t.cancel();
         }
         let snapshot = self.engine.snapshot();
-        for pool in snapshot.pools.iter().filter(|p| p.health.is_some()) {
+        let shared = self.engine.shared().clone();
+        for pool in snapshot.pools.iter() {
             let token = CancellationToken::new();
-            self.runtime.spawn(fulcrum_proxy::run_pool_checks(
-                self.engine.shared().clone(),
-                pool.name.clone(),
-                token.clone(),
-            ));
+            if pool.health.is_some() {
+                let t = fulcrum_proxy::run_pool_checks(
+                    shared.clone(),
+                    pool.name.clone(),
+                    token.clone(),
+                );
+                self.runtime.spawn(t);
+            }
+            if pool.agent_pull.is_some() {
+                let t =
+                    fulcrum_proxy::run_agent_pull(shared.clone(), pool.name.clone(), token.clone());
+                self.runtime.spawn(t);
+            }
+            if let Some(p) = self.base.pool(&pool.name)
+                && (p.scale_out.is_some() || p.scale_in.is_some())
+            {
+                let t = crate::scale::run(
+                    shared.clone(),
+                    p.clone(),
+                    self.scale_log.clone(),
+                    token.clone(),
+                );
+                self.runtime.spawn(t);
+            }
             self.health.push(token);
         }
     }

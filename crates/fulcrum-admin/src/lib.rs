@@ -4,13 +4,17 @@
 //! with Prometheus metrics and its OpenAPI description. Nothing here is on the data path:
 //! workers only ever see the snapshots the controller publishes.
 
+mod agent;
 mod api;
 mod controller;
 mod metrics;
 mod openapi;
+mod scale;
 mod statefile;
 
+pub use agent::{AgentStats, read_key, serve_agent, start_agent};
 pub use api::{AdminServer, serve_admin};
 pub use controller::{ApiError, Controller};
 pub use metrics::render as render_metrics;
 pub use openapi::document as openapi_document;
+pub use scale::{ScaleEvent, ScaleLog};

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fulcrum_proxy::{Engine, Snapshot};
+use fulcrum_proxy::Snapshot;
+
+use crate::controller::Controller;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -20,6 +22,8 @@ struct Scrape {
     max: u64,
     reloads: u64,
     now_ms: u64,
+    agent: Arc<crate::agent::AgentStats>,
+    scale: Vec<(String, &'static str, u64)>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -193,20 +197,96 @@ impl Collector for Scrape {
             MetricType::Counter,
             vec![(Vec::new(), counter(self.reloads))],
         )?;
+        let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let mut reported = Vec::new();
+        for p in &s.pools {
+            for sv in &p.servers {
+                if let Some((c, _, a)) = sv.stats.fresh_report(p.report_ttl_ms, self.now_ms) {
+                    let l = vec![("pool", p.name.clone()), ("server", sv.key.clone())];
+                    reported.push((l, gauge(c + a)));
+                }
+            }
+        }
+        family(
+            &mut enc,
+            "fulcrum_server_reported_clients",
+            "Clients the server last reported (fresh reports only) plus assignments since.",
+            MetricType::Gauge,
+            reported,
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_frontend_udp_dropped",
+            "Directory answers dropped: UDP send queue full.",
+            MetricType::Counter,
+            s.frontends
+                .iter()
+                .map(|f| {
+                    (vec![("frontend", f.name.to_string())], counter(ld(&f.stats.udp_dropped)))
+                })
+                .collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_agent_sessions",
+            "Agent sessions accepted.",
+            MetricType::Counter,
+            vec![(Vec::new(), counter(ld(&self.agent.sessions_total)))],
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_agent_sessions_active",
+            "Agent sessions open now.",
+            MetricType::Gauge,
+            vec![(Vec::new(), gauge(ld(&self.agent.sessions_active)))],
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_agent_reports",
+            "Load reports accepted.",
+            MetricType::Counter,
+            vec![(Vec::new(), counter(ld(&self.agent.reports)))],
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_agent_rejected",
+            "Agent sessions closed for a protocol violation, by reason.",
+            MetricType::Counter,
+            self.agent
+                .rejected()
+                .into_iter()
+                .map(|(r, n)| (vec![("reason", r.to_string())], counter(n)))
+                .collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_scale_events",
+            "Scale signals fired.",
+            MetricType::Counter,
+            self.scale
+                .iter()
+                .map(|(p, d, n)| {
+                    (vec![("pool", p.clone()), ("direction", d.to_string())], counter(*n))
+                })
+                .collect(),
+        )?;
         Ok(())
     }
 }
 
 /// The metrics page in the OpenMetrics text format (which Prometheus reads).
-pub fn render(engine: &Engine, reloads: u64) -> String {
+pub fn render(c: &Controller) -> String {
+    let engine = c.engine();
     let mut registry = Registry::default();
     let shared = engine.shared();
     registry.register_collector(Box::new(Scrape {
         snapshot: engine.snapshot(),
         active: shared.limits.active() as u64,
         max: shared.limits.max() as u64,
-        reloads,
+        reloads: c.reloads(),
         now_ms: fulcrum_proxy::now_ms(),
+        agent: c.agent_stats.clone(),
+        scale: c.scale_log.counts(),
     }));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {

@@ -62,6 +62,13 @@ pub fn document() -> Value {
             "/api/v1/reload": { "post": { "summary": "Re-read and apply the config file", "operationId": "reload",
                 "responses": { "200": { "description": "Reloaded" }, "400": err("Invalid config: every error listed; the old config keeps serving"),
                     "401": err("Missing or wrong token"), "409": err("No config file") } } },
+            "/api/v1/scale-events": { "get": { "summary": "Scale-out and scale-in signals fired (the last 100)", "operationId": "scaleEvents",
+                "responses": { "200": { "description": "Events", "content": { "application/json": { "schema": {
+                    "type": "object", "properties": { "events": { "type": "array", "items": { "type": "object", "properties": {
+                        "pool": { "type": "string" }, "direction": { "type": "string", "enum": ["scale_out", "scale_in"] },
+                        "load": { "type": "number" }, "servers": { "type": "integer" }, "at_unix_ms": { "type": "integer" },
+                        "action": { "type": "string" }, "outcome": { "type": "string" } } } } } } } } },
+                    "401": err("Missing or wrong token") } } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "operationId": "openapi",
                 "responses": { "200": { "description": "OpenAPI document" }, "401": err("Missing or wrong token") } } },
             "/healthz": { "get": { "summary": "Liveness", "operationId": "healthz", "security": [],

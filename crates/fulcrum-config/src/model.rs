@@ -34,6 +34,26 @@ pub struct Config {
     /// Where runtime changes made through the admin API are kept across restarts.
     pub state_file: Option<PathBuf>,
     pub admin: Option<Admin>,
+    pub agent: Option<Agent>,
+}
+
+/// The agent listener: backends dial it and push their load (docs/agent-protocol.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub bind: ListenAddr,
+    /// Pre-shared key file (content trimmed, used as raw bytes).
+    pub key_file: PathBuf,
+    /// How often backends are expected to report.
+    pub report_interval: Duration,
+    /// Reports missed before a backend's report is stale (and a self-registered one leaves).
+    pub missed_reports: u32,
+}
+
+impl Agent {
+    /// How long a report stays fresh.
+    pub fn report_ttl(&self) -> Duration {
+        self.report_interval.saturating_mul(self.missed_reports.max(1))
+    }
 }
 
 /// The admin API listener.
@@ -58,6 +78,7 @@ impl Default for Config {
             pools: Vec::new(),
             state_file: None,
             admin: None,
+            agent: None,
         }
     }
 }
@@ -71,12 +92,18 @@ impl Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
+    /// Clients ask which server to use (`PICK` lines over TCP) and connect themselves.
+    Directory,
+    /// The same, one `PICK` datagram per request.
+    DirectoryUdp,
 }
 
 impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Directory => "directory",
+            Protocol::DirectoryUdp => "directory-udp",
         }
     }
 }
@@ -120,6 +147,30 @@ pub struct Pool {
     /// A server coming back up gets its share ramped up over this long.
     pub slow_start: Duration,
     pub health: Option<HealthCheck>,
+    /// Backends may join this pool through the agent port.
+    pub self_register: bool,
+    /// Poll each server's agent port for HAProxy agent-check text.
+    pub agent_pull: Option<AgentPull>,
+    pub scale_out: Option<ScaleRule>,
+    pub scale_in: Option<ScaleRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPull {
+    pub port: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// When a pool's average load per healthy server stays beyond `threshold` for `window`, run
+/// `command` or post to `webhook`; at most once per `cooldown`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleRule {
+    pub threshold: f64,
+    pub window: Duration,
+    pub cooldown: Duration,
+    pub command: Option<String>,
+    pub webhook: Option<String>,
 }
 
 pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
@@ -159,6 +210,10 @@ impl Pool {
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
             slow_start: Duration::ZERO,
             health: None,
+            self_register: false,
+            agent_pull: None,
+            scale_out: None,
+            scale_in: None,
         }
     }
 }

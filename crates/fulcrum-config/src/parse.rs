@@ -50,10 +50,14 @@ const TOP_KEYS: &[&str] = &[
     "access_log",
     "state_file",
     "admin",
+    "agent",
     "frontend",
     "pool",
 ];
 const ADMIN_KEYS: &[&str] = &["bind", "token_file"];
+const AGENT_KEYS: &[&str] = &["bind", "key_file", "report_interval", "missed_reports"];
+const PULL_KEYS: &[&str] = &["port", "interval", "timeout"];
+const SCALE_KEYS: &[&str] = &["threshold", "window", "cooldown", "command", "webhook"];
 const HEALTH_KEYS: &[&str] = &[
     "kind",
     "interval",
@@ -68,12 +72,23 @@ const HEALTH_KEYS: &[&str] = &[
     "expect",
 ];
 const FRONTEND_KEYS: &[&str] = &["bind", "protocol", "pool", "idle_timeout", "max_connections"];
-const POOL_KEYS: &[&str] =
-    &["algorithm", "servers", "connect_timeout", "retries", "eject", "slow_start", "health"];
+const POOL_KEYS: &[&str] = &[
+    "algorithm",
+    "servers",
+    "connect_timeout",
+    "retries",
+    "eject",
+    "slow_start",
+    "health",
+    "self_register",
+    "agent_pull",
+    "scale_out",
+    "scale_in",
+];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
 const SERVER_KEYS: &[&str] = &["address", "weight"];
 /// Protocols later versions add; named so the error says "not supported yet", not "unknown".
-const FUTURE_PROTOCOLS: &[&str] = &["udp", "http", "https", "directory", "directory-udp"];
+const FUTURE_PROTOCOLS: &[&str] = &["udp", "http", "https"];
 
 impl Walker<'_> {
     fn position(&self, offset: usize) -> (usize, usize) {
@@ -195,6 +210,9 @@ impl Walker<'_> {
         if let Some(v) = doc.get("admin") {
             c.admin = self.admin(v);
         }
+        if let Some(v) = doc.get("agent") {
+            c.agent = self.agent(v);
+        }
         if let Some(v) = doc.get("pool")
             && let Some(t) = self.table(v, "pool")
         {
@@ -268,21 +286,30 @@ impl Walker<'_> {
                 None
             }
         };
+        let mut protocol = Protocol::Tcp;
         if let Some(pv) = t.get("protocol") {
             let key = format!("{path}.protocol");
             if let Some(p) = self.string(pv, &key) {
-                if FUTURE_PROTOCOLS.contains(&p) {
-                    self.error(
-                        pv,
-                        &key,
-                        format!(
-                            "protocol \"{p}\" is not supported by this version yet (supported: tcp)"
-                        ),
-                    );
-                    ok = false;
-                } else if p != "tcp" {
-                    self.error(pv, &key, format!("unknown protocol \"{p}\" (expected: tcp)"));
-                    ok = false;
+                const SUPPORTED: &str = "tcp, directory, directory-udp";
+                match p {
+                    "tcp" => protocol = Protocol::Tcp,
+                    "directory" => protocol = Protocol::Directory,
+                    "directory-udp" => protocol = Protocol::DirectoryUdp,
+                    p if FUTURE_PROTOCOLS.contains(&p) => {
+                        let m = format!(
+                            "protocol \"{p}\" is not supported by this version yet (supported: {SUPPORTED})"
+                        );
+                        self.error(pv, &key, m);
+                        ok = false;
+                    }
+                    p => {
+                        self.error(
+                            pv,
+                            &key,
+                            format!("unknown protocol \"{p}\" (expected: {SUPPORTED})"),
+                        );
+                        ok = false;
+                    }
                 }
             }
         }
@@ -310,6 +337,7 @@ impl Walker<'_> {
             }
         };
         let mut f = Frontend::new(name, bind?, &pool?);
+        f.protocol = protocol;
         if let Some(iv) = t.get("idle_timeout") {
             f.idle_timeout = self
                 .nonzero_duration(iv, &format!("{path}.idle_timeout"))
@@ -378,6 +406,18 @@ impl Walker<'_> {
         if let Some(hv) = t.get("health") {
             pool.health = self.health(hv, &format!("{path}.health"));
         }
+        if let Some(v) = t.get("self_register") {
+            pool.self_register = self.boolean(v, &format!("{path}.self_register")).unwrap_or(false);
+        }
+        if let Some(v) = t.get("agent_pull") {
+            pool.agent_pull = self.agent_pull(v, &format!("{path}.agent_pull"));
+        }
+        if let Some(v) = t.get("scale_out") {
+            pool.scale_out = self.scale(v, &format!("{path}.scale_out"));
+        }
+        if let Some(v) = t.get("scale_in") {
+            pool.scale_in = self.scale(v, &format!("{path}.scale_in"));
+        }
         Some(pool)
     }
 
@@ -433,6 +473,136 @@ impl Walker<'_> {
             None => None,
         };
         Some(Admin { bind: bind?, token_file })
+    }
+
+    fn agent(&mut self, v: &Value<'_>) -> Option<Agent> {
+        let t = self.table(v, "agent")?;
+        self.check_keys(t, "agent", AGENT_KEYS);
+        let bind = match t.get("bind") {
+            Some(bv) => match self.string(bv, "agent.bind").map(parse_listen) {
+                Some(Ok(a)) => Some(a),
+                Some(Err(e)) => {
+                    self.error(bv, "agent.bind", e);
+                    None
+                }
+                None => None,
+            },
+            None => {
+                self.error(v, "agent.bind", "missing key (e.g. \"127.0.0.1:7000\")");
+                None
+            }
+        };
+        let key_file = match t.get("key_file") {
+            Some(kv) => {
+                let s = self.string(kv, "agent.key_file")?.to_string();
+                Some(self.relative(&s))
+            }
+            None => {
+                self.error(
+                    v,
+                    "agent.key_file",
+                    "missing key: reports must be signed with a pre-shared key",
+                );
+                None
+            }
+        };
+        let mut a = Agent {
+            bind: bind?,
+            key_file: key_file?,
+            report_interval: Duration::from_secs(1),
+            missed_reports: 3,
+        };
+        if let Some(x) = t.get("report_interval") {
+            a.report_interval = self.nonzero_duration(x, "agent.report_interval")?;
+        }
+        if let Some(x) = t.get("missed_reports") {
+            a.missed_reports = self.integer(x, "agent.missed_reports", 1, 1000)? as u32;
+        }
+        Some(a)
+    }
+
+    fn agent_pull(&mut self, v: &Value<'_>, path: &str) -> Option<AgentPull> {
+        let t = self.table(v, path)?;
+        self.check_keys(t, path, PULL_KEYS);
+        let port = match t.get("port") {
+            Some(x) => self.integer(x, &format!("{path}.port"), 1, 65_535)? as u16,
+            None => {
+                self.error(v, &format!("{path}.port"), "missing key (the servers' agent port)");
+                return None;
+            }
+        };
+        let mut p =
+            AgentPull { port, interval: Duration::from_secs(2), timeout: Duration::from_secs(1) };
+        if let Some(x) = t.get("interval") {
+            p.interval = self.nonzero_duration(x, &format!("{path}.interval"))?;
+        }
+        if let Some(x) = t.get("timeout") {
+            p.timeout = self.nonzero_duration(x, &format!("{path}.timeout"))?;
+        }
+        Some(p)
+    }
+
+    fn scale(&mut self, v: &Value<'_>, path: &str) -> Option<ScaleRule> {
+        let t = self.table(v, path)?;
+        self.check_keys(t, path, SCALE_KEYS);
+        let threshold = match t.get("threshold").map(|x| (x, x.get_ref())) {
+            Some((_, DeValue::Integer(i))) => {
+                i64::from_str_radix(i.as_str(), i.radix()).ok().map(|n| n as f64)
+            }
+            Some((_, DeValue::Float(f))) => f.as_str().parse::<f64>().ok(),
+            Some((x, other)) => {
+                let found = other.type_str();
+                self.error(
+                    x,
+                    &format!("{path}.threshold"),
+                    format!("expected a number, found {found}"),
+                );
+                return None;
+            }
+            None => {
+                self.error(
+                    v,
+                    &format!("{path}.threshold"),
+                    "missing key (average load per healthy server)",
+                );
+                return None;
+            }
+        };
+        let Some(threshold) = threshold.filter(|x| x.is_finite() && *x >= 0.0) else {
+            if let Some(x) = t.get("threshold") {
+                self.error(x, &format!("{path}.threshold"), "must be a number ≥ 0");
+            }
+            return None;
+        };
+        let mut r = ScaleRule {
+            threshold,
+            window: Duration::from_secs(30),
+            cooldown: Duration::from_secs(60),
+            command: None,
+            webhook: None,
+        };
+        if let Some(x) = t.get("window") {
+            r.window = self.duration(x, &format!("{path}.window"))?;
+        }
+        if let Some(x) = t.get("cooldown") {
+            r.cooldown = self.duration(x, &format!("{path}.cooldown"))?;
+        }
+        if let Some(x) = t.get("command") {
+            r.command = self.string(x, &format!("{path}.command")).map(str::to_string);
+        }
+        if let Some(x) = t.get("webhook") {
+            let w = self.string(x, &format!("{path}.webhook"))?.to_string();
+            if !w.starts_with("http://") {
+                self.error(x, &format!("{path}.webhook"), "must be an http:// URL");
+                return None;
+            }
+            r.webhook = Some(w);
+        }
+        if r.command.is_none() && r.webhook.is_none() {
+            self.error(v, path, "needs a `command` or a `webhook`");
+            return None;
+        }
+        Some(r)
     }
 
     /// Paths in the config are relative to the config file's folder.

@@ -3,6 +3,9 @@
 //! arguments and does no I/O, so it is tested exhaustively without sockets. Nothing in this
 //! crate may open a socket, read a file, spawn a task or read the system clock.
 
+pub mod agent;
+pub mod agentcheck;
 pub mod balance;
 pub mod eject;
 pub mod health;
+pub mod scale;

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use fulcrum_config::Config;
+use fulcrum_config::{Config, Protocol};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
 pub use crate::copy::SpliceMode;
-use crate::listener::{bind_group, is_resource_error};
+use crate::listener::{bind_group, bind_udp_group, is_resource_error};
 use crate::ratelog::RateLimit;
 use crate::state::{Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
@@ -73,10 +73,16 @@ pub struct AcceptCtx {
     pub limits: Option<Limits>,
     /// Identifies this listener generation: a rebind starts a new one.
     pub generation: u64,
+    pub protocol: Protocol,
+}
+
+enum Sock {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
 }
 
 enum WorkerCmd {
-    Listen(Arc<AcceptCtx>, std::net::TcpListener),
+    Listen(Arc<AcceptCtx>, Sock),
     Close(Arc<str>, u64),
 }
 
@@ -85,7 +91,16 @@ struct Bound {
     bind: SocketAddr,
     local: SocketAddr,
     max_connections: Option<usize>,
+    protocol: Protocol,
     ctx: Arc<AcceptCtx>,
+}
+
+impl Bound {
+    fn serves(&self, f: &fulcrum_config::Frontend) -> bool {
+        self.bind == f.bind
+            && self.max_connections == f.max_connections
+            && self.protocol == f.protocol
+    }
 }
 
 pub struct Engine {
@@ -153,26 +168,40 @@ impl Engine {
         }
         let snapshot = Snapshot::build(config, &mut self.registry, &self.frontend_stats)?;
         // Bind what is new or moved before touching anything.
-        let mut fresh: Vec<(String, Bound, Vec<std::net::TcpListener>)> = Vec::new();
+        let mut fresh: Vec<(String, Bound, Vec<Sock>)> = Vec::new();
         for f in &config.frontends {
-            let keep = self.bound.iter().any(|(n, b)| {
-                n == &f.name && b.bind == f.bind && b.max_connections == f.max_connections
-            });
-            if keep {
+            if self.bound.iter().any(|(n, b)| n == &f.name && b.serves(f)) {
                 continue;
             }
-            let group = bind_group(f.bind, self.workers)?;
+            let group: Vec<Sock> = match f.protocol {
+                Protocol::Tcp | Protocol::Directory => {
+                    bind_group(f.bind, self.workers)?.into_iter().map(Sock::Tcp).collect()
+                }
+                Protocol::DirectoryUdp => {
+                    bind_udp_group(f.bind, self.workers)?.into_iter().map(Sock::Udp).collect()
+                }
+            };
             let local = group
                 .first()
-                .and_then(|l| l.local_addr().ok())
+                .and_then(|l| match l {
+                    Sock::Tcp(l) => l.local_addr().ok(),
+                    Sock::Udp(u) => u.local_addr().ok(),
+                })
                 .ok_or_else(|| format!("cannot bind {}: no socket", f.bind))?;
             let ctx = Arc::new(AcceptCtx {
                 name: Arc::from(f.name.as_str()),
                 stats: self.frontend_stats.get(&f.name).cloned().unwrap_or_default(),
                 limits: f.max_connections.map(Limits::new),
                 generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+                protocol: f.protocol,
             });
-            let b = Bound { bind: f.bind, local, max_connections: f.max_connections, ctx };
+            let b = Bound {
+                bind: f.bind,
+                local,
+                max_connections: f.max_connections,
+                protocol: f.protocol,
+                ctx,
+            };
             fresh.push((f.name.clone(), b, group));
         }
         self.shared.state.store(Arc::new(snapshot));
@@ -180,9 +209,7 @@ impl Engine {
         // Close listeners of frontends that left or moved.
         let mut kept = Vec::new();
         for (name, b) in self.bound.drain(..) {
-            let stays = config.frontends.iter().any(|f| {
-                f.name == name && f.bind == b.bind && f.max_connections == b.max_connections
-            });
+            let stays = config.frontends.iter().any(|f| f.name == name && b.serves(f));
             if stays {
                 kept.push((name, b));
             } else {
@@ -275,21 +302,35 @@ fn worker(
                 () = stop.cancelled() => None,
             };
             match cmd {
-                Some(WorkerCmd::Listen(ctx, l)) => match TcpListener::from_std(l) {
-                    Ok(l) => {
-                        let token = stop.child_token();
-                        let (name, generation) = (ctx.name.clone(), ctx.generation);
-                        let h = tokio::spawn(accept_loop(
-                            shared.clone(),
-                            ctx,
-                            l,
-                            token.clone(),
-                            tracker.clone(),
-                        ));
-                        loops.push((name, generation, token, h));
+                Some(WorkerCmd::Listen(ctx, sock)) => {
+                    let token = stop.child_token();
+                    let (name, generation) = (ctx.name.clone(), ctx.generation);
+                    let h = match sock {
+                        Sock::Tcp(l) => TcpListener::from_std(l).map(|l| {
+                            tokio::spawn(accept_loop(
+                                shared.clone(),
+                                ctx,
+                                l,
+                                token.clone(),
+                                tracker.clone(),
+                            ))
+                        }),
+                        Sock::Udp(u) => tokio::net::UdpSocket::from_std(u).map(|u| {
+                            tokio::spawn(crate::directory::serve_udp(
+                                shared.clone(),
+                                ctx,
+                                u,
+                                token.clone(),
+                            ))
+                        }),
+                    };
+                    match h {
+                        Ok(h) => loops.push((name, generation, token, h)),
+                        Err(e) => {
+                            tracing::error!(worker = id, error = %e, "cannot register listener")
+                        }
                     }
-                    Err(e) => tracing::error!(worker = id, error = %e, "cannot register listener"),
-                },
+                }
                 Some(WorkerCmd::Close(name, generation)) => {
                     loops.retain(|(n, g, token, _)| {
                         let hit = *n == name && *g == generation;
@@ -357,7 +398,12 @@ async fn accept_loop(
                 let ctx = ctx.clone();
                 tracker.spawn(async move {
                     let guard = ReleaseOnDrop(shared.clone(), ctx.clone());
-                    crate::tcp::serve(shared, &ctx, stream, peer).await;
+                    match ctx.protocol {
+                        Protocol::Directory => {
+                            crate::directory::serve_tcp(shared, &ctx, stream, peer).await
+                        }
+                        _ => crate::tcp::serve(shared, &ctx, stream, peer).await,
+                    }
                     drop(guard);
                 });
             }

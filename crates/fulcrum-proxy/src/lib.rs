@@ -6,10 +6,12 @@
 
 mod clock;
 mod copy;
+mod directory;
 mod engine;
 mod health;
 mod listener;
 mod probe;
+mod pull;
 mod ratelog;
 mod splice;
 mod state;
@@ -19,7 +21,11 @@ mod tcp;
 pub use clock::now_ms;
 pub use engine::{AcceptCtx, Engine, EngineOptions, Shared, SpliceMode, StartError};
 pub use health::run_pool_checks;
-pub use state::{FrontendState, PoolState, ServerEntry, ServerStats, Snapshot};
+pub use pull::run_agent_pull;
+pub use ratelog::RateLimit;
+pub use state::{
+    AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, PoolState, ServerEntry, ServerStats, Snapshot,
+};
 pub use stats::{FrontendStats, Limits};
 
 /// Raises the soft open-file limit to the hard limit (each proxied connection holds two

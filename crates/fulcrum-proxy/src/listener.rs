@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use socket2::{Domain, Protocol, Socket, Type};
 
 const BACKLOG: i32 = 4096;
+const UDP_BUFFER: usize = 4 << 20;
 
 fn reason(e: &io::Error) -> String {
     let s = e.to_string();
@@ -42,6 +43,33 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
     Ok(s.into())
+}
+
+/// Binds `count` UDP sockets sharing `addr` (the kernel spreads datagrams by source).
+pub fn bind_udp_group(addr: SocketAddr, count: usize) -> Result<Vec<std::net::UdpSocket>, String> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let s = (|| {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            // The default ~200 KiB holds only ~200 small datagrams (each costs ~1 KiB of
+            // buffer accounting): a burst would be dropped by the kernel before we see it.
+            // The kernel caps this at net.core.rmem_max / wmem_max.
+            let _ = s.set_recv_buffer_size(UDP_BUFFER);
+            let _ = s.set_send_buffer_size(UDP_BUFFER);
+            s.bind(&addr.into())?;
+            io::Result::Ok(std::net::UdpSocket::from(s))
+        })()
+        .map_err(|e| format!("cannot bind udp {addr}: {}", reason(&e)))?;
+        if addr.port() == 0 {
+            addr = s.local_addr().map_err(|e| format!("cannot bind udp {addr}: {}", reason(&e)))?;
+        }
+        out.push(s);
+    }
+    Ok(out)
 }
 
 /// Errors of `accept(2)` that mean "out of a resource for now": back off and try again.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use fulcrum_config::{Config, HealthCheck, ServerAddr, ServerState};
-use fulcrum_core::balance::{Balancer, LoadView, ServerSpec};
+use fulcrum_config::{AgentPull, Config, HealthCheck, ServerAddr, ServerState};
+use fulcrum_core::balance::{Balancer, LoadView, Metric, ServerSpec};
 use fulcrum_core::eject::{EjectPolicy, FailureOutcome, is_ejected};
 
 use crate::stats::FrontendStats;
@@ -33,7 +33,22 @@ pub struct ServerStats {
     /// When the server last came back up (ms on the process clock); 0 = never was down.
     up_since_ms: AtomicU64,
     pub connect_time: Histogram,
+    /// The server's own last report (agent protocol, push): clients and queue length.
+    reported_clients: AtomicU64,
+    reported_queue: AtomicU64,
+    /// When that report arrived (process clock ms); 0 = never.
+    report_at_ms: AtomicU64,
+    /// New clients sent to the server since its last report (connections or directory answers).
+    assigned_since: AtomicU64,
+    /// What the server's agent (push or pull) says: [`AGENT_UP`], [`AGENT_DRAIN`], [`AGENT_DOWN`].
+    agent_state: AtomicU8,
+    /// Weight percentage from a pull agent ("75%"); 0 means none given (full weight).
+    agent_weight_pct: AtomicU32,
 }
+
+pub const AGENT_UP: u8 = 0;
+pub const AGENT_DRAIN: u8 = 1;
+pub const AGENT_DOWN: u8 = 2;
 
 /// Upper bounds of the connect-time histogram buckets, in seconds (Prometheus convention).
 pub const CONNECT_BUCKETS: [f64; 12] =
@@ -72,6 +87,66 @@ impl Histogram {
 }
 
 impl ServerStats {
+    /// Records a report from the server's agent; the assignments counted since the previous
+    /// one are now part of what it reports.
+    pub fn on_report(&self, clients: u64, queue: u64, now_ms: u64) {
+        self.reported_clients.store(clients, Ordering::Relaxed);
+        self.reported_queue.store(queue, Ordering::Relaxed);
+        self.assigned_since.store(0, Ordering::Relaxed);
+        self.report_at_ms.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Counts one new client sent to this server.
+    pub fn on_assigned(&self) {
+        self.assigned_since.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (clients, queue, assigned since) of a report no older than `ttl_ms`.
+    pub fn fresh_report(&self, ttl_ms: u64, now_ms: u64) -> Option<(u64, u64, u64)> {
+        let at = self.report_at_ms.load(Ordering::Relaxed);
+        if at == 0 || now_ms.saturating_sub(at) > ttl_ms {
+            return None;
+        }
+        Some((
+            self.reported_clients.load(Ordering::Relaxed),
+            self.reported_queue.load(Ordering::Relaxed),
+            self.assigned_since.load(Ordering::Relaxed),
+        ))
+    }
+
+    pub fn last_report_ms(&self) -> u64 {
+        self.report_at_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn set_agent_state(&self, state: u8) {
+        self.agent_state.store(state, Ordering::Relaxed);
+    }
+
+    pub fn agent_state(&self) -> u8 {
+        self.agent_state.load(Ordering::Relaxed)
+    }
+
+    pub fn agent_state_name(&self) -> &'static str {
+        match self.agent_state() {
+            AGENT_DRAIN => "drain",
+            AGENT_DOWN => "down",
+            _ => "up",
+        }
+    }
+
+    /// Sets the pull agent's weight percentage (0 = none given).
+    pub fn set_agent_weight_pct(&self, pct: u32) {
+        self.agent_weight_pct.store(pct, Ordering::Relaxed);
+    }
+
+    /// Share of normal traffic the agent's weight allows, in 0.0..=1.0.
+    pub fn agent_factor(&self) -> f64 {
+        match self.agent_weight_pct.load(Ordering::Relaxed) {
+            0 => 1.0,
+            p => (f64::from(p) / 100.0).min(1.0),
+        }
+    }
+
     pub fn health_name(&self) -> &'static str {
         if self.is_down() { "down" } else { "up" }
     }
@@ -176,7 +251,9 @@ pub struct ServerEntry {
 impl ServerEntry {
     /// Whether the operator and the health checks both allow new connections.
     pub fn in_rotation(&self) -> bool {
-        self.state == ServerState::Up && !self.stats.is_down()
+        self.state == ServerState::Up
+            && !self.stats.is_down()
+            && self.stats.agent_state() == AGENT_UP
     }
 }
 
@@ -199,6 +276,8 @@ pub struct PoolState {
     pub max_ejection_percent: u32,
     pub slow_start: Duration,
     pub health: Option<HealthCheck>,
+    pub report_ttl_ms: u64,
+    pub agent_pull: Option<AgentPull>,
 }
 
 /// The pool as the balancer sees it at one instant. `panic` ignores passive ejection: when
@@ -207,6 +286,8 @@ pub struct PoolView<'a> {
     pub servers: &'a [ServerEntry],
     pub now_ms: u64,
     pub panic: bool,
+    /// A report older than this is stale: the balancer's own count is used instead.
+    pub report_ttl_ms: u64,
 }
 
 impl LoadView for PoolView<'_> {
@@ -221,6 +302,16 @@ impl LoadView for PoolView<'_> {
     }
     fn active(&self, i: usize) -> u64 {
         self.servers.get(i).map_or(0, |s| s.stats.active.load(Ordering::Relaxed))
+    }
+    fn metric(&self, i: usize, metric: Metric) -> u64 {
+        let Some(s) = self.servers.get(i) else { return 0 };
+        match s.stats.fresh_report(self.report_ttl_ms, self.now_ms) {
+            Some((clients, queue, assigned)) => match metric {
+                Metric::Queue => queue + assigned,
+                Metric::Load | Metric::Active => clients + assigned,
+            },
+            None => s.stats.active.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -280,6 +371,11 @@ impl Snapshot {
                 max_ejection_percent: p.max_ejection_percent,
                 slow_start: p.slow_start,
                 health: p.health.clone(),
+                report_ttl_ms: config
+                    .agent
+                    .as_ref()
+                    .map_or(3_000, |a| a.report_ttl().as_millis() as u64),
+                agent_pull: p.agent_pull.clone(),
             }));
         }
         let mut frontends = Vec::with_capacity(config.frontends.len());

@@ -53,6 +53,8 @@ pub struct FrontendStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Directory answers over UDP dropped because the send queue was full.
+    pub udp_dropped: AtomicU64,
 }
 
 impl FrontendStats {

@@ -107,7 +107,12 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, Tcp
     while connects < attempts {
         let now = now_ms();
         let mut input = PickInput { hash: input_hash, rand: fastrand::u64(..) };
-        let mut view = PoolView { servers: &pool.servers, now_ms: now, panic: false };
+        let mut view = PoolView {
+            servers: &pool.servers,
+            now_ms: now,
+            panic: false,
+            report_ttl_ms: pool.report_ttl_ms,
+        };
         let picked = match pool.balancer.pick(&input, &view, &tried) {
             Some(i) => Some(i),
             None => {
@@ -125,8 +130,8 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, Tcp
             return None;
         }
         let server = pool.servers.get(index)?;
-        if slow_ms > 0 && picked.is_some() {
-            let factor = server.stats.slow_start_factor(slow_ms, now);
+        if picked.is_some() {
+            let factor = server.stats.slow_start_factor(slow_ms, now) * server.stats.agent_factor();
             if factor < 1.0 && fastrand::f64() > factor {
                 deferred = Some(index);
                 continue;
@@ -141,6 +146,7 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, Tcp
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 server.stats.on_connect_success(started.elapsed());
+                server.stats.on_assigned();
                 return Some((Picked { pool: pool.clone(), index }, stream));
             }
             Ok(Err(e)) => e,

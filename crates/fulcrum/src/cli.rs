@@ -56,6 +56,101 @@ pub enum Command {
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=5000))]
         connections: u32,
     },
+    /// A demo and test server to put behind the balancer: upper-casing line echo (tcp), a
+    /// tiny HTTP/1.1 responder (http) or datagram echo (udp), optionally reporting its load to
+    /// a balancer's agent port.
+    Backend(BackendArgs),
+    /// A load client: concurrent clients for a bounded time or count, then a table of how
+    /// the requests were spread over the servers, with latency percentiles.
+    Load(LoadArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendProtocol {
+    /// Line echo: each line comes back upper-cased; the line `WHOAMI` answers the name.
+    Tcp,
+    /// HTTP/1.1 with keep-alive: every request gets 200 and a body naming the backend.
+    Http,
+    /// Each datagram comes back upper-cased to its sender; `WHOAMI` answers the name.
+    Udp,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BackendArgs {
+    /// Where to listen: [IP:]PORT (port 0 takes a free port; the `listening` log line says which).
+    #[arg(long)]
+    pub listen: String,
+    /// What to serve.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub protocol: BackendProtocol,
+    /// Service time: every request is answered after this long, e.g. 20ms.
+    #[arg(long, value_parser = delay, default_value = "0s")]
+    pub delay: Duration,
+    /// Name answered to `WHOAMI` and in HTTP bodies (default: the bound listen address).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A balancer's agent port to report load to: [HOST:]PORT.
+    #[arg(long, requires_all = ["pool", "key_file"])]
+    pub agent: Option<String>,
+    /// Pool to join through the agent port.
+    #[arg(long, requires = "agent")]
+    pub pool: Option<String>,
+    /// File holding the agent's pre-shared key (surrounding whitespace is ignored).
+    #[arg(long, requires = "agent")]
+    pub key_file: Option<PathBuf>,
+    /// Address the balancer should send clients to (default: the bound listen address).
+    #[arg(long, requires = "agent")]
+    pub advertise: Option<String>,
+    /// Time between two load reports to the agent port.
+    #[arg(long, value_parser = report_interval, default_value = "1s")]
+    pub report_interval: Duration,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LoadProtocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// Where to send load: [HOST:]PORT of a frontend (of a directory with --directory).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub clients: u32,
+    /// Run for this long, at most 1h (default 10s, or 1h as a bound when --requests is given).
+    #[arg(long, value_parser = run_time)]
+    pub duration: Option<Duration>,
+    /// Stop after this many requests (with --duration too: whichever comes first).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub requests: Option<u64>,
+    /// TARGET is a directory frontend: ask it `PICK` per request, then call the server it names
+    /// (over TCP) directly.
+    #[arg(long)]
+    pub directory: bool,
+    /// Transport to TARGET: requests (or, with --directory, the PICK questions) over tcp or udp.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub protocol: LoadProtocol,
+    /// Further attempts, each on a new connection, before a request counts as an error.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retries: u32,
+    /// Time allowed for one attempt, connecting included.
+    #[arg(long, value_parser = attempt_timeout, default_value = "2s")]
+    pub timeout: Duration,
+    /// The request line (sent without its newline over udp); the answer must be it upper-cased.
+    #[arg(long, default_value = "hello")]
+    pub message: String,
+    /// Reuse each client's connection for its next request (default: a new one per request).
+    #[arg(long)]
+    pub keep_alive: bool,
+    /// No live progress bar (it is also off when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Print the result as one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +196,36 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// A duration within `[min, max]`: the backend and load commands bound every wait they make.
+fn bounded(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = fulcrum_config::parse_duration(s)?;
+    if d < min || d > max {
+        let show = |d: Duration| humantime_ish(d);
+        return Err(format!("must be between {} and {}", show(min), show(max)));
+    }
+    Ok(d)
+}
+
+fn humantime_ish(d: Duration) -> String {
+    if d.subsec_nanos() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+fn delay(s: &str) -> Result<Duration, String> {
+    bounded(s, Duration::ZERO, Duration::from_secs(600))
+}
+
+fn report_interval(s: &str) -> Result<Duration, String> {
+    bounded(s, Duration::from_millis(10), Duration::from_secs(3600))
+}
+
+fn run_time(s: &str) -> Result<Duration, String> {
+    bounded(s, Duration::from_millis(1), Duration::from_secs(3600))
+}
+
+fn attempt_timeout(s: &str) -> Result<Duration, String> {
+    bounded(s, Duration::from_millis(1), Duration::from_secs(600))
 }
 
 #[derive(clap::Args, Debug)]

@@ -1,9 +1,11 @@
 //! The `fulcrum` binary: command line, logging, signals and wiring of the engine. The only
 //! crate allowed to use `anyhow` and to call `std::process::exit`.
 
+mod backend;
 mod cli;
 mod ctl;
 mod demo;
+mod load;
 mod logging;
 mod run;
 

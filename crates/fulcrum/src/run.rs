@@ -46,6 +46,8 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
         }
         Command::Demo { connections } => crate::demo::run(connections).map_err(Failure::Runtime),
         Command::Ctl(args) => crate::ctl::run(args),
+        Command::Backend(args) => crate::backend::run(args),
+        Command::Load(args) => crate::load::run(args),
     }
 }
 
@@ -134,6 +136,9 @@ fn admin_token(config: &Config) -> Result<Option<String>, Failure> {
 
 fn serve(config: Config, path: Option<PathBuf>, splice: Splice) -> Result<(), Failure> {
     let token = admin_token(&config)?;
+    if let Some(a) = &config.agent {
+        fulcrum_admin::read_key(&a.key_file).map_err(Failure::Config)?;
+    }
     let nofile = fulcrum_proxy::raise_nofile_limit();
     let opts = EngineOptions {
         splice: splice_mode(splice),
@@ -169,7 +174,13 @@ fn serve(config: Config, path: Option<PathBuf>, splice: Splice) -> Result<(), Fa
             let server = AdminServer { controller: controller.clone(), token };
             admin_task = Some(tokio::spawn(serve_admin(l, server, stop_admin.clone())));
         }
-        tracing::info!(workers, max_connections = max, version = env!("CARGO_PKG_VERSION"), "fulcrum started");
+if let Some(addr) = fulcrum_admin::start_agent(controller.clone(), stop_admin.clone())
+            .await
+            .map_err(Failure::Runtime)?
+        {
+            tracing::info!(address = %addr, "agent listener ready");
+        }
+                tracing::info!(workers, max_connections = max, version = env!("CARGO_PKG_VERSION"), "fulcrum started");
         let signal = wait_for_stop(&controller).await?;
         tracing::info!(
             signal,

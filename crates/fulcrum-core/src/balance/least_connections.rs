@@ -12,16 +12,27 @@
 //! (from an idle pool, every light server's first connection comes before the heavy one's
 //! second); minimising `(active + 1) / weight` instead would swap which side overshoots.
 
-use super::{LoadView, PickInput, ServerSpec, Tried, less_loaded, usable};
+//!
+//! The same rule serves `least-load` and `shortest-queue`: only the number compared changes
+//! ([`Metric`]), read through [`LoadView::metric`].
+
+use super::{LoadView, Metric, PickInput, ServerSpec, Tried, less_loaded, usable};
 
 #[derive(Debug)]
 pub struct LeastConnections {
     weights: Box<[u32]>,
+    metric: Metric,
 }
 
 impl LeastConnections {
     pub fn new(servers: &[ServerSpec<'_>]) -> Self {
-        Self { weights: servers.iter().map(|s| s.weight).collect() }
+        Self::with_metric(servers, Metric::Active)
+    }
+
+    /// Least of `metric` per weight: `Metric::Load` is least-load, `Metric::Queue`
+    /// shortest-queue.
+    pub fn with_metric(servers: &[ServerSpec<'_>], metric: Metric) -> Self {
+        Self { weights: servers.iter().map(|s| s.weight).collect(), metric }
     }
 
     pub fn pick(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
@@ -34,8 +45,8 @@ impl LeastConnections {
         let (head, tail) = weights.split_at_checked(start).unwrap_or((weights, &[]));
         // Two plain slices rather than a chained iterator: this loop is the whole cost of a
         // pick on a large pool, and the chain keeps it from being a tight loop.
-        let best = scan(view, tried, start, tail, None);
-        scan(view, tried, 0, head, best).map(|(i, _, _)| i)
+        let best = scan(view, tried, self.metric, start, tail, None);
+        scan(view, tried, self.metric, 0, head, best).map(|(i, _, _)| i)
     }
 }
 
@@ -45,6 +56,7 @@ impl LeastConnections {
 fn scan(
     view: &impl LoadView,
     tried: &Tried,
+    metric: Metric,
     first: usize,
     weights: &[u32],
     mut best: Option<(usize, u64, u32)>,
@@ -53,7 +65,10 @@ fn scan(
         if weight == 0 || !usable(view, tried, i) {
             continue;
         }
-        let active = view.active(i);
+        let active = match metric {
+            Metric::Active => view.active(i),
+            m => view.metric(i, m),
+        };
         if best.is_none_or(|(_, ba, bw)| less_loaded(active, weight, ba, bw)) {
             best = Some((i, active, weight));
         }
@@ -148,5 +163,64 @@ mod tests {
             assert_eq!(b.pick(&input(r), &view, &Tried::new()), Some(1));
         }
         assert_eq!(b.pick(&input(0), &VecView::all(0), &Tried::new()), None);
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::super::{Algorithm, Balancer, LoadView, Metric, PickInput, ServerSpec, Tried};
+
+    /// Servers reporting 0/5/10 clients; assignments made since the report count too.
+    struct Reported {
+        clients: [u64; 3],
+        queue: [u64; 3],
+        assigned: [u64; 3],
+    }
+
+    impl LoadView for Reported {
+        fn len(&self) -> usize {
+            3
+        }
+        fn eligible(&self, _: usize) -> bool {
+            true
+        }
+        fn active(&self, _: usize) -> u64 {
+            0
+        }
+        fn metric(&self, i: usize, m: Metric) -> u64 {
+            let base = match m {
+                Metric::Load => self.clients[i],
+                Metric::Queue => self.queue[i],
+                Metric::Active => 0,
+            };
+            base + self.assigned[i]
+        }
+    }
+
+    fn specs() -> Vec<ServerSpec<'static>> {
+        ["a", "b", "c"].iter().map(|k| ServerSpec { key: k, weight: 1 }).collect()
+    }
+
+    #[test]
+    fn thirty_arrivals_between_reports_even_out_0_5_10() {
+        let b = Balancer::new(Algorithm::LeastLoad, &specs());
+        let mut v = Reported { clients: [0, 5, 10], queue: [0; 3], assigned: [0; 3] };
+        for r in 0..30u64 {
+            let i = b.pick(&PickInput { hash: 0, rand: r * 7919 }, &v, &Tried::new()).unwrap();
+            v.assigned[i] += 1;
+        }
+        let finals: Vec<u64> = (0..3).map(|i| v.clients[i] + v.assigned[i]).collect();
+        let spread = finals.iter().max().unwrap() - finals.iter().min().unwrap();
+        assert!(spread <= 2, "{finals:?}");
+        assert_eq!(v.assigned.iter().sum::<u64>(), 30);
+    }
+
+    #[test]
+    fn shortest_queue_follows_reported_queues() {
+        let b = Balancer::new(Algorithm::ShortestQueue, &specs());
+        let v = Reported { clients: [0, 0, 0], queue: [9, 1, 4], assigned: [0; 3] };
+        assert_eq!(b.pick(&PickInput::default(), &v, &Tried::new()), Some(1));
+        let v = Reported { clients: [0, 0, 0], queue: [9, 1, 4], assigned: [0, 5, 0] };
+        assert_eq!(b.pick(&PickInput::default(), &v, &Tried::new()), Some(2));
     }
 }

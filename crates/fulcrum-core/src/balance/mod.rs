@@ -45,9 +45,26 @@ pub trait LoadView {
     fn eligible(&self, i: usize) -> bool;
     /// Active connections (or in-flight requests) on server `i`.
     fn active(&self, i: usize) -> u64;
+    /// The load number `least-load` or `shortest-queue` compares for server `i`: the server's
+    /// own last report plus the assignments made since it, or `active` when there is no fresh
+    /// report.
+    fn metric(&self, i: usize, _metric: Metric) -> u64 {
+        self.active(i)
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What the least-* algorithms compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Connections the balancer has open to the server.
+    Active,
+    /// Clients the server reports (plus assignments since its report).
+    Load,
+    /// Queue length the server reports (plus assignments since its report).
+    Queue,
 }
 
 /// Most attempts one client connection makes (first try plus retries); bounds [`Tried`].
@@ -130,10 +147,12 @@ pub enum Algorithm {
     SourceHash,
     Maglev,
     RingHash,
+    LeastLoad,
+    ShortestQueue,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 8] = [
+    pub const ALL: [Algorithm; 10] = [
         Algorithm::RoundRobin,
         Algorithm::WeightedRoundRobin,
         Algorithm::LeastConnections,
@@ -142,6 +161,8 @@ impl Algorithm {
         Algorithm::SourceHash,
         Algorithm::Maglev,
         Algorithm::RingHash,
+        Algorithm::LeastLoad,
+        Algorithm::ShortestQueue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -154,6 +175,8 @@ impl Algorithm {
             Algorithm::SourceHash => "source-hash",
             Algorithm::Maglev => "maglev",
             Algorithm::RingHash => "ring-hash",
+            Algorithm::LeastLoad => "least-load",
+            Algorithm::ShortestQueue => "shortest-queue",
         }
     }
 
@@ -206,6 +229,12 @@ impl Balancer {
             Algorithm::SourceHash => Balancer::SourceHash(SourceHash::new(servers)),
             Algorithm::Maglev => Balancer::Maglev(Maglev::new(servers)),
             Algorithm::RingHash => Balancer::RingHash(RingHash::new(servers)),
+            Algorithm::LeastLoad => {
+                Balancer::LeastConnections(LeastConnections::with_metric(servers, Metric::Load))
+            }
+            Algorithm::ShortestQueue => {
+                Balancer::LeastConnections(LeastConnections::with_metric(servers, Metric::Queue))
+            }
         }
     }
 

@@ -1,0 +1,177 @@
+//! Directory mode: a client asks which server to use and connects to it itself. Over TCP the
+//! request is a line `PICK` or `PICK <pool>` (several per connection), over UDP one request
+//! per datagram; the answer is `<ip>:<port>` or `ERR <reason>`, framed the same way. Every
+//! answer counts as an assignment to that server until its next load report, so a burst of
+//! clients spreads instead of piling onto the server that looked idle.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fulcrum_core::balance::{PickInput, Tried, hash_ip};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::engine::{AcceptCtx, Shared};
+use crate::ratelog::RateLimit;
+use crate::state::{PoolView, Snapshot};
+
+/// Longest request line; a client sending more without a newline is cut off.
+const MAX_LINE: usize = 512;
+/// UDP answers waiting for the socket to take them, per worker; beyond it they are dropped
+/// and counted.
+const UDP_QUEUE: usize = 4096;
+
+static UDP_DROP_LOG: RateLimit = RateLimit::new(1_000);
+
+/// The answer to one request line (without the newline).
+pub fn answer(snapshot: &Snapshot, frontend: &str, line: &[u8], peer: SocketAddr) -> String {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Ok(text) = std::str::from_utf8(line) else { return "ERR request is not UTF-8".into() };
+    let mut words = text.split_ascii_whitespace();
+    if words.next() != Some("PICK") {
+        return "ERR unknown request (expected PICK or PICK <pool>)".into();
+    }
+    let pool = match (words.next(), words.next()) {
+        (None, _) => match snapshot.frontend(frontend).and_then(|f| snapshot.pools.get(f.pool)) {
+            Some(p) => p,
+            None => return "ERR frontend has no pool".into(),
+        },
+        (Some(name), None) => match snapshot.pool(name) {
+            Some(p) => p,
+            None => return format!("ERR no pool {name}"),
+        },
+        _ => return "ERR unknown request (expected PICK or PICK <pool>)".into(),
+    };
+    let now = now_ms();
+    let mut view = PoolView {
+        servers: &pool.servers,
+        now_ms: now,
+        panic: false,
+        report_ttl_ms: pool.report_ttl_ms,
+    };
+    let input = PickInput { hash: hash_ip(peer.ip()), rand: fastrand::u64(..) };
+    let picked = pool.balancer.pick(&input, &view, &Tried::new()).or_else(|| {
+        view.panic = true;
+        pool.balancer.pick(&input, &view, &Tried::new())
+    });
+    match picked.and_then(|i| pool.servers.get(i)) {
+        Some(s) => {
+            s.stats.on_assigned();
+            s.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+            s.addr.to_string()
+        }
+        None => "ERR no server available".into(),
+    }
+}
+
+/// Serves `PICK` lines on one TCP connection until the client closes or idles out.
+pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, mut s: TcpStream, peer: SocketAddr) {
+    let stats = &ctx.stats;
+    stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    stats.connections_active.fetch_add(1, Ordering::Relaxed);
+    let idle = shared
+        .state
+        .load()
+        .frontend(&ctx.name)
+        .map_or(Duration::from_secs(300), |f| f.idle_timeout);
+    let mut buf = Vec::with_capacity(128);
+    let mut chunk = [0u8; 1024];
+    let mut out = String::new();
+    loop {
+        let n = match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+        };
+        stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        // Answer every complete line in what arrived (requests may be coalesced or split).
+        out.clear();
+        let snapshot = shared.state.load();
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            out.push_str(&answer(&snapshot, &ctx.name, &line[..line.len() - 1], peer));
+            out.push('\n');
+        }
+        drop(snapshot);
+        if buf.len() > MAX_LINE {
+            let _ = s.write_all(b"ERR request line too long\n").await;
+            break;
+        }
+        if !out.is_empty() {
+            if s.write_all(out.as_bytes()).await.is_err() {
+                break;
+            }
+            stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        }
+    }
+    stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Answers `PICK` datagrams on one worker's UDP socket until `stop`. Answers the socket cannot
+/// take at once wait in a bounded queue; beyond it they are dropped and counted.
+pub async fn serve_udp(
+    shared: Arc<Shared>,
+    ctx: Arc<AcceptCtx>,
+    sock: UdpSocket,
+    stop: CancellationToken,
+) {
+    let mut pending: VecDeque<(Vec<u8>, SocketAddr)> = VecDeque::new();
+    let mut buf = [0u8; 1500];
+    loop {
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, peer)) = r else { continue };
+                ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                let req = buf.get(..n).unwrap_or_default();
+                let req = req.strip_suffix(b"\n").unwrap_or(req);
+                let reply = answer(&shared.state.load(), &ctx.name, req, peer).into_bytes();
+                if pending.is_empty() {
+                    match sock.try_send_to(&reply, peer) {
+                        Ok(m) => {
+                            ctx.stats.bytes_out.fetch_add(m as u64, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => {
+                            ctx.stats.udp_dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                }
+                if pending.len() >= UDP_QUEUE {
+                    ctx.stats.udp_dropped.fetch_add(1, Ordering::Relaxed);
+                    if let Some(skipped) = UDP_DROP_LOG.allow(now_ms()) {
+                        tracing::warn!(frontend = %ctx.name, skipped, "directory answer dropped: send queue full");
+                    }
+                } else {
+                    pending.push_back((reply, peer));
+                }
+            }
+            r = sock.writable(), if !pending.is_empty() => {
+                if r.is_err() {
+                    continue;
+                }
+                while let Some((reply, peer)) = pending.front() {
+                    match sock.try_send_to(reply, *peer) {
+                        Ok(m) => {
+                            ctx.stats.bytes_out.fetch_add(m as u64, Ordering::Relaxed);
+                            pending.pop_front();
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            ctx.stats.udp_dropped.fetch_add(1, Ordering::Relaxed);
+                            pending.pop_front();
+                        }
+                    }
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
