@@ -453,3 +453,43 @@ async fn scale_out_fires_once_per_cooldown_and_scale_in_when_load_falls() {
     assert_eq!(dirs, ["scale_out", "scale_in"]);
     assert_eq!(v["events"][0]["outcome"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_example_client_registers_and_reports() {
+    let joiner = Backend::start(Mode::Named("py")).await;
+    let s = start(&toml(
+        "algorithm = \"least-load\"\nself_register = true",
+        "",
+        "",
+        "report_interval = \"200ms\"\nmissed_reports = 5",
+    ));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/agent_client.py");
+    let key = s._dir.path().join("agent.key");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--agent", &s.agent.to_string(), "--key-file", key.to_str().unwrap()])
+        .args(["--pool", "app", "--address", &joiner.addr.to_string()])
+        .args(["--clients", "3", "--queue", "1", "--interval", "0.2", "--count", "15"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    wait_until_async(Duration::from_secs(5), "the Python backend's report", || {
+        let v = get(&format!("{}/api/v1/pools", s.api));
+        v["pools"][0]["servers"].as_array().unwrap().iter().any(|x| {
+            x["address"] == joiner.addr.to_string()
+                && x["reported"]["clients"] == 3
+                && x["reported"]["queue"] == 1
+        })
+    })
+    .await;
+    assert_eq!(ask_name(s.d.addr("web")).await.unwrap(), "py");
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    // Its session ended (BYE): it leaves the pool.
+    wait_until_async(Duration::from_secs(3), "the Python backend to leave", || {
+        addrs(&s).is_empty()
+    })
+    .await;
+}
