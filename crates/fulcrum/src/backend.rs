@@ -400,8 +400,13 @@ async fn serve_http(s: TcpStream, sh: Arc<Shared>) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(_) => {
-                    let msg =
-                        http_response("431 Request Header Fields Too Large", "", "", false, true);
+                    let msg = http_response(
+                        "431 Request Header Fields Too Large",
+                        "",
+                        &sh.name,
+                        false,
+                        true,
+                    );
                     let _ = w.write_all(&msg).await;
                     return;
                 }
@@ -414,7 +419,8 @@ async fn serve_http(s: TcpStream, sh: Arc<Shared>) {
                 break;
             }
             if head.len() + line.len() > MAX_HEAD {
-                let msg = http_response("431 Request Header Fields Too Large", "", "", false, true);
+                let msg =
+                    http_response("431 Request Header Fields Too Large", "", &sh.name, false, true);
                 let _ = w.write_all(&msg).await;
                 return;
             }
@@ -507,12 +513,17 @@ enum Ended {
 async fn agent_loop(cfg: AgentConfig, sh: Arc<Shared>, stop: CancellationToken) {
     let mut backoff = BACKOFF_START;
     loop {
+        let started = tokio::time::Instant::now();
         match agent_session(&cfg, &sh, &stop).await {
             Ended::Stopped => return,
             Ended::Lost { reason, established } => {
                 if established {
-                    // A session that worked means the balancer is fine again: start small.
-                    backoff = BACKOFF_START;
+                    // A session that lasted means the balancer is fine again: start small.
+                    // One refused right after HELLO (a wrong key) does not reset, so repeated
+                    // refusals cost one attempt every few seconds, not ten a second.
+                    if started.elapsed() >= BACKOFF_MAX {
+                        backoff = BACKOFF_START;
+                    }
                     tracing::warn!(agent = %cfg.target, error = %reason, retry_in = ?backoff, "agent disconnected");
                 } else {
                     tracing::warn!(agent = %cfg.target, error = %reason, retry_in = ?backoff, "agent connect failed");
@@ -594,7 +605,8 @@ async fn agent_session(cfg: &AgentConfig, sh: &Shared, stop: &CancellationToken)
                     inbox.extend_from_slice(&chunk[..n]);
                     if let Some(reason) = agent::read_error_frame(&inbox) {
                         tracing::warn!(agent = %cfg.target, reason = %reason, "agent error from the balancer");
-                        inbox.clear();
+                        // The balancer closes after an ERROR; so do we.
+                        return lost(format!("refused by the balancer: {reason}"), true);
                     } else if inbox.len() >= agent::MAX_BUFFER || inbox.get(2).is_some_and(|&t| t != agent::kind::ERROR) {
                         // Not an ERROR frame: nothing else is expected from the balancer.
                         inbox.clear();

@@ -406,6 +406,11 @@ async fn backend_agent_hello_reports_reconnect_and_bye() {
     // The balancer refuses with an ERROR frame and closes: the backend logs the reason and
     // comes back with a new connection, a new nonce and HELLO again.
     peer.s.write_all(&agent::encode_error("test says no")).await.unwrap();
+    peer.s.shutdown().await.unwrap();
+    // Drain until the backend closes its side, so our close is orderly (no reset that could
+    // discard the ERROR frame before the backend reads it).
+    let mut sink = Vec::new();
+    let _ = timeout(WAIT, peer.s.read_to_end(&mut sink)).await.expect("backend closes");
     drop(peer);
     let mut peer = AgentPeer::accept(&l, key.as_bytes(), [9; agent::NONCE_LEN]).await;
     assert!(matches!(peer.next().await, Some(Message::Hello(_))), "HELLO after reconnecting");
