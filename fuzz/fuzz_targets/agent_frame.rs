@@ -17,8 +17,8 @@
 #![no_main]
 
 use fulcrum_core::agent::{
-    Decoder, FrameError, MAX_BUFFER, Message, NONCE_LEN, Session, encode_message, encode_raw,
-    kind, parse_challenge, read_error_frame,
+    Decoder, FrameError, MAX_BUFFER, Message, NONCE_LEN, Session, encode_message, encode_raw, kind,
+    parse_challenge, read_error_frame,
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -39,6 +39,9 @@ impl AgentStats {
     }
 }
 
+/// Why a silent session was closed; counted as "silent", not as a protocol violation.
+const SILENT: &str = "no report within the report timeout";
+
 static REJECT_LOG: fulcrum_proxy::RateLimit = fulcrum_proxy::RateLimit::new(1_000);
 
 /// Accepts agent sessions until `stop`.
@@ -70,9 +73,13 @@ pub async fn serve_agent(
                 () = stop.cancelled() => Ok(()),
             };
             if let Err(e) = r {
-                stats.reject(e.reason());
+                let reason = match &e {
+                    FrameError::Remote(m) if m == SILENT => "silent",
+                    e => e.reason(),
+                };
+                stats.reject(reason);
                 if let Some(skipped) = REJECT_LOG.allow(now_ms()) {
-                    tracing::warn!(peer = %peer, error = %e, reason = e.reason(), skipped, "agent session closed");
+                    tracing::warn!(peer = %peer, error = %e, reason, skipped, "agent session closed");
                 }
             }
             reg.leave(&controller).await;
@@ -127,15 +134,18 @@ async fn session(
     s.write_all(&agent::challenge_bytes(&nonce)).await.map_err(io)?;
     let mut session = Session::new(key, nonce);
     let mut decoder = Decoder::new();
-    let mut buf = [0u8; 2048];
+    let mut buf = [0u8; agent::MAX_BUFFER];
     let result = async {
         loop {
             // A silent backend is gone: reports stop for the whole ttl.
-            let n = match tokio::time::timeout(ttl, s.read(&mut buf)).await {
+            // Never read more than the decoder may hold: a backend whose reports queued up
+            // in the socket must not look like one sending an oversized frame.
+            let room = decoder.room().clamp(1, buf.len());
+            let n = match tokio::time::timeout(ttl, s.read(&mut buf[..room])).await {
                 Ok(Ok(0)) => return decoder.finish(),
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => return Err(FrameError::Truncated),
-                Err(_) => return Err(FrameError::Remote("no report within the report timeout".into())),
+                Err(_) => return Err(FrameError::Remote(SILENT.into())),
             };
             decoder.push(buf.get(..n).unwrap_or_default())?;
             while let Some(raw) = decoder.next_frame()? {

@@ -1,98 +1,176 @@
-//! `fulcrum demo`: three echo backends of different speeds on loopback, a balancer in front
-//! of them, and a bounded burst of traffic through it for several algorithms, printed side by
-//! side. Everything is measured in this run; nothing in the table is computed from the code.
+//! `fulcrum demo`: the tour. Three echo backends of different speeds on loopback report their
+//! load to the balancer over the agent protocol; the balancer serves one frontend per
+//! algorithm over the same three servers; a bounded burst of traffic goes through each, and
+//! the spread, latency and slow responses are printed side by side. Everything in the table is
+//! measured in this run; nothing is computed from the code.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fulcrum_config::{Config, Frontend, Pool, Server, ServerAddr};
+use fulcrum_admin::{Controller, start_agent};
+use fulcrum_config::{Agent, Config, Frontend, Pool, Server, ServerAddr};
+use fulcrum_core::agent::{self, Hello, Message, Report};
 use fulcrum_core::balance::Algorithm;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use fulcrum_proxy::EngineOptions;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-use crate::cli::Splice;
-
-const BACKENDS: [(&str, u64, u32); 3] = [("alpha", 1, 3), ("beta", 4, 2), ("gamma", 15, 1)];
+/// (name, service time per request in ms).
+const BACKENDS: [(&str, u64); 3] = [("fast", 2), ("medium", 8), ("slow", 40)];
+const ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::RoundRobin, Algorithm::LeastConnections, Algorithm::LeastLoad];
 const CONCURRENCY: usize = 12;
+/// A response slower than this counts as slow in the table.
+const SLOW_MS: f64 = 30.0;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const REPORT_EVERY: Duration = Duration::from_millis(20);
+const KEY: &[u8] = b"fulcrum-demo-pre-shared-key";
 
 pub fn run(connections: u32) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    rt.block_on(tour(connections))
+    let deadline = Duration::from_secs(120);
+    rt.block_on(async {
+        tokio::time::timeout(deadline, tour(connections))
+            .await
+            .map_err(|_| format!("demo did not finish within {deadline:?}"))?
+    })
+}
+
+/// Live numbers of one demo backend, reported to the balancer.
+#[derive(Default)]
+struct Load {
+    clients: AtomicU64,
+    queue: AtomicU64,
 }
 
 async fn tour(connections: u32) -> Result<(), String> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut addrs = Vec::new();
-    println!("fulcrum demo: three echo backends on loopback, each answering after a delay:");
-    for (name, delay_ms, weight) in BACKENDS {
+    let stop = CancellationToken::new();
+    let dir = std::env::temp_dir().join(format!("fulcrum-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+    let key_file = dir.join("agent.key");
+    std::fs::write(&key_file, KEY).map_err(|e| format!("key file: {e}"))?;
+
+    println!("fulcrum demo: three echo backends on loopback, each answering after a delay,");
+    println!("reporting their connected clients and queue to the balancer every {REPORT_EVERY:?}:");
+    let mut backends = Vec::new();
+    for (name, delay_ms) in BACKENDS {
         let l = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind: {e}"))?;
         let a = l.local_addr().map_err(|e| e.to_string())?;
-        println!("  {name:<6} {a}  {delay_ms:>2} ms per request  (weight {weight} where used)");
-        tokio::spawn(backend(l, name, Duration::from_millis(delay_ms), stop.clone()));
-        addrs.push(a);
+        println!("  {name:<7} {a}  {delay_ms:>2} ms per request");
+        let load = Arc::new(Load::default());
+        tokio::spawn(backend(l, name, Duration::from_millis(delay_ms), load.clone(), stop.clone()));
+        backends.push((a, load));
     }
+
+    let servers: Vec<Server> =
+        backends.iter().map(|(a, _)| Server::new(ServerAddr::from_socket(*a))).collect();
+    let any: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "addr")?;
+    let config = Config {
+        workers: Some(2),
+        access_log: false,
+        agent: Some(Agent {
+            bind: any,
+            key_file: key_file.clone(),
+            report_interval: REPORT_EVERY,
+            missed_reports: 5,
+        }),
+        frontends: ALGORITHMS.iter().map(|a| Frontend::new(a.name(), any, a.name())).collect(),
+        pools: ALGORITHMS.iter().map(|a| Pool::new(a.name(), *a, servers.clone())).collect(),
+        ..Config::default()
+    };
+    let opts = EngineOptions { default_max_connections: 4_096, ..EngineOptions::default() };
+    let controller = Controller::start(config, None, opts, tokio::runtime::Handle::current())?;
+    let fronts: Vec<(Algorithm, SocketAddr)> = ALGORITHMS
+        .iter()
+        .filter_map(|a| controller.engine().local_addr(a.name()).map(|f| (*a, f)))
+        .collect();
+    let controller = Arc::new(Mutex::new(controller));
+    let agent_addr =
+        start_agent(controller.clone(), stop.clone()).await?.ok_or("no agent listener")?;
+    // Only the least-load pool acts on reports; the others balance on their own counts.
+    for (a, load) in &backends {
+        tokio::spawn(report(agent_addr, *a, load.clone(), stop.clone()));
+    }
+    wait_for_reports(&controller, backends.len()).await?;
+
     println!(
         "\n{connections} client connections per algorithm, {CONCURRENCY} at a time, one request each.\n"
     );
     println!(
-        "{:<22} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7}",
-        "algorithm", "alpha", "beta", "gamma", "p50 ms", "p99 ms", "errors"
+        "{:<18} {:>6} {:>7} {:>6} {:>8} {:>8} {:>10} {:>7}",
+        "algorithm", "fast", "medium", "slow", "p50 ms", "p99 ms", "slow resp.", "errors"
     );
-    let algos = [Algorithm::RoundRobin, Algorithm::WeightedRoundRobin, Algorithm::LeastConnections];
-    for algo in algos {
-        let r = drive(algo, &addrs, connections).await?;
+    let mut rows = Vec::new();
+    for (algo, front) in fronts {
+        let r = drive(front, connections).await?;
         println!(
-            "{:<22} {:>7} {:>7} {:>7} {:>8.1} {:>8.1} {:>7}",
+            "{:<18} {:>6} {:>7} {:>6} {:>8.1} {:>8.1} {:>10} {:>7}",
             algo.name(),
             r.per_backend[0],
             r.per_backend[1],
             r.per_backend[2],
             r.p50_ms,
             r.p99_ms,
+            r.slow,
             r.errors
+        );
+        rows.push((algo, r));
+    }
+    let slow_of = |a: Algorithm| rows.iter().find(|(x, _)| *x == a).map(|(_, r)| r.slow);
+    if let (Some(rr), Some(ll)) = (slow_of(Algorithm::RoundRobin), slow_of(Algorithm::LeastLoad)) {
+        println!(
+            "\n(slow resp. = answers slower than {SLOW_MS} ms) round-robin: {rr}, least-load: {ll} in this run."
         );
     }
     println!(
-        "\nround-robin spreads evenly; weighted-round-robin follows the weights 3/2/1;\n\
-         least-connections sends fewer clients to the slow backend, so latency drops.\n\
+        "round-robin spreads evenly whatever the speed; least-connections counts open\n\
+         connections; least-load uses what the backends report plus the clients sent since,\n\
+         so the slow backend gets fewer clients.\n\
          Try it yourself: fulcrum forward 127.0.0.1:8080 9001 9002 9003"
     );
-    stop.store(true, Ordering::Relaxed);
+    stop.cancel();
+    let c = controller.clone();
+    tokio::task::spawn_blocking(move || c.blocking_lock().shutdown())
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-struct Report {
+async fn wait_for_reports(controller: &Mutex<Controller>, n: usize) -> Result<(), String> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snap = controller.lock().await.engine().snapshot();
+        let fresh = snap
+            .pool(Algorithm::LeastLoad.name())
+            .map(|p| p.servers.iter().filter(|s| s.stats.last_report_ms() > 0).count())
+            .unwrap_or(0);
+        if fresh >= n {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err("backends did not report to the agent listener".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Row {
     per_backend: [u32; 3],
     p50_ms: f64,
     p99_ms: f64,
+    slow: u32,
     errors: u32,
 }
 
-async fn drive(algo: Algorithm, addrs: &[SocketAddr], n: u32) -> Result<Report, String> {
-    let servers = addrs
-        .iter()
-        .zip(BACKENDS)
-        .map(|(a, (_, _, w))| Server { weight: w, ..Server::new(ServerAddr::from_socket(*a)) })
-        .collect();
-    let config = Config {
-        workers: Some(2),
-        access_log: false,
-        frontends: vec![Frontend::new("demo", "127.0.0.1:0".parse().map_err(|_| "addr")?, "demo")],
-        pools: vec![Pool::new("demo", algo, servers)],
-        ..Config::default()
-    };
-    let mut engine = match crate::run::start_engine(&config, Splice::Auto) {
-        Ok(e) => e,
-        Err(crate::run::Failure::Config(m) | crate::run::Failure::Runtime(m)) => return Err(m),
-    };
-    let front = engine.local_addr("demo").ok_or("no listener")?;
+async fn drive(front: SocketAddr, n: u32) -> Result<Row, String> {
     let sem = Arc::new(Semaphore::new(CONCURRENCY));
     let mut tasks = Vec::with_capacity(n as usize);
     for i in 0..n {
@@ -103,18 +181,21 @@ async fn drive(algo: Algorithm, addrs: &[SocketAddr], n: u32) -> Result<Report, 
             r.ok().and_then(Result::ok)
         }));
     }
-    let mut report = Report { per_backend: [0; 3], p50_ms: 0.0, p99_ms: 0.0, errors: 0 };
+    let mut row = Row { per_backend: [0; 3], p50_ms: 0.0, p99_ms: 0.0, slow: 0, errors: 0 };
     let mut lat = Vec::with_capacity(n as usize);
     for t in tasks {
         match t.await.ok().flatten() {
             Some((name, d)) => {
                 match BACKENDS.iter().position(|b| b.0 == name) {
-                    Some(i) => report.per_backend[i] += 1,
-                    None => report.errors += 1,
+                    Some(i) => row.per_backend[i] += 1,
+                    None => row.errors += 1,
+                }
+                if d.as_secs_f64() * 1000.0 > SLOW_MS {
+                    row.slow += 1;
                 }
                 lat.push(d);
             }
-            None => report.errors += 1,
+            None => row.errors += 1,
         }
     }
     lat.sort();
@@ -125,11 +206,9 @@ async fn drive(algo: Algorithm, addrs: &[SocketAddr], n: u32) -> Result<Report, 
         let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
         lat[i].as_secs_f64() * 1000.0
     };
-    report.p50_ms = pct(0.50);
-    report.p99_ms = pct(0.99);
-    engine.shutdown();
-    tokio::task::spawn_blocking(move || engine.join()).await.map_err(|e| e.to_string())?;
-    Ok(report)
+    row.p50_ms = pct(0.50);
+    row.p99_ms = pct(0.99);
+    Ok(row)
 }
 
 async fn request(front: SocketAddr, i: u32) -> std::io::Result<(String, Duration)> {
@@ -143,19 +222,64 @@ async fn request(front: SocketAddr, i: u32) -> std::io::Result<(String, Duration
     Ok((name, t.elapsed()))
 }
 
-async fn backend(l: TcpListener, name: &'static str, delay: Duration, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((s, _)) = l.accept().await else { continue };
+async fn backend(
+    l: TcpListener,
+    name: &'static str,
+    delay: Duration,
+    load: Arc<Load>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = l.accept() => r,
+            () = stop.cancelled() => return,
+        };
+        let Ok((s, _)) = accepted else { continue };
+        let load = load.clone();
         tokio::spawn(async move {
+            load.clients.fetch_add(1, Ordering::Relaxed);
             let (r, mut w) = s.into_split();
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                load.queue.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(delay).await;
+                load.queue.fetch_sub(1, Ordering::Relaxed);
                 let reply = format!("{name}: {}\n", line.to_uppercase());
                 if w.write_all(reply.as_bytes()).await.is_err() {
                     break;
                 }
             }
+            load.clients.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// The backend's agent: HELLO, then a report of its real clients and queue every interval.
+async fn report(agent_addr: SocketAddr, me: SocketAddr, load: Arc<Load>, stop: CancellationToken) {
+    let session = async {
+        let mut s = TcpStream::connect(agent_addr).await.ok()?;
+        let mut ch = [0u8; agent::CHALLENGE_LEN];
+        s.read_exact(&mut ch).await.ok()?;
+        let nonce = agent::parse_challenge(&ch).ok()?;
+        let pool = Algorithm::LeastLoad.name().to_string();
+        let hello =
+            Message::Hello(Hello { pool, address: me.to_string(), version: agent::VERSION });
+        s.write_all(&agent::encode_message(KEY, &nonce, 1, &hello)).await.ok()?;
+        for seq in 2.. {
+            let r = Report {
+                clients: load.clients.load(Ordering::Relaxed),
+                queue: load.queue.load(Ordering::Relaxed),
+                weight: None,
+                state: None,
+            };
+            let f = agent::encode_message(KEY, &nonce, seq, &Message::Report(r));
+            s.write_all(&f).await.ok()?;
+            tokio::time::sleep(REPORT_EVERY).await;
+        }
+        Some(())
+    };
+    tokio::select! {
+        _ = session => {}
+        () = stop.cancelled() => {}
     }
 }

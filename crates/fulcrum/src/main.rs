@@ -22,7 +22,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let _guard = logging::init(cli.log_format);
+    // The demo and the load client print their own tables: only warnings in between.
+    let quiet = matches!(cli.command, cli::Command::Demo { .. } | cli::Command::Load(..));
+    let _guard = logging::init(cli.log_format, if quiet { "warn" } else { "info" });
     match run::dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(run::Failure::Config(msg)) => {

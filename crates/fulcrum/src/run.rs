@@ -8,7 +8,7 @@ use std::sync::Arc;
 use fulcrum_admin::{AdminServer, Controller, serve_admin};
 use fulcrum_config::{ADMIN_TOKEN_ENV, Config, Frontend, Pool, Server, parse_dest, parse_listen};
 use fulcrum_core::balance::Algorithm;
-use fulcrum_proxy::{Engine, EngineOptions, SpliceMode};
+use fulcrum_proxy::{EngineOptions, SpliceMode};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -91,15 +91,6 @@ pub fn splice_mode(s: Splice) -> SpliceMode {
 /// logs and the control plane.
 pub fn default_max_connections(nofile: u64) -> usize {
     (nofile.saturating_sub(256) / 2).clamp(64, 1_000_000) as usize
-}
-
-pub fn start_engine(config: &Config, splice: Splice) -> Result<Engine, Failure> {
-    let nofile = fulcrum_proxy::raise_nofile_limit();
-    let opts = EngineOptions {
-        splice: splice_mode(splice),
-        default_max_connections: default_max_connections(nofile),
-    };
-    Engine::start(config, opts).map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 /// The admin token: `FULCRUM_ADMIN_TOKEN` wins over `admin.token_file`. A non-loopback admin

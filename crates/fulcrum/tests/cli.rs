@@ -209,18 +209,25 @@ async fn access_log_can_be_switched_off() {
 
 #[test]
 fn demo_runs_and_shows_each_algorithm() {
-    let out = Command::new(BIN).args(["demo", "--connections", "60"]).output().unwrap();
+    let out = Command::new(BIN).args(["demo", "--connections", "90"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = String::from_utf8_lossy(&out.stdout);
-    for algo in ["round-robin", "weighted-round-robin", "least-connections"] {
+    for algo in ["round-robin", "least-connections", "least-load"] {
         let row = s
             .lines()
             .find(|l| l.starts_with(algo))
             .unwrap_or_else(|| panic!("no row for {algo}: {s}"));
         let nums: Vec<u64> =
             row.split_whitespace().skip(1).take(3).map(|n| n.parse().unwrap()).collect();
-        assert_eq!(nums.iter().sum::<u64>(), 60, "{row}");
+        assert_eq!(nums.iter().sum::<u64>(), 90, "{row}");
     }
     let rr = s.lines().find(|l| l.starts_with("round-robin")).unwrap();
-    assert!(rr.split_whitespace().skip(1).take(3).all(|n| n == "20"), "{rr}");
+    assert!(rr.split_whitespace().skip(1).take(3).all(|n| n == "30"), "{rr}");
+    // Column 7 is the count of slow responses, measured in the run: least-load, fed by the
+    // backends' own reports, sends fewer clients to the slow backend than round-robin.
+    let slow = |algo: &str| -> u64 {
+        let row = s.lines().find(|l| l.starts_with(algo)).unwrap();
+        row.split_whitespace().nth(6).unwrap().parse().unwrap()
+    };
+    assert!(slow("least-load") < slow("round-robin"), "{s}");
 }
