@@ -155,6 +155,7 @@ async fn list_pools(State(s): State<Shared>) -> axum::Json<Value> {
                     fulcrum_config::HealthKind::Tcp => "tcp",
                     fulcrum_config::HealthKind::Http { .. } => "http",
                     fulcrum_config::HealthKind::SendExpect { .. } => "send-expect",
+                    fulcrum_config::HealthKind::UdpSendExpect { .. } => "udp-send-expect",
                 }),
                 "servers": servers,
             })

@@ -92,6 +92,8 @@ impl Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
+    /// Datagrams, with a session per client address.
+    Udp,
     /// Clients ask which server to use (`PICK` lines over TCP) and connect themselves.
     Directory,
     /// The same, one `PICK` datagram per request.
@@ -102,6 +104,7 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
             Protocol::Directory => "directory",
             Protocol::DirectoryUdp => "directory-udp",
         }
@@ -118,11 +121,62 @@ pub struct Frontend {
     pub idle_timeout: Duration,
     /// Per-frontend limit of concurrent connections, on top of the global one.
     pub max_connections: Option<usize>,
+    /// UDP: a client's session (its server and upstream socket) ends after this long without
+    /// a datagram either way.
+    pub session_timeout: Duration,
+    /// UDP: most sessions at once, per frontend; further clients are refused and counted.
+    pub max_sessions: usize,
+    pub mode: Mode,
+}
+
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+
+/// What a frontend does with a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Proxy to one server picked by the pool's algorithm.
+    #[default]
+    Proxy,
+    /// Send each request to several servers at once; the first acceptable answer wins.
+    Fanout(Fanout),
+    /// Send to one server, and to a second only if the first has not answered within `delay`.
+    Hedge(Fanout),
+}
+
+/// Settings of fan-out and hedged modes (`[frontend.NAME.fanout]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fanout {
+    /// How long to wait for an acceptable answer.
+    pub timeout: Duration,
+    /// Sent to the client when no acceptable answer came in time (nothing when unset).
+    pub on_timeout: Option<String>,
+    /// Answers starting with this do not win.
+    pub reject_prefix: Option<String>,
+    /// Ask at most this many healthy servers (all when unset).
+    pub servers: Option<usize>,
+    /// Hedge: wait this long for the first server before asking a second.
+    pub delay: Duration,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            on_timeout: None,
+            reject_prefix: None,
+            servers: None,
+            delay: Duration::from_millis(50),
+        }
+    }
 }
 
 impl Frontend {
     pub fn new(name: &str, bind: ListenAddr, pool: &str) -> Self {
         Self {
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            mode: Mode::Proxy,
             name: name.to_string(),
             bind,
             protocol: Protocol::Tcp,
@@ -196,6 +250,8 @@ pub enum HealthKind {
     Http { path: String, host: Option<String>, status: (u16, u16), body: Option<String> },
     /// `send` is written, and the answer starts with `expect`.
     SendExpect { send: Vec<u8>, expect: Vec<u8> },
+    /// `send` as one UDP datagram; the answer datagram starts with `expect`.
+    UdpSendExpect { send: Vec<u8>, expect: Vec<u8> },
 }
 
 impl Pool {

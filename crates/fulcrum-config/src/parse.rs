@@ -60,6 +60,7 @@ const PULL_KEYS: &[&str] = &["port", "interval", "timeout"];
 const SCALE_KEYS: &[&str] = &["threshold", "window", "cooldown", "command", "webhook"];
 const HEALTH_KEYS: &[&str] = &[
     "kind",
+    "transport",
     "interval",
     "timeout",
     "rise",
@@ -71,7 +72,19 @@ const HEALTH_KEYS: &[&str] = &[
     "send",
     "expect",
 ];
-const FRONTEND_KEYS: &[&str] = &["bind", "protocol", "pool", "idle_timeout", "max_connections"];
+const FRONTEND_KEYS: &[&str] = &[
+    "bind",
+    "protocol",
+    "pool",
+    "idle_timeout",
+    "max_connections",
+    "session_timeout",
+    "max_sessions",
+    "mode",
+    "delay",
+    "fanout",
+];
+const FANOUT_KEYS: &[&str] = &["timeout", "on_timeout", "reject_prefix", "servers", "delay"];
 const POOL_KEYS: &[&str] = &[
     "algorithm",
     "servers",
@@ -88,7 +101,7 @@ const POOL_KEYS: &[&str] = &[
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
 const SERVER_KEYS: &[&str] = &["address", "weight"];
 /// Protocols later versions add; named so the error says "not supported yet", not "unknown".
-const FUTURE_PROTOCOLS: &[&str] = &["udp", "http", "https"];
+const FUTURE_PROTOCOLS: &[&str] = &["http", "https"];
 
 impl Walker<'_> {
     fn position(&self, offset: usize) -> (usize, usize) {
@@ -290,9 +303,10 @@ impl Walker<'_> {
         if let Some(pv) = t.get("protocol") {
             let key = format!("{path}.protocol");
             if let Some(p) = self.string(pv, &key) {
-                const SUPPORTED: &str = "tcp, directory, directory-udp";
+                const SUPPORTED: &str = "tcp, udp, directory, directory-udp";
                 match p {
                     "tcp" => protocol = Protocol::Tcp,
+                    "udp" => protocol = Protocol::Udp,
                     "directory" => protocol = Protocol::Directory,
                     "directory-udp" => protocol = Protocol::DirectoryUdp,
                     p if FUTURE_PROTOCOLS.contains(&p) => {
@@ -338,6 +352,52 @@ impl Walker<'_> {
         };
         let mut f = Frontend::new(name, bind?, &pool?);
         f.protocol = protocol;
+        if let Some(x) = t.get("session_timeout") {
+            f.session_timeout = self
+                .nonzero_duration(x, &format!("{path}.session_timeout"))
+                .unwrap_or(f.session_timeout);
+        }
+        if let Some(x) = t.get("max_sessions") {
+            f.max_sessions = self
+                .integer(x, &format!("{path}.max_sessions"), 1, 1_000_000)
+                .map_or(f.max_sessions, |n| n as usize);
+        }
+        let mut fan = Fanout::default();
+        if let Some(x) = t.get("fanout") {
+            fan = self.fanout(x, &format!("{path}.fanout"));
+        }
+        if let Some(x) = t.get("delay") {
+            fan.delay = self.duration(x, &format!("{path}.delay")).unwrap_or(fan.delay);
+        }
+        if let Some(x) = t.get("mode") {
+            let key = format!("{path}.mode");
+            match self.string(x, &key) {
+                Some("proxy") => f.mode = Mode::Proxy,
+                Some("fanout") => f.mode = Mode::Fanout(fan),
+                Some("hedge") => f.mode = Mode::Hedge(fan),
+                Some(other) => {
+                    self.error(
+                        x,
+                        &key,
+                        format!("unknown mode \"{other}\" (expected: proxy, fanout, hedge)"),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+            if f.mode != Mode::Proxy && !matches!(protocol, Protocol::Tcp | Protocol::Udp) {
+                self.error(x, &key, "fanout and hedge work on tcp and udp frontends only");
+                ok = false;
+            }
+        } else if t.get("fanout").is_some() {
+            let fv = t.get("fanout")?;
+            self.error(
+                fv,
+                &format!("{path}.fanout"),
+                "set mode = \"fanout\" or \"hedge\" to use these settings",
+            );
+            ok = false;
+        }
         if let Some(iv) = t.get("idle_timeout") {
             f.idle_timeout = self
                 .nonzero_duration(iv, &format!("{path}.idle_timeout"))
@@ -473,6 +533,28 @@ impl Walker<'_> {
             None => None,
         };
         Some(Admin { bind: bind?, token_file })
+    }
+
+    fn fanout(&mut self, v: &Value<'_>, path: &str) -> Fanout {
+        let mut f = Fanout::default();
+        let Some(t) = self.table(v, path) else { return f };
+        self.check_keys(t, path, FANOUT_KEYS);
+        if let Some(x) = t.get("timeout") {
+            f.timeout = self.nonzero_duration(x, &format!("{path}.timeout")).unwrap_or(f.timeout);
+        }
+        if let Some(x) = t.get("on_timeout") {
+            f.on_timeout = self.string(x, &format!("{path}.on_timeout")).map(str::to_string);
+        }
+        if let Some(x) = t.get("reject_prefix") {
+            f.reject_prefix = self.string(x, &format!("{path}.reject_prefix")).map(str::to_string);
+        }
+        if let Some(x) = t.get("servers") {
+            f.servers = self.integer(x, &format!("{path}.servers"), 1, 1_000).map(|n| n as usize);
+        }
+        if let Some(x) = t.get("delay") {
+            f.delay = self.duration(x, &format!("{path}.delay")).unwrap_or(f.delay);
+        }
+        f
     }
 
     fn agent(&mut self, v: &Value<'_>) -> Option<Agent> {
@@ -675,7 +757,20 @@ impl Walker<'_> {
                 let expect = text(self, "expect");
                 match (send, expect) {
                     (Some(s), Some(e)) if !e.is_empty() => {
-                        HealthKind::SendExpect { send: s.into_bytes(), expect: e.into_bytes() }
+                        match t.get("transport").map(|x| (x, x.get_ref().as_str())) {
+                            None | Some((_, Some("tcp"))) => HealthKind::SendExpect {
+                                send: s.into_bytes(),
+                                expect: e.into_bytes(),
+                            },
+                            Some((_, Some("udp"))) => HealthKind::UdpSendExpect {
+                                send: s.into_bytes(),
+                                expect: e.into_bytes(),
+                            },
+                            Some((x, _)) => {
+                                self.error(x, &key("transport"), "expected \"tcp\" or \"udp\"");
+                                return None;
+                            }
+                        }
                     }
                     _ => {
                         self.error(

@@ -7,5 +7,7 @@ pub mod agent;
 pub mod agentcheck;
 pub mod balance;
 pub mod eject;
+pub mod fanout;
 pub mod health;
 pub mod scale;
+pub mod udp;

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use fulcrum_config::{Config, Protocol};
+use fulcrum_config::{Config, Mode, Protocol};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +74,9 @@ pub struct AcceptCtx {
     /// Identifies this listener generation: a rebind starts a new one.
     pub generation: u64,
     pub protocol: Protocol,
+    /// The frontend's settings as bound (mode, UDP session limits); routing settings such as
+    /// the pool live in the snapshot.
+    pub frontend: fulcrum_config::Frontend,
 }
 
 enum Sock {
@@ -88,18 +91,21 @@ enum WorkerCmd {
 
 /// A frontend's bound listener group, as the engine remembers it.
 struct Bound {
-    bind: SocketAddr,
     local: SocketAddr,
-    max_connections: Option<usize>,
-    protocol: Protocol,
     ctx: Arc<AcceptCtx>,
 }
 
 impl Bound {
+    /// Whether this listener group can keep serving `f` as it is now configured (anything
+    /// bound into the accept side changed means a rebind).
     fn serves(&self, f: &fulcrum_config::Frontend) -> bool {
-        self.bind == f.bind
-            && self.max_connections == f.max_connections
-            && self.protocol == f.protocol
+        let b = &self.ctx.frontend;
+        b.bind == f.bind
+            && b.max_connections == f.max_connections
+            && b.protocol == f.protocol
+            && b.mode == f.mode
+            && b.session_timeout == f.session_timeout
+            && b.max_sessions == f.max_sessions
     }
 }
 
@@ -177,7 +183,7 @@ impl Engine {
                 Protocol::Tcp | Protocol::Directory => {
                     bind_group(f.bind, self.workers)?.into_iter().map(Sock::Tcp).collect()
                 }
-                Protocol::DirectoryUdp => {
+                Protocol::DirectoryUdp | Protocol::Udp => {
                     bind_udp_group(f.bind, self.workers)?.into_iter().map(Sock::Udp).collect()
                 }
             };
@@ -194,14 +200,9 @@ impl Engine {
                 limits: f.max_connections.map(Limits::new),
                 generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
                 protocol: f.protocol,
+                frontend: f.clone(),
             });
-            let b = Bound {
-                bind: f.bind,
-                local,
-                max_connections: f.max_connections,
-                protocol: f.protocol,
-                ctx,
-            };
+            let b = Bound { local, ctx };
             fresh.push((f.name.clone(), b, group));
         }
         self.shared.state.store(Arc::new(snapshot));
@@ -316,12 +317,14 @@ fn worker(
                             ))
                         }),
                         Sock::Udp(u) => tokio::net::UdpSocket::from_std(u).map(|u| {
-                            tokio::spawn(crate::directory::serve_udp(
-                                shared.clone(),
-                                ctx,
-                                u,
-                                token.clone(),
-                            ))
+                            let (sh, t) = (shared.clone(), token.clone());
+                            match (ctx.protocol, &ctx.frontend.mode) {
+                                (Protocol::DirectoryUdp, _) => {
+                                    tokio::spawn(crate::directory::serve_udp(sh, ctx, u, t))
+                                }
+                                (_, Mode::Proxy) => tokio::spawn(crate::udp::serve(sh, ctx, u, t)),
+                                (_, _) => tokio::spawn(crate::fanout::serve_udp(sh, ctx, u, t)),
+                            }
                         }),
                     };
                     match h {
@@ -398,11 +401,12 @@ async fn accept_loop(
                 let ctx = ctx.clone();
                 tracker.spawn(async move {
                     let guard = ReleaseOnDrop(shared.clone(), ctx.clone());
-                    match ctx.protocol {
-                        Protocol::Directory => {
+                    match (ctx.protocol, &ctx.frontend.mode) {
+                        (Protocol::Directory, _) => {
                             crate::directory::serve_tcp(shared, &ctx, stream, peer).await
                         }
-                        _ => crate::tcp::serve(shared, &ctx, stream, peer).await,
+                        (_, Mode::Proxy) => crate::tcp::serve(shared, &ctx, stream, peer).await,
+                        (_, _) => crate::fanout::serve_tcp(shared, &ctx, stream, peer).await,
                     }
                     drop(guard);
                 });

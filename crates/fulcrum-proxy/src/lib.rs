@@ -8,6 +8,7 @@ mod clock;
 mod copy;
 mod directory;
 mod engine;
+mod fanout;
 mod health;
 mod listener;
 mod probe;
@@ -17,6 +18,7 @@ mod splice;
 mod state;
 mod stats;
 mod tcp;
+mod udp;
 
 pub use clock::now_ms;
 pub use engine::{AcceptCtx, Engine, EngineOptions, Shared, SpliceMode, StartError};

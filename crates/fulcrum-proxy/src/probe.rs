@@ -25,6 +25,12 @@ pub async fn probe(kind: &HealthKind, addr: SocketAddr, timeout: Duration) -> Re
     // than the steps adding up to more than `timeout`.
     // Capped so that no configured timeout can overflow the clock.
     let deadline = Instant::now() + timeout.min(LONGEST_TIMEOUT);
+    if let HealthKind::UdpSendExpect { send, expect } = kind {
+        return match tokio::time::timeout_at(deadline, udp_send_expect(addr, send, expect)).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout waiting for the answer".into()),
+        };
+    }
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(connect_error(&e)),
@@ -38,11 +44,33 @@ pub async fn probe(kind: &HealthKind, addr: SocketAddr, timeout: Duration) -> Re
                 http(&mut stream, addr, path, host.as_deref(), *status, body.as_deref()).await
             }
             HealthKind::SendExpect { send, expect } => send_expect(&mut stream, send, expect).await,
+            HealthKind::UdpSendExpect { .. } => Ok(()),
         }
     };
     match tokio::time::timeout_at(deadline, exchange).await {
         Ok(r) => r,
         Err(_) => Err("timeout waiting for the answer".into()),
+    }
+}
+
+/// One datagram out from a fresh connected socket, one back; the answer must start with
+/// `expect`. A refused port shows up as an ICMP error on the connected socket.
+async fn udp_send_expect(addr: SocketAddr, send: &[u8], expect: &[u8]) -> Result<(), String> {
+    let local: SocketAddr =
+        if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let s = tokio::net::UdpSocket::bind(local).await.map_err(|e| io_error("binding", &e))?;
+    s.connect(addr).await.map_err(|e| connect_error(&e))?;
+    s.send(send).await.map_err(|e| io_error("sending", &e))?;
+    let mut buf = vec![0u8; 2048];
+    let n = s.recv(&mut buf).await.map_err(|e| match e.kind() {
+        io::ErrorKind::ConnectionRefused => "port unreachable".to_string(),
+        _ => io_error("reading", &e),
+    })?;
+    let got = buf.get(..n).unwrap_or_default();
+    if got.starts_with(expect) {
+        Ok(())
+    } else {
+        Err(format!("answer does not start with {:?}", String::from_utf8_lossy(expect)))
     }
 }
 

@@ -403,3 +403,66 @@ fn resolve(a: &ServerAddr) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve server {a}: {e}"))?;
     addrs.next().ok_or_else(|| format!("cannot resolve server {a}: no address"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fulcrum_core::balance::{Algorithm, Balancer};
+
+    fn pool(n: usize, max_percent: u32) -> PoolState {
+        let servers = (0..n)
+            .map(|i| ServerEntry {
+                key: format!("127.0.0.1:{}", 1000 + i),
+                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                weight: 1,
+                state: ServerState::Up,
+                stats: Arc::default(),
+            })
+            .collect();
+        PoolState {
+            name: "p".into(),
+            balancer: Balancer::new(Algorithm::RoundRobin, &[]),
+            servers,
+            connect_timeout: Duration::from_secs(1),
+            retries: 2,
+            eject: EjectPolicy { failures: 1, base_ms: 1_000, max_ms: 1_000 },
+            max_ejection_percent: max_percent,
+            slow_start: Duration::ZERO,
+            health: None,
+            report_ttl_ms: 1_000,
+            agent_pull: None,
+        }
+    }
+
+    #[test]
+    fn ejection_share_is_capped() {
+        let p = pool(4, 50);
+        let now = 10;
+        // Two of four may go (50 %); the third failing server stays in rotation.
+        for s in &p.servers[..3] {
+            let may = p.may_eject(now);
+            s.stats.on_connect_failure(&p.eject, may, now);
+        }
+        let ejected = p.servers.iter().filter(|s| s.stats.is_ejected(now)).count();
+        assert_eq!(ejected, 2);
+        assert!(!p.servers[2].stats.is_ejected(now));
+        // Once the ejection period ends, the share is free again.
+        assert!(p.may_eject(now + 1_000));
+        assert!(!pool(1, 50).may_eject(0), "a lone server is never ejected at 50 %");
+        assert!(pool(1, 100).may_eject(0));
+    }
+
+    #[test]
+    fn slow_start_ramps_and_reports_go_stale() {
+        let s = ServerStats::default();
+        assert_eq!(s.slow_start_factor(1_000, 5), 1.0, "never down: no ramp");
+        s.set_health(false, 100);
+        s.set_health(true, 200);
+        assert!((s.slow_start_factor(1_000, 700) - 0.5).abs() < 1e-9);
+        assert_eq!(s.slow_start_factor(1_000, 1_200), 1.0);
+        s.on_report(5, 2, 1_000);
+        s.on_assigned();
+        assert_eq!(s.fresh_report(500, 1_400), Some((5, 2, 1)));
+        assert_eq!(s.fresh_report(500, 1_600), None);
+    }
+}

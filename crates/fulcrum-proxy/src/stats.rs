@@ -55,6 +55,43 @@ pub struct FrontendStats {
     pub accept_errors: AtomicU64,
     /// Directory answers over UDP dropped because the send queue was full.
     pub udp_dropped: AtomicU64,
+    // UDP proxy frontends (`protocol = "udp"`, udp.rs; docs/udp.md). Datagrams and bytes
+    // received from clients, dropped ones included.
+    pub udp_datagrams_in: AtomicU64,
+    pub udp_bytes_in: AtomicU64,
+    /// Datagrams and bytes of the servers' answers sent back to clients.
+    pub udp_datagrams_out: AtomicU64,
+    pub udp_bytes_out: AtomicU64,
+    /// Sessions open now, over all workers (also what `max_sessions` is checked against).
+    pub udp_sessions_active: AtomicU64,
+    pub udp_sessions_total: AtomicU64,
+    /// Client datagrams dropped because no server of the pool could take a new session.
+    pub udp_drops_no_server: AtomicU64,
+    /// Client datagrams dropped because a new session would pass `max_sessions` (or the
+    /// global connection limit: a session holds a descriptor like a connection).
+    pub udp_drops_session_limit: AtomicU64,
+    /// Client datagrams dropped because the session's queue toward its server was full.
+    pub udp_drops_queue_full: AtomicU64,
+    /// Datagrams (either way) dropped because a send failed, or because no upstream socket
+    /// could be opened for a new session.
+    pub udp_drops_send_error: AtomicU64,
+    // Fan-out and hedge frontends (fanout.rs; docs/fanout.md). Every request received ends as
+    // answered, timed out or dropped (or is still in flight).
+    /// Requests received (UDP datagrams, TCP lines), dropped ones included.
+    pub fanout_requests: AtomicU64,
+    /// Requests relayed an acceptable answer.
+    pub fanout_answered: AtomicU64,
+    /// Requests with no acceptable answer before the timeout (`on_timeout` sent, if set).
+    pub fanout_timeouts: AtomicU64,
+    /// Answers refused by `reject_prefix` while their request waited.
+    pub fanout_rejected_answers: AtomicU64,
+    /// Requests dropped: the worker's UDP in-flight limit was full, the answer could not be
+    /// sent, the TCP client sent an over-long line or left before its answers.
+    pub fanout_dropped: AtomicU64,
+    /// Hedged requests that asked a further server.
+    pub fanout_hedges: AtomicU64,
+    /// Failed exchanges with servers (connect, write or read errors, protocol mismatches).
+    pub fanout_upstream_errors: AtomicU64,
 }
 
 impl FrontendStats {

@@ -220,3 +220,55 @@ fn health_keys_parse_and_are_checked() {
     let errs = errors(&format!("{base}interval = \"2h\"\n")).join("\n");
     assert!(errs.contains("pool.p.health.interval: must be at most 1h"), "{errs}");
 }
+
+#[test]
+fn udp_and_fanout_frontends_parse() {
+    let c = parse_str(
+        r#"
+[frontend.lookup]
+bind = "127.0.0.1:5300"
+protocol = "udp"
+pool = "tables"
+mode = "fanout"
+session_timeout = "10s"
+max_sessions = 50
+
+[frontend.lookup.fanout]
+timeout = "5s"
+on_timeout = "Error:HOST NOT FOUND"
+reject_prefix = "ERR"
+
+[frontend.hedged]
+bind = "127.0.0.1:5301"
+pool = "tables"
+mode = "hedge"
+delay = "50ms"
+
+[pool.tables]
+servers = ["127.0.0.1:1"]
+[pool.tables.health]
+kind = "send-expect"
+transport = "udp"
+send = "PING"
+expect = "PONG"
+"#,
+        "f.toml",
+    )
+    .unwrap();
+    let f = &c.frontends[0];
+    assert_eq!(
+        (f.protocol, f.max_sessions, f.session_timeout),
+        (Protocol::Udp, 50, Duration::from_secs(10))
+    );
+    let Mode::Fanout(fan) = &f.mode else { panic!("{:?}", f.mode) };
+    assert_eq!(fan.on_timeout.as_deref(), Some("Error:HOST NOT FOUND"));
+    assert_eq!(fan.reject_prefix.as_deref(), Some("ERR"));
+    assert_eq!(fan.timeout, Duration::from_secs(5));
+    let Mode::Hedge(h) = &c.frontends[1].mode else { panic!() };
+    assert_eq!(h.delay, Duration::from_millis(50));
+    assert!(matches!(c.pools[0].health.as_ref().unwrap().kind, HealthKind::UdpSendExpect { .. }));
+    let errs = errors("[frontend.a]\nbind = \"127.0.0.1:1\"\npool = \"p\"\nprotocol = \"directory\"\nmode = \"fanout\"\n[pool.p]\nservers = []\n").join("\n");
+    assert!(errs.contains("fanout and hedge work on tcp and udp frontends only"), "{errs}");
+    let errs = errors("[frontend.a]\nbind = \"127.0.0.1:1\"\npool = \"p\"\nmode = \"spray\"\n[pool.p]\nservers = []\n").join("\n");
+    assert!(errs.contains("unknown mode \"spray\""), "{errs}");
+}

@@ -1,0 +1,619 @@
+//! UDP proxying with a session per client address (IP and port). Each worker reads its own
+//! `SO_REUSEPORT` socket of the frontend (the kernel spreads clients over the workers by
+//! their address, so a client's datagrams stay on one worker). The first datagram of a client
+//! picks a server with the pool's balancer, exactly as a TCP connection would, and opens a
+//! connected upstream socket to it; later datagrams go through that socket, and a task per
+//! session sends the server's answers back to the client *from the frontend socket*, so the
+//! client sees them come from the address it wrote to. A session ends after
+//! `session_timeout` without a datagram either way (the table in `fulcrum_core::udp` decides
+//! which), when its server refuses (ICMP port unreachable: the next datagram starts a new
+//! session on a server picked again), or when the frontend stops.
+//!
+//! Nothing on this path waits for a slow party: the receive loop never blocks on a send (a
+//! full upstream socket parks the datagram in the session's bounded queue, then drops it),
+//! and every drop is counted by reason in [`FrontendStats`].
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fulcrum_core::balance::{MAX_ATTEMPTS, PickInput, Tried, hash_ip};
+use fulcrum_core::udp::{Activity, SessionTable};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::engine::{AcceptCtx, Shared};
+use crate::ratelog::RateLimit;
+use crate::state::{PoolState, PoolView, ServerStats};
+use crate::stats::FrontendStats;
+
+/// Largest UDP payload (IPv6 jumbograms aside); a datagram is never cut short.
+const MAX_DATAGRAM: usize = 65_536;
+/// Client datagrams one session may park while its upstream socket's buffer is full; beyond
+/// that they are dropped (and counted): a bounded queue never hides an overload.
+const SESSION_QUEUE: usize = 64;
+/// Datagrams read in one go before yielding, so one busy socket cannot starve the sessions
+/// (and other frontends) of the worker. recvmmsg(2) would save a syscall per datagram, but no
+/// safe wrapper exists in our dependencies (rustix has sendmmsg only) and `unsafe` is denied
+/// workspace-wide; the try_recv_from loop already drains a readiness event in one go.
+const BATCH: usize = 64;
+
+static NO_SERVER_LOG: RateLimit = RateLimit::new(1_000);
+static LIMIT_LOG: RateLimit = RateLimit::new(1_000);
+static SOCKET_LOG: RateLimit = RateLimit::new(1_000);
+static QUEUE_LOG: RateLimit = RateLimit::new(1_000);
+
+thread_local! {
+    /// The buffer session tasks read answers into, one per worker thread: an idle session
+    /// holds no buffer. Borrowed only between two awaits (the runtime is single-threaded, so
+    /// no other task can hold it meanwhile).
+    static ANSWER_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_DATAGRAM]);
+}
+
+/// What the receive loop and a session's task share.
+struct Flow {
+    client: SocketAddr,
+    /// Last answer from the server (process clock ms): traffic the table does not see.
+    last_answer_ms: AtomicU64,
+    /// Client datagrams parked in the queue: while any are, new ones queue behind them so the
+    /// server sees the client's order.
+    queued: AtomicUsize,
+    /// The server refused (ICMP unreachable): the session is over.
+    closed: AtomicBool,
+    /// Payload bytes client → server and server → client, for the access log and counters.
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// One session as the receive loop keeps it. Dropping it ends the session: its task stops,
+/// its counts and slots are given back, and one access-log line is written.
+struct Session {
+    flow: Arc<Flow>,
+    upstream: Arc<UdpSocket>,
+    queue: mpsc::Sender<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+    server: Arc<ServerStats>,
+    server_key: String,
+    ctx: Arc<AcceptCtx>,
+    shared: Arc<Shared>,
+    started: Instant,
+    outcome: &'static str,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+        let (bytes_in, bytes_out) = (
+            self.flow.bytes_in.load(Ordering::Relaxed),
+            self.flow.bytes_out.load(Ordering::Relaxed),
+        );
+        self.server.active.fetch_sub(1, Ordering::Relaxed);
+        self.server.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.server.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        let f = &self.ctx.stats;
+        f.connections_active.fetch_sub(1, Ordering::Relaxed);
+        f.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        f.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        release(&self.shared, &self.ctx);
+        if self.shared.access_log() {
+            tracing::info!(
+                target: "fulcrum::access",
+                client = %self.flow.client, frontend = %self.ctx.name, server = %self.server_key,
+                bytes_in, bytes_out, duration_ms = self.started.elapsed().as_millis() as u64,
+                outcome = self.outcome, protocol = "udp"
+            );
+        }
+    }
+}
+
+/// Serves one worker's socket of a UDP frontend until `stop`; every session of this worker
+/// ends with it.
+pub async fn serve(
+    shared: Arc<Shared>,
+    ctx: Arc<AcceptCtx>,
+    sock: UdpSocket,
+    stop: CancellationToken,
+) {
+    let sock = Arc::new(sock);
+    let timeout_ms = u64::try_from(ctx.frontend.session_timeout.as_millis()).unwrap_or(u64::MAX);
+    // Sweeps run at most this often: an idle session ends between `session_timeout` and
+    // `session_timeout + tick` after its last datagram, and a worker with many sessions
+    // wakes up at most 1/tick times a second for them.
+    let tick_ms = (timeout_ms / 20).clamp(5, 1_000);
+    let mut table: SessionTable<Session> = SessionTable::new(ctx.frontend.max_sessions, timeout_ms);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut last_sweep_ms = now_ms();
+    // One timer for the sweeps, moved only when the next due time changes (traffic to a
+    // session does not change it), not one per batch of datagrams.
+    let sweep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sweep);
+    let mut armed: Option<u64> = None;
+    loop {
+        let due = table.next_check_ms().map(|d| d.max(last_sweep_ms.saturating_add(tick_ms)));
+        if due != armed {
+            if let Some(at) = due {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                sweep.as_mut().reset(tokio::time::Instant::now() + wait);
+            }
+            armed = due;
+        }
+        tokio::select! {
+            r = sock.readable() => {
+                if let Err(e) = r {
+                    tracing::error!(frontend = %ctx.name, error = %e, "udp socket failed: frontend stops on this worker");
+                    break;
+                }
+                let full = receive_batch(&shared, &ctx, &sock, &mut table, &mut buf);
+                if full {
+                    tokio::task::yield_now().await;
+                }
+            }
+            () = &mut sweep, if armed.is_some() => {
+                let now = now_ms();
+                last_sweep_ms = now;
+                armed = None;
+                let expired = table.expire_with(now, |s| {
+                    if s.flow.closed.load(Ordering::Relaxed) {
+                        Activity::Ended
+                    } else {
+                        Activity::Seen(s.flow.last_answer_ms.load(Ordering::Relaxed))
+                    }
+                });
+                for (_, s) in expired {
+                    let refused = s.value.flow.closed.load(Ordering::Relaxed);
+                    end(s, if refused { "server-error" } else { "idle-timeout" });
+                }
+            }
+            () = stop.cancelled() => break,
+        }
+    }
+    for (_, s) in table.drain() {
+        end(s, "stopped");
+    }
+}
+
+/// Ends a session, with `outcome` for its log line.
+fn end(mut s: Entry, outcome: &'static str) {
+    s.value.outcome = outcome;
+    drop(s);
+}
+
+type Entry = fulcrum_core::udp::Session<Session>;
+
+/// Reads up to [`BATCH`] datagrams without waiting; true when the batch was full (more may
+/// be waiting).
+fn receive_batch(
+    shared: &Arc<Shared>,
+    ctx: &Arc<AcceptCtx>,
+    sock: &Arc<UdpSocket>,
+    table: &mut SessionTable<Session>,
+    buf: &mut [u8],
+) -> bool {
+    let now = now_ms();
+    let (mut datagrams, mut bytes) = (0u64, 0u64);
+    let mut full = true;
+    for _ in 0..BATCH {
+        match sock.try_recv_from(buf) {
+            Ok((n, client)) => {
+                datagrams += 1;
+                bytes += n as u64;
+                on_datagram(
+                    shared,
+                    ctx,
+                    sock,
+                    table,
+                    client,
+                    buf.get(..n).unwrap_or_default(),
+                    now,
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                full = false;
+                break;
+            }
+            // An unconnected socket reports no ICMP errors; anything else is transient (and
+            // the batch bound keeps a persistent one from spinning).
+            Err(_) => {}
+        }
+    }
+    // Counted once per batch: these counters are shared by every worker.
+    ctx.stats.udp_datagrams_in.fetch_add(datagrams, Ordering::Relaxed);
+    ctx.stats.udp_bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    full
+}
+
+fn on_datagram(
+    shared: &Arc<Shared>,
+    ctx: &Arc<AcceptCtx>,
+    sock: &Arc<UdpSocket>,
+    table: &mut SessionTable<Session>,
+    client: SocketAddr,
+    data: &[u8],
+    now: u64,
+) {
+    let live = match table.touch(&client, now) {
+        Some(s) => !s.value.flow.closed.load(Ordering::Relaxed),
+        None => false,
+    };
+    if !live {
+        // A session whose server refused ends here; this datagram starts the next one.
+        if let Some(old) = table.remove(&client) {
+            end(old, "server-error");
+        }
+        let Some((server, session)) = open(shared, ctx, sock, client) else { return };
+        if let Err((_, s)) = table.insert(client, server, session, now) {
+            // The shared count let it in, so the table cannot be full; be safe anyway.
+            drop(s);
+            ctx.stats.udp_drops_session_limit.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    let Some(s) = table.get(&client) else { return };
+    if forward(&ctx.stats, &s.value, data) == Forwarded::Refused
+        && let Some(s) = table.remove(&client)
+    {
+        end(s, "server-error");
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Forwarded {
+    Done,
+    Refused,
+}
+
+/// Sends one client datagram to the session's server, or parks it when the socket is full.
+fn forward(stats: &FrontendStats, s: &Session, data: &[u8]) -> Forwarded {
+    if s.flow.queued.load(Ordering::Relaxed) == 0 {
+        match s.upstream.try_send(data) {
+            Ok(n) => {
+                s.flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                return Forwarded::Done;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                stats.udp_drops_send_error.fetch_add(1, Ordering::Relaxed);
+                return if gone(&e) { Forwarded::Refused } else { Forwarded::Done };
+            }
+        }
+    }
+    // The only copy on this path, and only while the upstream socket is full.
+    match s.queue.try_send(data.to_vec()) {
+        Ok(()) => {
+            s.flow.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            stats.udp_drops_queue_full.fetch_add(1, Ordering::Relaxed);
+            if let Some(skipped) = QUEUE_LOG.allow(now_ms()) {
+                tracing::warn!(
+                    frontend = %s.ctx.name, client = %s.flow.client, server = %s.server_key,
+                    skipped, "udp datagram dropped: the session's queue to its server is full"
+                );
+            }
+        }
+    }
+    Forwarded::Done
+}
+
+/// Errors of a connected UDP socket that mean the server is not there (an ICMP error of an
+/// earlier datagram): the session ends, and the client's next datagram picks again.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+/// Starts a session for `client`: takes a slot, picks a server, opens the upstream socket and
+/// spawns the answer task. `None` when the datagram must be dropped (counted and logged here).
+fn open(
+    shared: &Arc<Shared>,
+    ctx: &Arc<AcceptCtx>,
+    sock: &Arc<UdpSocket>,
+    client: SocketAddr,
+) -> Option<(usize, Session)> {
+    let stats = &ctx.stats;
+    // `None` only for a moment during a reload that removes this frontend.
+    let pool = {
+        let snap = shared.state.load();
+        snap.frontend(&ctx.name).and_then(|fe| snap.pools.get(fe.pool)).cloned()
+    };
+    // The slot first: a refused client must not move the balancer's rotation.
+    if let Err(which) = acquire(shared, ctx) {
+        stats.udp_drops_session_limit.fetch_add(1, Ordering::Relaxed);
+        if let Some(skipped) = LIMIT_LOG.allow(now_ms()) {
+            tracing::warn!(
+                frontend = %ctx.name, client = %client, limit = which,
+                max_sessions = ctx.frontend.max_sessions, skipped,
+                "udp session limit reached: datagram dropped"
+            );
+        }
+        return None;
+    }
+    let picked = pool.as_ref().and_then(|p| {
+        let i = pick(p, client)?;
+        Some((i, p.servers.get(i)?))
+    });
+    let Some((index, server)) = picked else {
+        release(shared, ctx);
+        stats.udp_drops_no_server.fetch_add(1, Ordering::Relaxed);
+        stats.no_server.fetch_add(1, Ordering::Relaxed);
+        if let Some(skipped) = NO_SERVER_LOG.allow(now_ms()) {
+            let pool = pool.as_ref().map_or("-", |p| p.name.as_str());
+            tracing::warn!(
+                frontend = %ctx.name, pool, client = %client, skipped,
+                "no server available: udp datagram dropped"
+            );
+        }
+        return None;
+    };
+    let upstream = match upstream_socket(server.addr) {
+        Ok(u) => Arc::new(u),
+        Err(e) => {
+            release(shared, ctx);
+            stats.udp_drops_send_error.fetch_add(1, Ordering::Relaxed);
+            if let Some(skipped) = SOCKET_LOG.allow(now_ms()) {
+                tracing::warn!(
+                    frontend = %ctx.name, server = %server.key, error = %e, skipped,
+                    "cannot open an upstream udp socket: datagram dropped"
+                );
+            }
+            return None;
+        }
+    };
+    server.stats.active.fetch_add(1, Ordering::Relaxed);
+    server.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    server.stats.on_assigned();
+    stats.udp_sessions_total.fetch_add(1, Ordering::Relaxed);
+    stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    stats.connections_active.fetch_add(1, Ordering::Relaxed);
+    let flow = Arc::new(Flow {
+        client,
+        last_answer_ms: AtomicU64::new(0),
+        queued: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+        bytes_in: AtomicU64::new(0),
+        bytes_out: AtomicU64::new(0),
+    });
+    let (queue, parked) = mpsc::channel(SESSION_QUEUE);
+    let task = tokio::spawn(answers(
+        sock.clone(),
+        upstream.clone(),
+        flow.clone(),
+        parked,
+        ctx.stats.clone(),
+    ));
+    Some((
+        index,
+        Session {
+            flow,
+            upstream,
+            queue,
+            task,
+            server: server.stats.clone(),
+            server_key: server.key.clone(),
+            ctx: ctx.clone(),
+            shared: shared.clone(),
+            started: Instant::now(),
+            outcome: "stopped",
+        },
+    ))
+}
+
+/// Takes a session slot: the frontend's `max_sessions` (counted over all workers), and the
+/// global connection limit (a session holds a descriptor, as a connection does), plus the
+/// frontend's `max_connections` when set. `Err` names the limit that was reached.
+fn acquire(shared: &Shared, ctx: &AcceptCtx) -> Result<(), &'static str> {
+    let max = ctx.frontend.max_sessions as u64;
+    let active = &ctx.stats.udp_sessions_active;
+    if active
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| (a < max).then_some(a + 1))
+        .is_err()
+    {
+        return Err("max_sessions");
+    }
+    if !shared.limits.try_acquire() {
+        active.fetch_sub(1, Ordering::Relaxed);
+        return Err("max_connections");
+    }
+    if let Some(l) = &ctx.limits
+        && !l.try_acquire()
+    {
+        shared.limits.release();
+        active.fetch_sub(1, Ordering::Relaxed);
+        return Err("frontend max_connections");
+    }
+    Ok(())
+}
+
+/// Gives back the slots [`acquire`] took.
+fn release(shared: &Shared, ctx: &AcceptCtx) {
+    ctx.stats.udp_sessions_active.fetch_sub(1, Ordering::Relaxed);
+    shared.limits.release();
+    if let Some(l) = &ctx.limits {
+        l.release();
+    }
+}
+
+/// The server for a new session, as `tcp::connect` picks one (eligibility, panic mode when
+/// every server is ejected, slow start and agent weight as admission), without the connect:
+/// UDP has none to fail. The client IP's hash is the input, so hashing algorithms keep a
+/// client on its server across sessions.
+fn pick(pool: &PoolState, client: SocketAddr) -> Option<usize> {
+    let hash = hash_ip(client.ip());
+    let slow_ms = u64::try_from(pool.slow_start.as_millis()).unwrap_or(u64::MAX);
+    let now = now_ms();
+    let mut tried = Tried::new();
+    // A server passed over for slow start: still the answer when nothing else is.
+    let mut deferred = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let mut input = PickInput { hash, rand: fastrand::u64(..) };
+        let mut view = PoolView {
+            servers: &pool.servers,
+            now_ms: now,
+            panic: false,
+            report_ttl_ms: pool.report_ttl_ms,
+        };
+        let picked = pool.balancer.pick(&input, &view, &tried).or_else(|| {
+            view.panic = true;
+            input.rand = fastrand::u64(..);
+            pool.balancer.pick(&input, &view, &tried)
+        });
+        let Some(i) = picked else { return deferred };
+        let server = pool.servers.get(i)?;
+        let factor = server.stats.slow_start_factor(slow_ms, now) * server.stats.agent_factor();
+        if factor >= 1.0 || fastrand::f64() <= factor {
+            return Some(i);
+        }
+        deferred.get_or_insert(i);
+        if !tried.insert(i) {
+            break;
+        }
+    }
+    deferred
+}
+
+/// A socket connected to `server`: the kernel then delivers only that server's datagrams to
+/// it and reports ICMP errors (server gone) on it.
+fn upstream_socket(server: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(local)?;
+    s.connect(server)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+/// The session's task: sends the server's answers to the client from the frontend socket, and
+/// flushes parked client datagrams as the upstream socket takes them. Ends when the server
+/// refuses (marking the flow closed) or when the session is dropped (aborted).
+async fn answers(
+    front: Arc<UdpSocket>,
+    up: Arc<UdpSocket>,
+    flow: Arc<Flow>,
+    mut parked: mpsc::Receiver<Vec<u8>>,
+    stats: Arc<FrontendStats>,
+) {
+    loop {
+        let alive = tokio::select! {
+            // An ICMP error (server gone) shows as an error condition on the connected socket
+            // without making it readable: asked for explicitly, so the session ends at once
+            // and the client's next datagram is not sent into the void first.
+            r = up.ready(Interest::READABLE | Interest::ERROR) => match r {
+                Ok(ready) => {
+                    let alive = !ready.is_readable() || relay_answers(&front, &up, &flow, &stats).await;
+                    if ready.is_error() {
+                        // Clears the error; the session ends whatever it was, so a condition
+                        // that does not clear cannot make this loop spin.
+                        let _ = up.take_error();
+                        false
+                    } else {
+                        alive
+                    }
+                }
+                Err(_) => false,
+            },
+            d = parked.recv() => match d {
+                Some(d) => {
+                    // Awaiting here holds up only this session's answers: the datagram is
+                    // parked because the socket is full, and it frees within moments.
+                    let r = up.send(&d).await;
+                    flow.queued.fetch_sub(1, Ordering::Relaxed);
+                    match r {
+                        Ok(n) => {
+                            flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                            true
+                        }
+                        Err(e) => {
+                            stats.udp_drops_send_error.fetch_add(1, Ordering::Relaxed);
+                            !gone(&e)
+                        }
+                    }
+                }
+                None => false,
+            },
+        };
+        if !alive {
+            break;
+        }
+    }
+    flow.closed.store(true, Ordering::Relaxed);
+}
+
+enum Step {
+    Sent(usize),
+    /// The frontend socket is full: this copy waits for it.
+    Wait(Vec<u8>),
+    SendFailed,
+    Drained,
+    Gone,
+}
+
+/// Sends every answer waiting on the upstream socket (up to a batch); false when the server
+/// is gone.
+async fn relay_answers(
+    front: &UdpSocket,
+    up: &UdpSocket,
+    flow: &Flow,
+    stats: &FrontendStats,
+) -> bool {
+    let (mut datagrams, mut bytes) = (0u64, 0u64);
+    let mut alive = true;
+    for _ in 0..BATCH {
+        let step = ANSWER_BUF.with_borrow_mut(|buf| match up.try_recv(buf) {
+            Ok(n) => {
+                let answer = buf.get(..n).unwrap_or_default();
+                match front.try_send_to(answer, flow.client) {
+                    Ok(m) => Step::Sent(m),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait(answer.to_vec()),
+                    Err(_) => Step::SendFailed,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Drained,
+            // An ICMP error of an earlier datagram (see `gone`), or anything else: a session
+            // that cannot read its answers is of no use to the client, so it ends and the
+            // client's next datagram picks again.
+            Err(_) => Step::Gone,
+        });
+        match step {
+            Step::Sent(m) => {
+                datagrams += 1;
+                bytes += m as u64;
+            }
+            Step::Wait(answer) => match front.send_to(&answer, flow.client).await {
+                Ok(m) => {
+                    datagrams += 1;
+                    bytes += m as u64;
+                }
+                Err(_) => {
+                    stats.udp_drops_send_error.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Step::SendFailed => {
+                stats.udp_drops_send_error.fetch_add(1, Ordering::Relaxed);
+            }
+            Step::Drained => break,
+            Step::Gone => {
+                alive = false;
+                break;
+            }
+        }
+    }
+    if datagrams > 0 {
+        flow.last_answer_ms.store(now_ms(), Ordering::Relaxed);
+        flow.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        stats.udp_datagrams_out.fetch_add(datagrams, Ordering::Relaxed);
+        stats.udp_bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+    alive
+}
