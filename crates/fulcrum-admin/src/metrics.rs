@@ -226,6 +226,115 @@ impl Collector for Scrape {
                 })
                 .collect(),
         )?;
+        // UDP and fan-out frontends: counters by name, and drops by reason.
+        type Get = dyn Fn(&fulcrum_proxy::FrontendStats) -> u64;
+        let fe_counter = |enc: &mut DescriptorEncoder, name: &str, help: &str, get: &Get| {
+            let rows = s
+                .frontends
+                .iter()
+                .map(|f| (vec![("frontend", f.name.to_string())], counter(get(&f.stats))))
+                .collect();
+            family(enc, name, help, MetricType::Counter, rows)
+        };
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_udp_datagrams_received",
+            "Datagrams from clients (dropped ones included).",
+            &|x| load(&x.udp_datagrams_in),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_udp_datagrams_sent",
+            "Datagrams sent back to clients.",
+            &|x| load(&x.udp_datagrams_out),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_udp_received_bytes",
+            "UDP bytes from clients.",
+            &|x| load(&x.udp_bytes_in),
+        )?;
+        fe_counter(&mut enc, "fulcrum_frontend_udp_sent_bytes", "UDP bytes to clients.", &|x| {
+            load(&x.udp_bytes_out)
+        })?;
+        fe_counter(&mut enc, "fulcrum_frontend_udp_sessions", "UDP sessions started.", &|x| {
+            load(&x.udp_sessions_total)
+        })?;
+        let active = s
+            .frontends
+            .iter()
+            .map(|f| {
+                (vec![("frontend", f.name.to_string())], gauge(load(&f.stats.udp_sessions_active)))
+            })
+            .collect();
+        family(
+            &mut enc,
+            "fulcrum_frontend_udp_sessions_active",
+            "UDP sessions open now.",
+            MetricType::Gauge,
+            active,
+        )?;
+        let mut drops = Vec::new();
+        for f in &s.frontends {
+            for (reason, c) in [
+                ("no_server", &f.stats.udp_drops_no_server),
+                ("session_limit", &f.stats.udp_drops_session_limit),
+                ("queue_full", &f.stats.udp_drops_queue_full),
+                ("send_error", &f.stats.udp_drops_send_error),
+            ] {
+                let l = vec![("frontend", f.name.to_string()), ("reason", reason.to_string())];
+                drops.push((l, counter(load(c))));
+            }
+        }
+        family(
+            &mut enc,
+            "fulcrum_frontend_udp_drops",
+            "UDP datagrams dropped, by reason.",
+            MetricType::Counter,
+            drops,
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_fanout_requests",
+            "Fan-out and hedge requests.",
+            &|x| load(&x.fanout_requests),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_fanout_answered",
+            "Requests answered by a server.",
+            &|x| load(&x.fanout_answered),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_fanout_timeouts",
+            "Requests with no acceptable answer in time.",
+            &|x| load(&x.fanout_timeouts),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_fanout_rejected_answers",
+            "Answers that did not win (reject_prefix).",
+            &|x| load(&x.fanout_rejected_answers),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_fanout_dropped",
+            "Requests dropped: too many in flight.",
+            &|x| load(&x.fanout_dropped),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_fanout_hedges",
+            "Hedged requests sent to a second server.",
+            &|x| load(&x.fanout_hedges),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_fanout_upstream_errors",
+            "Failed exchanges with a server.",
+            &|x| load(&x.fanout_upstream_errors),
+        )?;
         family(
             &mut enc,
             "fulcrum_agent_sessions",
@@ -272,6 +381,10 @@ impl Collector for Scrape {
         )?;
         Ok(())
     }
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 /// The metrics page in the OpenMetrics text format (which Prometheus reads).
