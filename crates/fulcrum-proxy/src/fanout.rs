@@ -798,92 +798,135 @@ async fn upstream(
     mut jobs: mpsc::UnboundedReceiver<UpJob>,
     events: mpsc::UnboundedSender<UpEvent>,
 ) {
-    let Some(server) = pool.servers.get(index) else { return };
-    let mut conn: Option<Conn> = None;
-    // Requests written and not answered yet, oldest first.
-    let mut waiting: VecDeque<(u64, Instant, Outstanding)> = VecDeque::new();
-    let mut partial: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 4096];
-    // Fails every request on the connection and forgets it.
-    let reset = |conn: &mut Option<Conn>,
-                 waiting: &mut VecDeque<(u64, Instant, Outstanding)>,
-                 partial: &mut Vec<u8>| {
-        for (seq, _, _) in waiting.drain(..) {
-            let _ = events.send(UpEvent { seq, answer: None });
-        }
-        *conn = None;
-        partial.clear();
+    if pool.servers.get(index).is_none() {
+        return;
+    }
+    let mut up = Upstream {
+        pool,
+        index,
+        stats,
+        events,
+        conn: None,
+        waiting: VecDeque::new(),
+        partial: Vec::new(),
     };
+    let mut chunk = vec![0u8; 4096];
     loop {
-        let overdue = waiting.front().map(|(_, sent, _)| *sent + timeout);
+        let overdue = up.waiting.front().map(|w| w.sent + timeout);
         tokio::select! {
-            job = jobs.recv() => {
-                let Some(job) = job else { break };
-                if conn.is_none() {
-                    match connect(&pool, index).await {
-                        Ok(s) => conn = Some(s.into_split()),
-                        Err(e) => {
-                            upstream_failed(&pool, index, &e, &stats);
-                            let _ = events.send(UpEvent { seq: job.seq, answer: None });
-                            continue;
-                        }
-                    }
-                }
-                let Some((_, w)) = conn.as_mut() else { continue };
-                let out = Outstanding::new(&server.stats);
-                match w.write_all(&job.line).await {
-                    Ok(()) => {
-                        server.stats.bytes_in.fetch_add(job.line.len() as u64, Ordering::Relaxed);
-                        waiting.push_back((job.seq, Instant::now(), out));
-                    }
-                    Err(e) => {
-                        upstream_failed(&pool, index, &e, &stats);
-                        let _ = events.send(UpEvent { seq: job.seq, answer: None });
-                        reset(&mut conn, &mut waiting, &mut partial);
-                    }
+            job = jobs.recv() => match job {
+                Some(job) => up.send(job).await,
+                None => break,
+            },
+            r = read_some(&mut up.conn, &mut chunk) => up.received(r, &chunk),
+            // The oldest request has waited a whole timeout: the server may have skipped it.
+            () = sleep_until_opt(overdue) => up.reset(),
+        }
+    }
+}
+
+/// A request written to a server's connection and not answered yet.
+struct Written {
+    seq: u64,
+    sent: Instant,
+    _out: Outstanding,
+}
+
+/// The state of one server's connection for one client connection.
+struct Upstream {
+    pool: Arc<PoolState>,
+    index: usize,
+    stats: Arc<FrontendStats>,
+    events: mpsc::UnboundedSender<UpEvent>,
+    conn: Option<Conn>,
+    /// Oldest first: the next answer line belongs to the front one.
+    waiting: VecDeque<Written>,
+    /// The start of an answer line whose newline has not arrived yet.
+    partial: Vec<u8>,
+}
+
+impl Upstream {
+    /// Writes the request, connecting first if needed.
+    async fn send(&mut self, job: UpJob) {
+        if self.conn.is_none() {
+            match connect(&self.pool, self.index).await {
+                Ok(s) => self.conn = Some(s.into_split()),
+                Err(e) => {
+                    upstream_failed(&self.pool, self.index, &e, &self.stats);
+                    self.fail(job.seq);
+                    return;
                 }
             }
-            r = read_some(&mut conn, &mut chunk) => match r {
-                Ok(n) if n > 0 => {
-                    partial.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                    server.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
-                        let mut line: Vec<u8> = partial.drain(..=pos).collect();
-                        line.pop();
-                        match waiting.pop_front() {
-                            Some((seq, _, _)) => {
-                                let _ = events.send(UpEvent { seq, answer: Some(line) });
-                            }
-                            None => {
-                                // An answer to nothing: the stream is out of step.
-                                let e = io::Error::new(io::ErrorKind::InvalidData, "answer line nobody asked for");
-                                upstream_failed(&pool, index, &e, &stats);
-                                reset(&mut conn, &mut waiting, &mut partial);
-                                break;
-                            }
-                        }
-                    }
-                    if partial.len() > MAX_LINE {
-                        let e = io::Error::new(io::ErrorKind::InvalidData, "answer line too long");
-                        upstream_failed(&pool, index, &e, &stats);
-                        reset(&mut conn, &mut waiting, &mut partial);
-                    }
-                }
-                r => {
-                    // Closed or reset. With nothing outstanding it is only an idle close
-                    // (the next request reconnects); with requests outstanding it failed them.
-                    if !waiting.is_empty() {
-                        let e = match r {
-                            Err(e) => e,
-                            Ok(_) => io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"),
-                        };
-                        upstream_failed(&pool, index, &e, &stats);
-                    }
-                    reset(&mut conn, &mut waiting, &mut partial);
-                }
-            },
-            () = sleep_until_opt(overdue) => reset(&mut conn, &mut waiting, &mut partial),
         }
+        let Some(server) = self.pool.servers.get(self.index) else { return };
+        let Some((_, w)) = self.conn.as_mut() else { return };
+        let out = Outstanding::new(&server.stats);
+        match w.write_all(&job.line).await {
+            Ok(()) => {
+                server.stats.bytes_in.fetch_add(job.line.len() as u64, Ordering::Relaxed);
+                self.waiting.push_back(Written { seq: job.seq, sent: Instant::now(), _out: out });
+            }
+            Err(e) => {
+                upstream_failed(&self.pool, self.index, &e, &self.stats);
+                self.fail(job.seq);
+                self.reset();
+            }
+        }
+    }
+
+    /// Takes what a read returned: answer lines go to their requests in order.
+    fn received(&mut self, r: io::Result<usize>, chunk: &[u8]) {
+        let n = match r {
+            Ok(n) if n > 0 => n,
+            r => {
+                // Closed or reset. With nothing outstanding it is only an idle close (the next
+                // request reconnects); with requests outstanding it failed them.
+                if !self.waiting.is_empty() {
+                    let e = r.err().unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")
+                    });
+                    upstream_failed(&self.pool, self.index, &e, &self.stats);
+                }
+                self.reset();
+                return;
+            }
+        };
+        if let Some(server) = self.pool.servers.get(self.index) {
+            server.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        self.partial.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.partial.drain(..=pos).collect();
+            line.pop();
+            let Some(w) = self.waiting.pop_front() else {
+                // An answer to nothing: the stream is out of step.
+                self.protocol_error("answer line nobody asked for");
+                return;
+            };
+            let _ = self.events.send(UpEvent { seq: w.seq, answer: Some(line) });
+        }
+        if self.partial.len() > MAX_LINE {
+            self.protocol_error("answer line too long");
+        }
+    }
+
+    fn protocol_error(&mut self, what: &'static str) {
+        let e = io::Error::new(io::ErrorKind::InvalidData, what);
+        upstream_failed(&self.pool, self.index, &e, &self.stats);
+        self.reset();
+    }
+
+    fn fail(&self, seq: u64) {
+        let _ = self.events.send(UpEvent { seq, answer: None });
+    }
+
+    /// Fails every request outstanding on the connection and closes it.
+    fn reset(&mut self) {
+        for w in std::mem::take(&mut self.waiting) {
+            self.fail(w.seq);
+        }
+        self.conn = None;
+        self.partial.clear();
     }
 }
 
