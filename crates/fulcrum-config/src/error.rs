@@ -44,8 +44,9 @@ impl fmt::Display for Errors {
 
 impl std::error::Error for Errors {}
 
-/// The OS reason of an I/O error without Rust's " (os error N)" suffix.
-pub(crate) fn io_reason(e: &std::io::Error) -> String {
+/// The OS reason of an I/O error as a short lower-case phrase, without Rust's
+/// " (os error N)" suffix: what every one-line error message of fulcrum shows.
+pub fn io_reason(e: &std::io::Error) -> String {
     let s = e.to_string();
     let s = match s.find(" (os error") {
         Some(i) => s[..i].to_string(),

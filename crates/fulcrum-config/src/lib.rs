@@ -12,7 +12,7 @@ mod overlay;
 mod parse;
 
 pub use addr::{ListenAddr, ServerAddr, parse_dest, parse_listen};
-pub use error::{ConfigError, Errors};
+pub use error::{ConfigError, Errors, io_reason};
 pub use model::*;
 pub use overlay::{ChangeError, Overlay, PoolOverlay, ServerOverride, StateFileError};
 pub use parse::{parse_duration, parse_str};

@@ -5,20 +5,11 @@
 use std::io;
 use std::net::SocketAddr;
 
+use fulcrum_config::io_reason;
 use socket2::{Domain, Protocol, Socket, Type};
 
 const BACKLOG: i32 = 4096;
 const UDP_BUFFER: usize = 4 << 20;
-
-fn reason(e: &io::Error) -> String {
-    let s = e.to_string();
-    let s = s.split(" (os error").next().unwrap_or(&s).to_string();
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => s,
-    }
-}
 
 /// Binds `count` listening sockets sharing `addr`. With port 0 the first socket gets a port
 /// from the kernel and the others join it.
@@ -26,9 +17,9 @@ pub fn bind_group(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpLis
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
-        let l = bind_one(addr).map_err(|e| format!("cannot bind {addr}: {}", reason(&e)))?;
+        let l = bind_one(addr).map_err(|e| format!("cannot bind {addr}: {}", io_reason(&e)))?;
         if addr.port() == 0 {
-            addr = l.local_addr().map_err(|e| format!("cannot bind {addr}: {}", reason(&e)))?;
+            addr = l.local_addr().map_err(|e| format!("cannot bind {addr}: {}", io_reason(&e)))?;
         }
         out.push(l);
     }
@@ -63,9 +54,10 @@ pub fn bind_udp_group(addr: SocketAddr, count: usize) -> Result<Vec<std::net::Ud
             s.bind(&addr.into())?;
             io::Result::Ok(std::net::UdpSocket::from(s))
         })()
-        .map_err(|e| format!("cannot bind udp {addr}: {}", reason(&e)))?;
+        .map_err(|e| format!("cannot bind udp {addr}: {}", io_reason(&e)))?;
         if addr.port() == 0 {
-            addr = s.local_addr().map_err(|e| format!("cannot bind udp {addr}: {}", reason(&e)))?;
+            addr =
+                s.local_addr().map_err(|e| format!("cannot bind udp {addr}: {}", io_reason(&e)))?;
         }
         out.push(s);
     }

@@ -4,6 +4,7 @@
 //! delay) and, given `--agent`, reports that load to the balancer's agent port with the
 //! authenticated frames of `fulcrum_core::agent`. Everything it says goes through the log.
 
+pub use fulcrum_config::io_reason;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -656,17 +657,6 @@ async fn read_challenge(r: &mut OwnedReadHalf) -> Result<[u8; agent::NONCE_LEN],
         .await
         .map_err(|e| format!("reading the challenge: {}", io_reason(&e)))?;
     agent::parse_challenge(&buf).map_err(|e| format!("bad challenge: {e}"))
-}
-
-/// An I/O error as a short lower-case phrase, without the `(os error N)` tail.
-pub fn io_reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    let s = s.split(" (os error").next().unwrap_or(&s).to_string();
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => s,
-    }
 }
 
 #[cfg(test)]

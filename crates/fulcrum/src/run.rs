@@ -156,7 +156,7 @@ fn serve(config: Config, path: Option<PathBuf>, splice: Splice) -> Result<(), Fa
         if let Some(a) = admin {
             let l = tokio::net::TcpListener::bind(a.bind)
                 .await
-                .map_err(|e| Failure::Runtime(format!("cannot bind admin API {}: {}", a.bind, reason(&e))))?;
+                .map_err(|e| Failure::Runtime(format!("cannot bind admin API {}: {}", a.bind, fulcrum_config::io_reason(&e))))?;
             let local = l.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
             if token.is_none() {
                 tracing::warn!(address = %local, "admin API has no token: open to every local user");
@@ -190,16 +190,6 @@ if let Some(addr) = fulcrum_admin::start_agent(controller.clone(), stop_admin.cl
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-fn reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    let s = s.split(" (os error").next().unwrap_or(&s).to_string();
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => s,
-    }
 }
 
 /// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile.
