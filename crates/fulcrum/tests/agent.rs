@@ -104,6 +104,23 @@ connect_timeout = "1s"
     )
 }
 
+/// Each backend says hello and reports `loads` clients; returns once every report is visible.
+async fn report_all(s: &Setup, bs: &[Backend], loads: [u64; 3]) -> Vec<AgentClient> {
+    let mut clients = Vec::new();
+    for (b, load) in bs.iter().zip(loads) {
+        let mut c = AgentClient::connect(s.agent, KEY).await;
+        c.hello("app", b.addr).await;
+        c.report(load, 0).await;
+        clients.push(c);
+    }
+    wait_until_async(Duration::from_secs(5), "every report", || {
+        let v = get(&format!("{}/api/v1/pools", s.api));
+        v["pools"][0]["servers"].as_array().unwrap().iter().all(|x| x["reported"].is_object())
+    })
+    .await;
+    clients
+}
+
 fn get(url: &str) -> Value {
     tokio::task::block_in_place(|| {
         let mut r = ureq::get(url).call().unwrap();
@@ -178,18 +195,7 @@ async fn least_load_spreads_thirty_arrivals_between_reports() {
     let servers = bs.iter().map(|b| format!("\"{}\"", b.addr)).collect::<Vec<_>>().join(", ");
     // Reports every 10 s at most: the 30 clients arrive within one interval.
     let s = start(&toml("algorithm = \"least-load\"", &servers, "", "report_interval = \"10s\""));
-    let mut clients = Vec::new();
-    for (b, load) in bs.iter().zip([0u64, 5, 10]) {
-        let mut c = AgentClient::connect(s.agent, KEY).await;
-        c.hello("app", b.addr).await;
-        c.report(load, 0).await;
-        clients.push(c);
-    }
-    wait_until_async(Duration::from_secs(5), "three reports", || {
-        let v = get(&format!("{}/api/v1/pools", s.api));
-        v["pools"][0]["servers"].as_array().unwrap().iter().all(|x| x["reported"].is_object())
-    })
-    .await;
+    let _clients = report_all(&s, &bs, [0, 5, 10]).await;
     let mut held = Vec::new();
     for _ in 0..30 {
         let mut st = TcpStream::connect(s.d.addr("web")).await.unwrap();
@@ -279,18 +285,7 @@ async fn directory_mode_answers_the_least_loaded_over_tcp_and_udp() {
     let fronts = "[frontend.dir]\nbind = \"127.0.0.1:0\"\nprotocol = \"directory\"\npool = \"app\"\n[frontend.dirudp]\nbind = \"127.0.0.1:0\"\nprotocol = \"directory-udp\"\npool = \"app\"\n";
     let s =
         start(&toml("algorithm = \"least-load\"", &servers, fronts, "report_interval = \"10s\""));
-    let mut clients = Vec::new();
-    for (b, load) in bs.iter().zip([7u64, 2, 9]) {
-        let mut c = AgentClient::connect(s.agent, KEY).await;
-        c.hello("app", b.addr).await;
-        c.report(load, 0).await;
-        clients.push(c);
-    }
-    wait_until_async(Duration::from_secs(5), "three reports", || {
-        let v = get(&format!("{}/api/v1/pools", s.api));
-        v["pools"][0]["servers"].as_array().unwrap().iter().all(|x| x["reported"].is_object())
-    })
-    .await;
+    let _clients = report_all(&s, &bs, [7, 2, 9]).await;
     // TCP: several requests on one connection, written in one go (coalesced) and one split.
     let mut t = TcpStream::connect(s.d.addr("dir")).await.unwrap();
     t.write_all(b"PICK\nPICK app\nPI").await.unwrap();
