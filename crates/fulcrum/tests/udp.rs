@@ -644,3 +644,34 @@ servers = ["{}", "{}", "{}"]
         assert!(ask(&u, &format!("new {i}"), wait).await.is_some(), "new client {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_based_algorithms_keep_a_client_on_its_server_across_sessions() {
+    let bs = [Echo::start("a").await, Echo::start("b").await, Echo::start("c").await];
+    let servers = format!("\"{}\", \"{}\", \"{}\"", bs[0].addr, bs[1].addr, bs[2].addr);
+    let d = Daemon::run_config(&format!(
+        "workers = 2\n[frontend.h]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\npool = \"hashed\"\nsession_timeout = \"200ms\"\n\
+         [frontend.r]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\npool = \"rotating\"\nsession_timeout = \"200ms\"\n\
+         [pool.hashed]\nalgorithm = \"maglev\"\nservers = [{servers}]\n[pool.rotating]\nservers = [{servers}]\n"
+    ));
+    let wait = Duration::from_secs(2);
+    // Six sessions one after another from the same client IP (new source ports, each session
+    // idling out before the next): maglev keeps them on one server, round-robin rotates.
+    let mut hashed = Vec::new();
+    let mut rotating = Vec::new();
+    for i in 0..6 {
+        for (front, out) in [(d.addr("h"), &mut hashed), (d.addr("r"), &mut rotating)] {
+            let u = client(front).await;
+            out.push(ask(&u, &format!("session {i}"), wait).await.expect("answered"));
+        }
+        let want = 2 * (i + 1);
+        wait_until_async(Duration::from_secs(5), "the sessions to idle out", || {
+            let lines = access_lines(&d, "h").len() + access_lines(&d, "r").len();
+            lines >= want
+        })
+        .await;
+    }
+    assert!(hashed.iter().all(|n| n == &hashed[0]), "maglev moved a client: {hashed:?}");
+    let distinct: std::collections::HashSet<_> = rotating.iter().collect();
+    assert_eq!(distinct.len(), 3, "round-robin should rotate sessions: {rotating:?}");
+}
