@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fulcrum_config::{Config, Mode, Protocol};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +46,15 @@ pub struct Shared {
     pub limits: Limits,
     pub access_log: std::sync::atomic::AtomicBool,
     pub splice: SpliceMode,
+    /// Every worker's open connections and command channel, for accept-time balancing.
+    peers: Vec<Peer>,
+}
+
+/// One worker as the others see it.
+#[repr(align(64))]
+struct Peer {
+    load: AtomicUsize,
+    tx: mpsc::UnboundedSender<WorkerCmd>,
 }
 
 impl Shared {
@@ -87,6 +96,8 @@ enum Sock {
 enum WorkerCmd {
     Listen(Arc<AcceptCtx>, Sock),
     Close(Arc<str>, u64),
+    /// A connection accepted by a busier worker, to be served by this one.
+    Adopt(Arc<AcceptCtx>, std::net::TcpStream, SocketAddr),
 }
 
 /// A frontend's bound listener group, as the engine remembers it.
@@ -130,18 +141,21 @@ impl Engine {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
         let max = config.max_connections.unwrap_or(opts.default_max_connections);
+        let (cmds, rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(Snapshot { frontends: Vec::new(), pools: Vec::new() }),
             limits: Limits::new(max),
             access_log: config.access_log.into(),
             splice: opts.splice,
+            peers: cmds
+                .iter()
+                .map(|tx| Peer { load: AtomicUsize::new(0), tx: tx.clone() })
+                .collect(),
         });
         let stop = CancellationToken::new();
         let drain = config.drain_timeout;
         let mut threads = Vec::with_capacity(workers);
-        let mut cmds = Vec::with_capacity(workers);
-        for w in 0..workers {
-            let (tx, rx) = mpsc::unbounded_channel();
+        for (w, rx) in rxs.into_iter().enumerate() {
             let shared = shared.clone();
             let stop = stop.clone();
             let t = std::thread::Builder::new()
@@ -149,7 +163,6 @@ impl Engine {
                 .spawn(move || worker(w, shared, rx, stop, drain))
                 .map_err(|e| StartError(format!("cannot start worker thread: {e}")))?;
             threads.push(t);
-            cmds.push(tx);
         }
         let mut engine = Engine {
             shared,
@@ -309,6 +322,7 @@ fn worker(
                     let h = match sock {
                         Sock::Tcp(l) => TcpListener::from_std(l).map(|l| {
                             tokio::spawn(accept_loop(
+                                id,
                                 shared.clone(),
                                 ctx,
                                 l,
@@ -334,6 +348,14 @@ fn worker(
                         }
                     }
                 }
+                Some(WorkerCmd::Adopt(ctx, stream, peer)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => spawn_serve(id, &shared, ctx, stream, peer, &tracker),
+                    Err(e) => {
+                        // The connection is lost; its slots were taken by the acceptor.
+                        release(&shared, &ctx);
+                        tracing::warn!(worker = id, error = %e, "cannot adopt a connection");
+                    }
+                },
                 Some(WorkerCmd::Close(name, generation)) => {
                     loops.retain(|(n, g, token, _)| {
                         let hit = *n == name && *g == generation;
@@ -364,6 +386,7 @@ fn worker(
 static ACCEPT_ERR_LOG: RateLimit = RateLimit::new(1_000);
 
 async fn accept_loop(
+    id: usize,
     shared: Arc<Shared>,
     ctx: Arc<AcceptCtx>,
     listener: TcpListener,
@@ -397,19 +420,21 @@ async fn accept_loop(
                     shared.limits.release();
                     return;
                 }
-                let shared = shared.clone();
-                let ctx = ctx.clone();
-                tracker.spawn(async move {
-                    let guard = ReleaseOnDrop(shared.clone(), ctx.clone());
-                    match (ctx.protocol, &ctx.frontend.mode) {
-                        (Protocol::Directory, _) => {
-                            crate::directory::serve_tcp(shared, &ctx, stream, peer).await
+                match hand_off(id, &shared) {
+                    None => spawn_serve(id, &shared, ctx.clone(), stream, peer, &tracker),
+                    Some(target) => {
+                        // SO_REUSEPORT spreads connections by hash, not by load: when this
+                        // worker carries clearly more than another, the new connection moves
+                        // there once, at accept (HAProxy balances threads the same way). The
+                        // connection then lives on its worker; no byte crosses threads.
+                        let sent = stream
+                            .into_std()
+                            .map(|s| target.tx.send(WorkerCmd::Adopt(ctx.clone(), s, peer)));
+                        if !matches!(sent, Ok(Ok(()))) {
+                            release(&shared, &ctx);
                         }
-                        (_, Mode::Proxy) => crate::tcp::serve(shared, &ctx, stream, peer).await,
-                        (_, _) => crate::fanout::serve_tcp(shared, &ctx, stream, peer).await,
                     }
-                    drop(guard);
-                });
+                }
             }
             Err(e) => {
                 ctx.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
@@ -426,6 +451,54 @@ async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// The worker a new connection should move to, when this one (`me`) carries at least two
+/// more connections than the least loaded one.
+fn hand_off(me: usize, shared: &Shared) -> Option<&Peer> {
+    let mine = shared.peers.get(me)?.load.load(Ordering::Relaxed);
+    let (_, least) = shared
+        .peers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .min_by_key(|(_, p)| p.load.load(Ordering::Relaxed))?;
+    (mine >= least.load.load(Ordering::Relaxed) + 2).then_some(least)
+}
+
+/// Serves a connection on this worker, counting it in the worker's load.
+fn spawn_serve(
+    me: usize,
+    shared: &Arc<Shared>,
+    ctx: Arc<AcceptCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tracker: &TaskTracker,
+) {
+    // Counted before the task first runs, so the next accept already sees it.
+    if let Some(p) = shared.peers.get(me) {
+        p.load.fetch_add(1, Ordering::Relaxed);
+    }
+    let guard = ReleaseOnDrop(shared.clone(), ctx.clone(), me);
+    let shared = shared.clone();
+    tracker.spawn(async move {
+        match (ctx.protocol, &ctx.frontend.mode) {
+            (Protocol::Directory, _) => {
+                crate::directory::serve_tcp(shared, &ctx, stream, peer).await
+            }
+            (_, Mode::Proxy) => crate::tcp::serve(shared, &ctx, stream, peer).await,
+            (_, _) => crate::fanout::serve_tcp(shared, &ctx, stream, peer).await,
+        }
+        drop(guard);
+    });
+}
+
+/// Gives back the connection slots of a connection that will not be served.
+fn release(shared: &Shared, ctx: &AcceptCtx) {
+    shared.limits.release();
+    if let Some(l) = &ctx.limits {
+        l.release();
     }
 }
 
@@ -458,14 +531,14 @@ async fn wait_below(limits: &Limits, stop: &CancellationToken) -> Result<(), ()>
     Ok(())
 }
 
-/// Releases the connection slots however the connection task ends.
-struct ReleaseOnDrop(Arc<Shared>, Arc<AcceptCtx>);
+/// Releases the connection slots and the worker's load however the connection task ends.
+struct ReleaseOnDrop(Arc<Shared>, Arc<AcceptCtx>, usize);
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        self.0.limits.release();
-        if let Some(l) = &self.1.limits {
-            l.release();
+        release(&self.0, &self.1);
+        if let Some(p) = self.0.peers.get(self.2) {
+            p.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
