@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -96,6 +96,8 @@ struct Dir<'a> {
     dst: &'a TcpStream,
     bytes: &'a AtomicU64,
     activity: &'a AtomicU64,
+    /// Set by the first direction to reach EOF.
+    one_ended: &'a AtomicBool,
     splice: SpliceMode,
     /// Outcome when reading `src` fails (the other side's failure is the opposite).
     src_fails: Outcome,
@@ -159,6 +161,13 @@ impl Dir<'_> {
 
     /// EOF from the source: pass the half-close on.
     fn finish(&self) -> Result<(), Outcome> {
+        if self.one_ended.swap(true, Ordering::Relaxed) {
+            // The other direction ended first, so both sockets are closed as soon as this
+            // returns, and `close` sends the FIN after the bytes still queued (the receive
+            // queues are empty: both sides read EOF, so no RST). A shutdown would be a wasted
+            // syscall on every connection.
+            return Ok(());
+        }
         match socket2::SockRef::from(self.dst).shutdown(Shutdown::Write) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
@@ -194,12 +203,14 @@ pub async fn proxy(
     let bytes_in = AtomicU64::new(0);
     let bytes_out = AtomicU64::new(0);
     let activity = AtomicU64::new(now_ms());
+    let one_ended = AtomicBool::new(false);
     let (c, s) = (Outcome::ClientError, Outcome::ServerError);
     let up = Dir {
         src: client,
         dst: server,
         bytes: &bytes_in,
         activity: &activity,
+        one_ended: &one_ended,
         splice,
         src_fails: c,
         dst_fails: s,
@@ -209,6 +220,7 @@ pub async fn proxy(
         dst: client,
         bytes: &bytes_out,
         activity: &activity,
+        one_ended: &one_ended,
         splice,
         src_fails: s,
         dst_fails: c,

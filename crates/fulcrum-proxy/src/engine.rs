@@ -306,6 +306,7 @@ fn worker(
         }
     };
     rt.block_on(async move {
+        tokio::spawn(keep_timer_wake_near());
         let tracker = TaskTracker::new();
         // Accept loops by (frontend, generation), each with its own stop token.
         let mut loops: Vec<(Arc<str>, u64, CancellationToken, tokio::task::JoinHandle<()>)> =
@@ -381,6 +382,21 @@ fn worker(
             );
         }
     });
+}
+
+/// How often an otherwise idle worker wakes (see [`keep_timer_wake_near`]).
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// tokio writes to its driver's eventfd whenever a timer is armed to fire before the driver's
+/// next planned wake-up, and every connection arms two (its connect timeout, then its idle
+/// watchdog): one syscall per connection. A timer ticking every [`TIMER_TICK`] keeps the
+/// planned wake-up that near, so arming any timer longer than the tick costs no syscall.
+async fn keep_timer_wake_near() {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 static ACCEPT_ERR_LOG: RateLimit = RateLimit::new(1_000);

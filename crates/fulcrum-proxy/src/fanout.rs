@@ -677,7 +677,7 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, s: TcpStream, peer:
         let Some(pool) = snap.pools.get(fe.pool) else { return };
         (pool.clone(), fe.idle_timeout)
     };
-    let _ = s.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listener (listener.rs).
     let stats = ctx.stats.clone();
     stats.connections_total.fetch_add(1, Ordering::Relaxed);
     stats.connections_active.fetch_add(1, Ordering::Relaxed);
@@ -943,9 +943,8 @@ async fn connect(pool: &PoolState, index: usize) -> io::Result<TcpStream> {
         return Err(io::Error::new(io::ErrorKind::NotFound, "server left the pool"));
     };
     let started = Instant::now();
-    match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(server.addr)).await {
+    match tokio::time::timeout(pool.connect_timeout, crate::connect::connect(server.addr)).await {
         Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
             server.stats.on_connect_success(started.elapsed());
             Ok(s)
         }

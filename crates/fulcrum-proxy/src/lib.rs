@@ -5,6 +5,7 @@
 //! `fulcrum-core` for picks and `fulcrum-config` for the model.
 
 mod clock;
+mod connect;
 mod copy;
 mod directory;
 mod engine;

@@ -22,7 +22,7 @@ static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
 pub async fn serve(shared: Arc<Shared>, ctx: &AcceptCtx, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listener (listener.rs): no setsockopt here.
     let fe_name = &ctx.name;
     let (pool, idle) = {
         let snap = shared.state.load();
@@ -141,10 +141,9 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, Tcp
         // Counted from the start of the connect, so least-connections sees it at once.
         server.stats.active.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let res = tokio::time::timeout(pool.connect_timeout, TcpStream::connect(server.addr)).await;
-        let err = match res {
+        let res = tokio::time::timeout(pool.connect_timeout, crate::connect::connect(server.addr));
+        let err = match res.await {
             Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
                 server.stats.on_connect_success(started.elapsed());
                 server.stats.on_assigned();
                 return Some((Picked { pool: pool.clone(), index }, stream));
