@@ -97,6 +97,13 @@ impl Collector for Scrape {
             MetricType::Counter,
             s.frontends.iter().map(|f| (fe(f), counter(ld(&f.stats.accept_errors)))).collect(),
         )?;
+        family(
+            &mut enc,
+            "fulcrum_frontend_handoffs",
+            "Connections accepted by a busier worker and moved to a less loaded one.",
+            MetricType::Counter,
+            s.frontends.iter().map(|f| (fe(f), counter(ld(&f.stats.handoffs)))).collect(),
+        )?;
 
         let servers = || {
             s.pools.iter().flat_map(|p| {

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fulcrum_config::{Config, Mode, Protocol};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -321,7 +323,7 @@ fn worker(
                     let token = stop.child_token();
                     let (name, generation) = (ctx.name.clone(), ctx.generation);
                     let h = match sock {
-                        Sock::Tcp(l) => TcpListener::from_std(l).map(|l| {
+                        Sock::Tcp(l) => register_listener(l).map(|l| {
                             tokio::spawn(accept_loop(
                                 id,
                                 shared.clone(),
@@ -349,14 +351,9 @@ fn worker(
                         }
                     }
                 }
-                Some(WorkerCmd::Adopt(ctx, stream, peer)) => match TcpStream::from_std(stream) {
-                    Ok(stream) => spawn_serve(id, &shared, ctx, stream, peer, &tracker),
-                    Err(e) => {
-                        // The connection is lost; its slots were taken by the acceptor.
-                        release(&shared, &ctx);
-                        tracing::warn!(worker = id, error = %e, "cannot adopt a connection");
-                    }
-                },
+                Some(WorkerCmd::Adopt(ctx, stream, peer)) => {
+                    serve_here(id, &shared, ctx, stream, peer, &tracker)
+                }
                 Some(WorkerCmd::Close(name, generation)) => {
                     loops.retain(|(n, g, token, _)| {
                         let hit = *n == name && *g == generation;
@@ -405,7 +402,7 @@ async fn accept_loop(
     id: usize,
     shared: Arc<Shared>,
     ctx: Arc<AcceptCtx>,
-    listener: TcpListener,
+    listener: AsyncFd<std::net::TcpListener>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -418,7 +415,7 @@ async fn accept_loop(
             }
         }
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = accept(&listener) => r,
             () = stop.cancelled() => return,
         };
         match accepted {
@@ -436,20 +433,21 @@ async fn accept_loop(
                     shared.limits.release();
                     return;
                 }
-                match hand_off(id, &shared) {
-                    None => spawn_serve(id, &shared, ctx.clone(), stream, peer, &tracker),
-                    Some(target) => {
-                        // SO_REUSEPORT spreads connections by hash, not by load: when this
-                        // worker carries clearly more than another, the new connection moves
-                        // there once, at accept (HAProxy balances threads the same way). The
-                        // connection then lives on its worker; no byte crosses threads.
-                        let sent = stream
-                            .into_std()
-                            .map(|s| target.tx.send(WorkerCmd::Adopt(ctx.clone(), s, peer)));
-                        if !matches!(sent, Ok(Ok(()))) {
-                            release(&shared, &ctx);
-                        }
-                    }
+                let target = pick_worker(id, &shared);
+                let Some(peer_state) = shared.peers.get(target) else {
+                    release(&shared, &ctx);
+                    continue;
+                };
+                // Counted on the serving worker now, before it even sees the connection, so
+                // the next accept (here or on another worker) already weighs it.
+                peer_state.load.fetch_add(1, Ordering::Relaxed);
+                if target == id {
+                    serve_here(id, &shared, ctx.clone(), stream, peer, &tracker);
+                } else if peer_state.tx.send(WorkerCmd::Adopt(ctx.clone(), stream, peer)).is_ok() {
+                    ctx.stats.handoffs.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    peer_state.load.fetch_sub(1, Ordering::Relaxed);
+                    release(&shared, &ctx);
                 }
             }
             Err(e) => {
@@ -470,33 +468,83 @@ async fn accept_loop(
     }
 }
 
-/// The worker a new connection should move to, when this one (`me`) carries at least two
-/// more connections than the least loaded one.
-fn hand_off(me: usize, shared: &Shared) -> Option<&Peer> {
-    let mine = shared.peers.get(me)?.load.load(Ordering::Relaxed);
-    let (_, least) = shared
+/// Watches a listening socket with this worker's reactor.
+// `with_interest` is deprecated because an arbitrary `T` could close or swap its descriptor
+// while registered (the safe replacement, `register_with_interest`, is an `unsafe fn`, and this
+// workspace denies unsafe code). A `std::net::TcpListener` owns its descriptor for its whole
+// life, which is the case the constructor is sound for.
+#[allow(deprecated)]
+fn register_listener(l: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
+    AsyncFd::with_interest(l, Interest::READABLE)
+}
+
+/// Accepts one connection as a plain non-blocking socket that no runtime watches yet: the
+/// worker that serves it registers it once. (`tokio::net::TcpListener` registers every
+/// accepted socket with the accepting worker, so a hand-off paid a registration here and a
+/// deregistration to move it: two `epoll_ctl` per moved connection.)
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    loop {
+        let mut ready = listener.readable().await?;
+        let r = ready.try_io(|l| {
+            let (fd, addr) =
+                acceptfrom_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+            let peer = addr.and_then(|a| SocketAddr::try_from(a).ok()).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "accepted without a peer address",
+                )
+            })?;
+            Ok((std::net::TcpStream::from(fd), peer))
+        });
+        if let Ok(r) = r {
+            return r;
+        }
+    }
+}
+
+/// The worker that should serve a new connection accepted by worker `me`: `me`, unless it
+/// carries at least two connections more than the least loaded worker. `SO_REUSEPORT`
+/// spreads connections by hash, not by load; moving a connection once, at accept, evens the
+/// workers out (HAProxy balances its threads the same way). It then lives on one worker: no
+/// byte crosses threads.
+fn pick_worker(me: usize, shared: &Shared) -> usize {
+    let Some(mine) = shared.peers.get(me).map(|p| p.load.load(Ordering::Relaxed)) else {
+        return me;
+    };
+    let least = shared
         .peers
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != me)
-        .min_by_key(|(_, p)| p.load.load(Ordering::Relaxed))?;
-    (mine >= least.load.load(Ordering::Relaxed) + 2).then_some(least)
+        .map(|(i, p)| (p.load.load(Ordering::Relaxed), i))
+        .min();
+    match least {
+        Some((load, i)) if mine >= load + 2 => i,
+        _ => me,
+    }
 }
 
-/// Serves a connection on this worker, counting it in the worker's load.
-fn spawn_serve(
+/// Registers a connection with this worker's runtime and serves it. Its slots and its place
+/// in this worker's load were taken by the acceptor.
+fn serve_here(
     me: usize,
     shared: &Arc<Shared>,
     ctx: Arc<AcceptCtx>,
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     tracker: &TaskTracker,
 ) {
-    // Counted before the task first runs, so the next accept already sees it.
-    if let Some(p) = shared.peers.get(me) {
-        p.load.fetch_add(1, Ordering::Relaxed);
-    }
     let guard = ReleaseOnDrop(shared.clone(), ctx.clone(), me);
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(worker = me, error = %e, "cannot register a connection");
+            return;
+        }
+    };
     let shared = shared.clone();
     tracker.spawn(async move {
         match (ctx.protocol, &ctx.frontend.mode) {

@@ -53,6 +53,8 @@ pub struct FrontendStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Connections accepted by one worker and moved to a less loaded one (engine.rs).
+    pub handoffs: AtomicU64,
     /// Directory answers over UDP dropped because the send queue was full.
     pub udp_dropped: AtomicU64,
     // UDP proxy frontends (`protocol = "udp"`, udp.rs; docs/udp.md). Datagrams and bytes
