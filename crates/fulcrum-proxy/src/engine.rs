@@ -300,11 +300,7 @@ fn worker(
     stop: CancellationToken,
     drain: Duration,
 ) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .event_interval(EVENT_INTERVAL)
-        .enable_all()
-        .build();
-    let rt = match rt {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = id, error = %e, "cannot start worker runtime");
@@ -384,13 +380,6 @@ fn worker(
         }
     });
 }
-
-/// Task polls between two looks at epoll while tasks are ready (tokio's default is 61). A
-/// worker's task poll is small (one read and one write of a connection), so 61 of them let a
-/// socket that just became ready wait behind dozens of others. Side by side with HAProxy
-/// (BENCHMARKS.md, `-w http_ka_l4 -t 1 -r 6`): keep-alive p99 2.13 ms with 8 against 2.33 ms
-/// with 61 (HAProxy 2.04), and no loss in requests per CPU-second.
-const EVENT_INTERVAL: u32 = 8;
 
 /// How often an otherwise idle worker wakes (see [`keep_timer_wake_near`]).
 const TIMER_TICK: Duration = Duration::from_millis(100);
