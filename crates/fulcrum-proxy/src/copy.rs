@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -96,8 +96,8 @@ struct Dir<'a> {
     dst: &'a TcpStream,
     bytes: &'a AtomicU64,
     activity: &'a AtomicU64,
-    /// How many directions have read EOF from their source (0, 1 or 2).
-    eofs: &'a AtomicU8,
+    /// Set by the first direction to reach EOF.
+    one_ended: &'a AtomicBool,
     splice: SpliceMode,
     /// Outcome when reading `src` fails (the other side's failure is the opposite).
     src_fails: Outcome,
@@ -143,7 +143,7 @@ impl Dir<'_> {
                 bulk = true;
             }
         }
-        self.finish().await
+        self.finish()
     }
 
     async fn run_splice(&self, pipe: Pipe) -> Result<(), Outcome> {
@@ -151,7 +151,7 @@ impl Dir<'_> {
             let n = pipe.fill(self.src).await.map_err(|_| self.src_fails)?;
             if n == 0 {
                 pipe.give_back();
-                return self.finish().await;
+                return self.finish();
             }
             // On error the pipe may hold bytes: it is dropped (closed), not pooled.
             pipe.drain(self.dst, n).await.map_err(|_| self.dst_fails)?;
@@ -159,24 +159,13 @@ impl Dir<'_> {
         }
     }
 
-    /// EOF from the source: pass the half-close on, unless the connection is closing whole.
-    ///
-    /// Once both directions have read EOF the proxy returns and both sockets are closed, and
-    /// `close` sends the FIN after the bytes still queued (no RST: both receive queues are
-    /// drained), so only a direction that ends while the other is still open needs
-    /// `shutdown`. That one first yields for one turn of the event loop: the usual close is a
-    /// server's FIN closely followed by the client's (or the reverse), and seeing both means
-    /// no shutdown at all and, above all, that the side which closed first keeps the
-    /// TIME_WAIT state. Without the turn the balancer sent its FIN first and held a TIME_WAIT
-    /// socket for nearly every short client connection (13.3k after 39k connections of
-    /// `wrk -H "Connection: close"`, against 0.9k for HAProxy, whose batched loop has the
-    /// same effect).
-    async fn finish(&self) -> Result<(), Outcome> {
-        if self.eofs.fetch_add(1, Ordering::Relaxed) > 0 {
-            return Ok(());
-        }
-        tokio::task::yield_now().await;
-        if self.eofs.load(Ordering::Relaxed) > 1 {
+    /// EOF from the source: pass the half-close on.
+    fn finish(&self) -> Result<(), Outcome> {
+        if self.one_ended.swap(true, Ordering::Relaxed) {
+            // The other direction ended first, so both sockets are closed as soon as this
+            // returns, and `close` sends the FIN after the bytes still queued (the receive
+            // queues are empty: both sides read EOF, so no RST). A shutdown would be a wasted
+            // syscall on every connection.
             return Ok(());
         }
         match socket2::SockRef::from(self.dst).shutdown(Shutdown::Write) {
@@ -214,14 +203,14 @@ pub async fn proxy(
     let bytes_in = AtomicU64::new(0);
     let bytes_out = AtomicU64::new(0);
     let activity = AtomicU64::new(now_ms());
-    let eofs = AtomicU8::new(0);
+    let one_ended = AtomicBool::new(false);
     let (c, s) = (Outcome::ClientError, Outcome::ServerError);
     let up = Dir {
         src: client,
         dst: server,
         bytes: &bytes_in,
         activity: &activity,
-        eofs: &eofs,
+        one_ended: &one_ended,
         splice,
         src_fails: c,
         dst_fails: s,
@@ -231,7 +220,7 @@ pub async fn proxy(
         dst: client,
         bytes: &bytes_out,
         activity: &activity,
-        eofs: &eofs,
+        one_ended: &one_ended,
         splice,
         src_fails: s,
         dst_fails: c,
