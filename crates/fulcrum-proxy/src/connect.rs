@@ -14,8 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Linux's "connect in progress" errno, the normal answer of a non-blocking `connect`.
-const EINPROGRESS: i32 = 115;
+use crate::listener::libc_errno::EINPROGRESS;
 
 /// Connects to `addr` with `TCP_NODELAY` on. The caller bounds it with its connect timeout.
 pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {

@@ -78,8 +78,11 @@ pub fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// The errno values used above (Linux), kept here to avoid a libc dependency for four numbers.
-mod libc_errno {
+/// The errno values the data plane checks (Linux), kept here to avoid a libc dependency for a
+/// handful of numbers.
+pub(crate) mod libc_errno {
+    pub const EINPROGRESS: i32 = 115;
+    pub const EADDRNOTAVAIL: i32 = 99;
     pub const EMFILE: i32 = 24;
     pub const ENFILE: i32 = 23;
     pub const ENOBUFS: i32 = 105;

@@ -153,7 +153,8 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, Tcp
         };
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
         // Running out of local descriptors or ports is not the server's fault.
-        let local = crate::listener::is_resource_error(&err) || err.raw_os_error() == Some(99);
+        let local = crate::listener::is_resource_error(&err)
+            || err.raw_os_error() == Some(crate::listener::libc_errno::EADDRNOTAVAIL);
         let now = now_ms();
         let ejected =
             !local && server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
