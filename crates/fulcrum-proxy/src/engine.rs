@@ -407,6 +407,10 @@ async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let mut backoff = Duration::from_millis(5);
+    // One stop future for the loop's life: each new `cancelled()` future registers with the
+    // token's waiter list under a lock when first polled, and would do so on every accept.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         // Accept backpressure: at a limit, leave new clients in the kernel's backlog.
         for limits in std::iter::once(&shared.limits).chain(ctx.limits.as_ref()) {
@@ -416,7 +420,7 @@ async fn accept_loop(
         }
         let accepted = tokio::select! {
             r = accept(&listener) => r,
-            () = stop.cancelled() => return,
+            () = &mut stopped => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -459,7 +463,7 @@ async fn accept_loop(
                     // Out of descriptors or memory: wait for connections to close.
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = stop.cancelled() => return,
+                        () = &mut stopped => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
