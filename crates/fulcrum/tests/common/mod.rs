@@ -175,9 +175,10 @@ impl Drop for Daemon {
 }
 
 /// A listener on 127.0.0.1:0 with a deep accept queue. tokio's `bind` asks for 1,024: a test
-/// that opens thousands of connections at once through the balancer would overflow it while
-/// the test's own runtime is busy, and Linux then drops the handshake's last ACK and retries
-/// the SYN-ACK for up to 31 s, which measures the backend, not the balancer.
+/// that opens thousands of connections at once through the balancer can overflow it while the
+/// test's own runtime is busy; Linux then drops new SYNs, the balancer's connect retries only
+/// after 1 s, which is the tests' `connect_timeout`, and a client is closed for a fault of the
+/// test's backend, not the balancer's.
 pub fn listen_any() -> TcpListener {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.set_nonblocking(true).unwrap();
