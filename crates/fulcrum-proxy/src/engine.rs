@@ -34,11 +34,13 @@ pub struct EngineOptions {
     pub splice: SpliceMode,
     /// Fallback for the config's `max_connections` when it has none.
     pub default_max_connections: usize,
+    /// A busy worker yields its core once before it blocks (see `park.rs`).
+    pub park_yield: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { splice: SpliceMode::Auto, default_max_connections: 10_000 }
+        Self { splice: SpliceMode::Auto, default_max_connections: 10_000, park_yield: true }
     }
 }
 
@@ -48,6 +50,7 @@ pub struct Shared {
     pub limits: Limits,
     pub access_log: std::sync::atomic::AtomicBool,
     pub splice: SpliceMode,
+    pub park_yield: bool,
     /// Every worker's open connections and command channel, for accept-time balancing.
     peers: Vec<Peer>,
 }
@@ -149,6 +152,7 @@ impl Engine {
             limits: Limits::new(max),
             access_log: config.access_log.into(),
             splice: opts.splice,
+            park_yield: opts.park_yield,
             peers: cmds
                 .iter()
                 .map(|tx| Peer { load: AtomicUsize::new(0), tx: tx.clone() })
@@ -300,7 +304,11 @@ fn worker(
     stop: CancellationToken,
     drain: Duration,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    if shared.park_yield {
+        builder.on_thread_park(crate::park::on_park).on_thread_unpark(crate::park::on_unpark);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = id, error = %e, "cannot start worker runtime");

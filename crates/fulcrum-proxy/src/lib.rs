@@ -12,6 +12,7 @@ mod engine;
 mod fanout;
 mod health;
 mod listener;
+mod park;
 mod probe;
 mod pull;
 mod ratelog;

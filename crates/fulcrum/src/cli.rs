@@ -41,6 +41,10 @@ pub enum Command {
         /// Zero-copy policy for TCP forwarding.
         #[arg(long, value_enum, default_value = "auto", env = "FULCRUM_SPLICE")]
         splice: Splice,
+        /// Workers block as soon as they run out of work, even when busy (by default a
+        /// busy worker yields its core once first).
+        #[arg(long)]
+        no_park_yield: bool,
     },
     /// Validate a configuration file: exit 0, or print every error and exit 2.
     Check {
@@ -188,6 +192,10 @@ pub struct ForwardArgs {
     /// Zero-copy policy for TCP forwarding.
     #[arg(long, value_enum, default_value = "auto", env = "FULCRUM_SPLICE")]
     pub splice: Splice,
+    /// Workers block as soon as they run out of work, even when busy (by default a busy
+    /// worker yields its core once first).
+    #[arg(long)]
+    pub no_park_yield: bool,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -24,14 +24,14 @@ pub enum Failure {
 pub fn dispatch(cmd: Command) -> Result<(), Failure> {
     match cmd {
         Command::Forward(args) => {
-            let splice = args.splice;
+            let (splice, park_yield) = (args.splice, !args.no_park_yield);
             let config = forward_config(&args).map_err(Failure::Config)?;
-            serve(config, None, splice)
+            serve(config, None, splice, park_yield)
         }
-        Command::Run { config, splice } => {
+        Command::Run { config, splice, no_park_yield } => {
             let c =
                 fulcrum_config::load_file(&config).map_err(|e| Failure::Config(e.to_string()))?;
-            serve(c, Some(config), splice)
+            serve(c, Some(config), splice, !no_park_yield)
         }
         Command::Check { config } => {
             let c =
@@ -125,7 +125,12 @@ fn admin_token(config: &Config) -> Result<Option<String>, Failure> {
     Ok(token)
 }
 
-fn serve(config: Config, path: Option<PathBuf>, splice: Splice) -> Result<(), Failure> {
+fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    splice: Splice,
+    park_yield: bool,
+) -> Result<(), Failure> {
     let token = admin_token(&config)?;
     if let Some(a) = &config.agent {
         fulcrum_admin::read_key(&a.key_file).map_err(Failure::Config)?;
@@ -134,6 +139,7 @@ fn serve(config: Config, path: Option<PathBuf>, splice: Splice) -> Result<(), Fa
     let opts = EngineOptions {
         splice: splice_mode(splice),
         default_max_connections: default_max_connections(nofile),
+        park_yield,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -207,6 +207,20 @@ async fn access_log_can_be_switched_off() {
     assert!(d.log.lock().unwrap().iter().all(|v| v["target"] != "fulcrum::access"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_yield_can_be_switched_off() {
+    let a = Backend::start(Mode::Named("a")).await;
+    let p = a.port().to_string();
+    let d = Daemon::spawn(&["forward", "--no-park-yield", "--workers", "2", "127.0.0.1:0", &p]);
+    for _ in 0..3 {
+        assert_eq!(ask_name(d.addr("forward")).await.unwrap(), "a");
+    }
+    let (_dir, path) = temp_path("fulcrum.toml");
+    std::fs::write(&path, config(1, "round-robin", &format!("\"127.0.0.1:{p}\""), "")).unwrap();
+    let d = Daemon::spawn(&["run", "--no-park-yield", "--config", path.to_str().unwrap()]);
+    assert_eq!(ask_name(d.addr("web")).await.unwrap(), "a");
+}
+
 #[test]
 fn demo_runs_and_shows_each_algorithm() {
     let out = Command::new(BIN).args(["demo", "--connections", "90"]).output().unwrap();
