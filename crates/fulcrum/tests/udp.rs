@@ -124,9 +124,8 @@ impl Dnsmasq {
             std::path::Path::new(DNSMASQ).exists(),
             "{DNSMASQ} is missing: apt-get install dnsmasq-base (.ci/run does)"
         );
-        for _ in 0..10 {
-            let port =
-                std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        for _ in 0..20 {
+            let port = free_tcp_and_udp_port();
             let dir = tempfile::tempdir().unwrap();
             let args = [
                 "--keep-in-foreground".to_string(),
@@ -168,12 +167,30 @@ impl Dnsmasq {
                 }
             }
         }
-        panic!("dnsmasq did not start on any of 10 ports");
+        panic!("dnsmasq did not start on any of 20 ports");
     }
 
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+}
+
+/// A port free for both a TCP listener and a UDP socket. dnsmasq binds both, and its TCP bind
+/// fails on a port that still has TIME_WAIT connections (the tests leave thousands in the
+/// ephemeral range): the TCP socket here is bound without `SO_REUSEADDR`, so the kernel offers
+/// only a port with no TCP socket on it at all.
+fn free_tcp_and_udp_port() -> u16 {
+    use socket2::{Domain, Socket, Type};
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    for _ in 0..100 {
+        let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        tcp.bind(&any.into()).unwrap();
+        let port = tcp.local_addr().unwrap().as_socket().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP in 100 tries");
 }
 
 impl Drop for Dnsmasq {
