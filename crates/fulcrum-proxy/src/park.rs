@@ -5,7 +5,7 @@
 //! (clients and servers on the same host, or other daemons). When it blocks, the next event
 //! has to wake it, and that wake-up waits for the core: with one worker behind `wrk -c64` on
 //! two shared cores, fulcrum blocked 2–4 times as often as HAProxy and its keep-alive p99 sat
-//! 5–13 % above HAProxy's. `sched_yield` instead lets whatever is runnable on this core run
+//! 3–15 % above HAProxy's. `sched_yield` instead lets whatever is runnable on this core run
 //! now, and when the worker gets the core back the events that arrived meanwhile are read
 //! without a sleep and a wake-up in between: it blocked about five times less and p99 fell
 //! below HAProxy's (BENCHMARKS.md, "Eighth pass"). With nothing else runnable the yield
@@ -13,7 +13,7 @@
 //! long-running neighbours, waits longer for its own events: with two workers, yielding
 //! above 80 % busy made p99 1.2–1.3× worse, above 90 % it did not. Hence the threshold.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::time::Instant;
 
 /// Length of one measuring window.
@@ -58,18 +58,12 @@ impl BusyMeter {
 
 thread_local! {
     static METER: RefCell<BusyMeter> = RefCell::new(BusyMeter::default());
-    static EPOCH: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Set on the thread's first park or unpark.
+    static EPOCH: Instant = Instant::now();
 }
 
 fn now_ns() -> u64 {
-    EPOCH.with(|e| {
-        let start = e.get().unwrap_or_else(|| {
-            let n = Instant::now();
-            e.set(Some(n));
-            n
-        });
-        start.elapsed().as_nanos() as u64
-    })
+    EPOCH.with(|e| e.elapsed().as_nanos() as u64)
 }
 
 /// Runtime hook: the worker's runtime woke up.

@@ -208,7 +208,7 @@ async fn access_log_can_be_switched_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn park_yield_can_be_switched_off() {
+async fn no_park_yield_is_accepted_by_forward_and_run() {
     let a = Backend::start(Mode::Named("a")).await;
     let p = a.port().to_string();
     let d = Daemon::spawn(&["forward", "--no-park-yield", "--workers", "2", "127.0.0.1:0", &p]);
