@@ -6,12 +6,23 @@
 //! buffers per connection for its whole life, has no idle timeout and cannot splice. Here a
 //! direction borrows a buffer from a per-worker pool only while bytes are in flight (idle
 //! connections hold none), and switches to `splice(2)` once a read fills a whole buffer
-//! (a bulk stream), which is what HAProxy does adaptively too. Small request/response
-//! exchanges stay on the buffer path: one read and one write beat two splices.
+//! (a bulk stream) whose receiver is on another host. Small request/response exchanges stay
+//! on the buffer path: one read and one write beat two splices.
+//!
+//! Why not splice towards a receiver on this host (loopback, a sidecar, local servers):
+//! splice saves the balancer's copy, but the receiver then copies pages that the sender
+//! wrote megabytes of socket buffer earlier, cold by now, where a copy through a 16 KiB
+//! buffer hands it freshly written, cache-warm ones. Behind `iperf3 -P4` on this machine,
+//! splicing made the iperf3 server the bottleneck (95 % CPU, over half of it in
+//! `_copy_to_iter`) at 18–20 Gbit/s with two workers; copying moved 21–23 Gbit/s with the
+//! server at 43 %, and the whole host spent less CPU per byte (BENCHMARKS.md, "Ninth
+//! pass"). Towards another host, splice saves both of this machine's copies and costs the
+//! receiver nothing.
+//! `--splice always|never` overrides the choice.
 
 use std::cell::RefCell;
 use std::io;
-use std::net::Shutdown;
+use std::net::{IpAddr, Shutdown};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -112,6 +123,7 @@ impl Dir<'_> {
 
     async fn run(&self) -> Result<(), Outcome> {
         let mut bulk = self.splice == SpliceMode::Always;
+        let mut receiver_local = None;
         loop {
             if bulk {
                 match Pipe::take() {
@@ -140,7 +152,9 @@ impl Dir<'_> {
             drop(buf);
             self.moved(n);
             if n == BUF_SIZE && self.splice == SpliceMode::Auto {
-                bulk = true;
+                // Asked once, when the direction first fills a buffer: two syscalls that
+                // only bulk streams pay.
+                bulk = !*receiver_local.get_or_insert_with(|| receiver_is_local(self.dst));
             }
         }
         self.finish()
@@ -174,6 +188,20 @@ impl Dir<'_> {
             Err(_) => Err(self.dst_fails),
         }
     }
+}
+
+/// Whether the process reading what is written to `dst` runs on this host: its peer is a
+/// loopback address or this socket's own address. Unknown (an error) counts as remote.
+fn receiver_is_local(dst: &TcpStream) -> bool {
+    match (dst.peer_addr(), dst.local_addr()) {
+        (Ok(peer), Ok(local)) => same_host(peer.ip(), local.ip()),
+        _ => false,
+    }
+}
+
+fn same_host(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
 }
 
 fn would_block() -> io::Result<()> {
@@ -276,6 +304,19 @@ mod tests {
             proxy(&inner, &upstream, Duration::from_secs(10), SpliceMode::Auto).await
         });
         (client, server, task)
+    }
+
+    #[test]
+    fn a_receiver_on_loopback_or_at_our_own_address_is_local() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(same_host(ip("127.8.9.10"), ip("127.0.0.1")));
+        assert!(same_host(ip("::1"), ip("::1")));
+        assert!(same_host(ip("::ffff:127.0.0.1"), ip("127.0.0.1")));
+        assert!(same_host(ip("192.0.2.7"), ip("192.0.2.7")));
+        assert!(same_host(ip("::ffff:192.0.2.7"), ip("192.0.2.7")));
+        assert!(!same_host(ip("192.0.2.8"), ip("192.0.2.7")));
+        assert!(!same_host(ip("2001:db8::2"), ip("2001:db8::1")));
     }
 
     #[tokio::test]

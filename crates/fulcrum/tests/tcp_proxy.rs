@@ -49,12 +49,23 @@ async fn bulk_roundtrip(front: std::net::SocketAddr, seed: u64) -> ([u8; 32], [u
     (writer.await.unwrap(), <[u8; 32]>::from(h.finalize()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_bytes_both_ways_arrive_intact_on_50_connections() {
+/// Pipes the process holds (splice pipes stay pooled per worker after a transfer).
+fn pipes(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+/// 64 MiB each way on 50 connections, through a daemon run with `flags`; returns how many
+/// pipes the daemon gained.
+async fn bulk_integrity(flags: &[&str]) -> usize {
     let backends = [Backend::start(Mode::Echo).await, Backend::start(Mode::Echo).await];
     let servers = format!("\"{}\", \"{}\"", backends[0].addr, backends[1].addr);
-    let d = Daemon::run_config(&config(2, "round-robin", &servers, ""));
+    let d = Daemon::run_config_with(&config(2, "round-robin", &servers, ""), flags);
     let front = d.addr("web");
+    let pipes_before = pipes(d.pid());
     let deadline = Duration::from_secs(240);
     let tasks: Vec<_> =
         (0..BULK_CONNECTIONS as u64).map(|i| tokio::spawn(bulk_roundtrip(front, i))).collect();
@@ -71,6 +82,19 @@ async fn random_bytes_both_ways_arrive_intact_on_50_connections() {
         assert_eq!(sent, received, "SHA-256 differs on connection {i}");
     }
     assert_eq!(backends[0].accepts() + backends[1].accepts(), BULK_CONNECTIONS as u64);
+    pipes(d.pid()).saturating_sub(pipes_before)
+}
+
+/// The default (`auto`) copies through buffers on loopback, where the receiver is local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_both_ways_arrive_intact_on_50_connections() {
+    assert_eq!(bulk_integrity(&[]).await, 0, "auto spliced towards a local receiver");
+}
+
+/// The zero-copy path, which `auto` takes towards receivers on other hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_arrive_intact_through_splice_too() {
+    assert!(bulk_integrity(&["--splice", "always"]).await > 0, "no pipe was ever made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

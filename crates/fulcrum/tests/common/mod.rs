@@ -44,10 +44,17 @@ pub struct Daemon {
 impl Daemon {
     /// `fulcrum run` with `toml` as its config file.
     pub fn run_config(toml: &str) -> Daemon {
+        Daemon::run_config_with(toml, &[])
+    }
+
+    /// `fulcrum run` with `toml` as its config file and further flags.
+    pub fn run_config_with(toml: &str, flags: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fulcrum.toml");
         std::fs::write(&path, toml).unwrap();
-        let mut d = Daemon::spawn(&["run", "--config", path.to_str().unwrap()]);
+        let mut args = vec!["run", "--config", path.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let mut d = Daemon::spawn(&args);
         d._dir = Some(dir);
         d
     }
