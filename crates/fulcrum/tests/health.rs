@@ -95,11 +95,32 @@ impl Named {
         Named { addr, task }
     }
 
-    async fn kill(self) {
+    /// Stops listening; the returned socket keeps the port bound (not listening, so
+    /// connects are refused) until [`Named::revive`], so that no other test running in
+    /// parallel gets the port from the kernel and answers in this server's place.
+    async fn kill(self) -> socket2::Socket {
         self.task.abort();
         // An aborted task's future, and with it the listener, is dropped before the join
         // handle resolves.
         let _ = self.task.await;
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_reuse_address(true).unwrap();
+            match s.bind(&self.addr.into()) {
+                Ok(()) => return s,
+                Err(e) => assert!(Instant::now() < end, "cannot hold {}: {e}", self.addr),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Listens again on the port a [`Named::kill`] kept.
+    async fn revive(placeholder: socket2::Socket, name: &'static str) -> Named {
+        let addr = placeholder.local_addr().unwrap().as_socket().unwrap();
+        drop(placeholder);
+        Named::rebind(addr, name).await
     }
 }
 
@@ -208,10 +229,10 @@ async fn a_killed_server_is_marked_down_without_failing_a_client_and_ramps_up_on
 
     // Kill "b" between two client connections.
     let victim = addrs[1];
-    let killed_at = {
+    let (held, killed_at) = {
         let _no_client_in_flight = gate.lock().await;
-        backends[1].take().unwrap().kill().await;
-        Instant::now()
+        let held = backends[1].take().unwrap().kill().await;
+        (held, Instant::now())
     };
     let down_bound = verdict_bound(FALL);
     wait_until_async(down_bound + Duration::from_secs(5), "the killed server marked down", || {
@@ -230,7 +251,7 @@ async fn a_killed_server_is_marked_down_without_failing_a_client_and_ramps_up_on
         records.lock().unwrap().iter().filter(|(t, _)| *t > down_seen).count() >= 30
     })
     .await;
-    backends[1] = Some(Named::rebind(victim, "b").await);
+    backends[1] = Some(Named::revive(held, "b").await);
     let back_at = Instant::now();
     let up_bound = verdict_bound(RISE);
     wait_until_async(up_bound + Duration::from_secs(5), "the server marked up again", || {
