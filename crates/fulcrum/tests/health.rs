@@ -103,24 +103,21 @@ impl Named {
         // An aborted task's future, and with it the listener, is dropped before the join
         // handle resolves.
         let _ = self.task.await;
-        let end = Instant::now() + Duration::from_secs(5);
-        loop {
-            let s =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            s.set_reuse_address(true).unwrap();
-            match s.bind(&self.addr.into()) {
-                Ok(()) => return s,
-                Err(e) => assert!(Instant::now() < end, "cannot hold {}: {e}", self.addr),
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // With SO_REUSEADDR a bind conflicts only with a listening socket, so it cannot
+        // collide with the closed listener or the connections it accepted.
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&self.addr.into()).unwrap_or_else(|e| panic!("cannot hold {}: {e}", self.addr));
+        s
     }
 
-    /// Listens again on the port a [`Named::kill`] kept.
+    /// Listens again on the port a [`Named::kill`] kept. The listener (SO_REUSEADDR too)
+    /// binds beside the placeholder, which goes only then: the port is never free.
     async fn revive(placeholder: socket2::Socket, name: &'static str) -> Named {
         let addr = placeholder.local_addr().unwrap().as_socket().unwrap();
+        let named = Named::rebind(addr, name).await;
         drop(placeholder);
-        Named::rebind(addr, name).await
+        named
     }
 }
 
