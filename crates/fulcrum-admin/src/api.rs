@@ -142,6 +142,9 @@ async fn list_pools(State(s): State<Shared>) -> axum::Json<Value> {
                         "connections_total": sv.stats.connections_total.load(Ordering::Relaxed),
                         "connect_failures": sv.stats.connect_failures.load(Ordering::Relaxed),
                         "agent": sv.stats.agent_state_name(),
+                        // Slow start × agent weight, as the balancer applies it now.
+                        "share_percent": f64::from(sv.stats.share(p.slow_start_ms, now)) * 100.0
+                            / f64::from(fulcrum_core::balance::SHARE_ONE),
                         "reported": sv.stats.fresh_report(p.report_ttl_ms, now).map(|(clients, queue, assigned)| json!({
                             "clients": clients, "queue": queue, "assigned_since": assigned,
                         })),

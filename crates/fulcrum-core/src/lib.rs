@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod agentcheck;
 pub mod balance;
+pub mod blame;
 pub mod eject;
 pub mod fanout;
 pub mod health;

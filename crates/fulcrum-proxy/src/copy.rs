@@ -148,7 +148,9 @@ impl Dir<'_> {
                 // readiness again; and EOF (read-closed) is never cleared by tokio.
                 let _ = self.src.try_io(Interest::READABLE, would_block);
             }
-            write_all(self.dst, &buf.get()[..n]).await.map_err(|_| self.dst_fails)?;
+            if write_all(self.dst, &buf.get()[..n]).await.is_err() {
+                return self.dst_failed();
+            }
             drop(buf);
             self.moved(n);
             if n == BUF_SIZE && self.splice == SpliceMode::Auto {
@@ -168,9 +170,20 @@ impl Dir<'_> {
                 return self.finish();
             }
             // On error the pipe may hold bytes: it is dropped (closed), not pooled.
-            pipe.drain(self.dst, n).await.map_err(|_| self.dst_fails)?;
+            if pipe.drain(self.dst, n).await.is_err() {
+                return self.dst_failed();
+            }
             self.moved(n);
         }
+    }
+
+    /// Writing to `dst` failed. A server that stopped reading the upload (it answered early,
+    /// say a 413, and closed) may still have its answer on the way: this direction ends
+    /// quietly and the other one relays the answer, then meets the server's reset or EOF; the
+    /// blame is decided there (`fulcrum_core::blame::stream_failed`). Towards the client a
+    /// failed write ends the pair at once: nobody is left to read.
+    fn dst_failed(&self) -> Result<(), Outcome> {
+        if self.dst_fails == Outcome::ServerError { Ok(()) } else { Err(self.dst_fails) }
     }
 
     /// EOF from the source: pass the half-close on.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fulcrum_core::balance::{PickInput, Tried, hash_ip};
+use fulcrum_core::balance::{Tried, hash_ip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::engine::{AcceptCtx, Shared};
 use crate::ratelog::RateLimit;
-use crate::state::{PoolView, Snapshot};
+use crate::state::Snapshot;
 
 /// Longest request line; a client sending more without a newline is cut off.
 const MAX_LINE: usize = 512;
@@ -47,18 +47,7 @@ pub fn answer(snapshot: &Snapshot, frontend: &str, line: &[u8], peer: SocketAddr
         },
         _ => return "ERR unknown request (expected PICK or PICK <pool>)".into(),
     };
-    let now = now_ms();
-    let mut view = PoolView {
-        servers: &pool.servers,
-        now_ms: now,
-        panic: false,
-        report_ttl_ms: pool.report_ttl_ms,
-    };
-    let input = PickInput { hash: hash_ip(peer.ip()), rand: fastrand::u64(..) };
-    let picked = pool.balancer.pick(&input, &view, &Tried::new()).or_else(|| {
-        view.panic = true;
-        pool.balancer.pick(&input, &view, &Tried::new())
-    });
+    let picked = pool.admit(hash_ip(peer.ip()), &Tried::new(), &[]);
     match picked.and_then(|i| pool.servers.get(i)) {
         Some(s) => {
             s.stats.on_assigned();

@@ -26,7 +26,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use fulcrum_config::Mode;
-use fulcrum_core::balance::{LoadView, Metric, PickInput, Tried, hash_ip};
+use fulcrum_core::balance::{Tried, hash_ip};
+use fulcrum_core::blame::connect_failed;
 use fulcrum_core::fanout::{Race, Reorder, Step, acceptable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -37,9 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::engine::{AcceptCtx, Shared};
-use crate::listener::is_resource_error;
 use crate::ratelog::RateLimit;
-use crate::state::{PoolState, PoolView, ServerStats};
+use crate::state::{PoolState, ServerStats};
 use crate::stats::FrontendStats;
 
 /// UDP requests in flight per worker; further ones are dropped (and counted) until some end.
@@ -109,61 +109,17 @@ impl Settings {
     }
 }
 
-/// The pool minus the servers this request already asked, so that the balancer picks a
-/// different server each time however many are wanted (`Tried` holds only a few).
-struct Excluding<'a> {
-    view: &'a PoolView<'a>,
-    asked: &'a [usize],
-}
-
-impl LoadView for Excluding<'_> {
-    fn len(&self) -> usize {
-        self.view.len()
-    }
-    fn eligible(&self, i: usize) -> bool {
-        !self.asked.contains(&i) && self.view.eligible(i)
-    }
-    fn active(&self, i: usize) -> u64 {
-        self.view.active(i)
-    }
-    fn metric(&self, i: usize, metric: Metric) -> u64 {
-        self.view.metric(i, metric)
-    }
-}
-
 /// Adds up to `want` servers (`None`: every eligible one) not yet in `asked` to `asked`;
-/// returns how many. Passive ejection is ignored only when nothing else is left (panic mode,
-/// as for proxied connections). Slow start is not applied: a fan-out asks everyone anyway.
+/// returns how many. Each comes from the pool's admission step, as for a proxied connection
+/// (shares, then panic mode when every server is ejected), with the servers already asked
+/// excluded, so the balancer picks a different server each time however many are wanted.
 fn choose(pool: &PoolState, hash: u64, want: Option<usize>, asked: &mut Vec<usize>) -> usize {
     let before = asked.len();
-    let now = now_ms();
-    for panic in [false, true] {
-        let view = PoolView {
-            servers: &pool.servers,
-            now_ms: now,
-            panic,
-            report_ttl_ms: pool.report_ttl_ms,
-        };
-        match want {
-            None => {
-                for (i, s) in pool.servers.iter().enumerate() {
-                    if s.weight > 0 && view.eligible(i) && !asked.contains(&i) {
-                        asked.push(i);
-                    }
-                }
-            }
-            Some(n) => {
-                while asked.len() - before < n {
-                    let input = PickInput { hash, rand: fastrand::u64(..) };
-                    let ex = Excluding { view: &view, asked: asked.as_slice() };
-                    let Some(i) = pool.balancer.pick(&input, &ex, &Tried::new()) else { break };
-                    asked.push(i);
-                }
-            }
-        }
-        if asked.len() > before {
-            break;
-        }
+    let want = want.unwrap_or(pool.servers.len()).min(pool.servers.len());
+    let tried = Tried::new();
+    while asked.len() - before < want {
+        let Some(i) = pool.admit(hash, &tried, asked) else { break };
+        asked.push(i);
     }
     asked.len() - before
 }
@@ -182,10 +138,9 @@ fn no_server(stats: &FrontendStats, frontend: &str, pool: &PoolState) {
 fn upstream_failed(pool: &PoolState, index: usize, err: &io::Error, stats: &FrontendStats) {
     stats.fanout_upstream_errors.fetch_add(1, Ordering::Relaxed);
     let Some(server) = pool.servers.get(index) else { return };
-    // Running out of local descriptors or ports is not the server's fault.
-    let local = is_resource_error(err) || err.raw_os_error() == Some(99);
     let now = now_ms();
-    let ejected = !local && server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
+    let ejected = connect_failed(err.raw_os_error()).counts_against_server()
+        && server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
     let allowed = UPSTREAM_LOG.allow(now);
     if ejected || allowed.is_some() {
         tracing::warn!(

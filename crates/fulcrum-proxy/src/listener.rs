@@ -78,16 +78,8 @@ pub fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// The errno values the data plane checks (Linux), kept here to avoid a libc dependency for a
-/// handful of numbers.
-pub(crate) mod libc_errno {
-    pub const EINPROGRESS: i32 = 115;
-    pub const EADDRNOTAVAIL: i32 = 99;
-    pub const EMFILE: i32 = 24;
-    pub const ENFILE: i32 = 23;
-    pub const ENOBUFS: i32 = 105;
-    pub const ENOMEM: i32 = 12;
-}
+/// The errno values the data plane checks (Linux): one table, in `fulcrum-core::blame`.
+pub(crate) use fulcrum_core::blame::errno as libc_errno;
 
 #[cfg(test)]
 mod tests {

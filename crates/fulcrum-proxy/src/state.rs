@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use fulcrum_config::{AgentPull, Config, HealthCheck, ServerAddr, ServerState};
-use fulcrum_core::balance::{Balancer, LoadView, Metric, ServerSpec};
+use fulcrum_core::balance::{Balancer, LoadView, Metric, PickInput, SHARE_ONE, ServerSpec, Tried};
 use fulcrum_core::eject::{EjectPolicy, FailureOutcome, is_ejected};
 
 use crate::stats::FrontendStats;
@@ -139,12 +139,19 @@ impl ServerStats {
         self.agent_weight_pct.store(pct, Ordering::Relaxed);
     }
 
-    /// Share of normal traffic the agent's weight allows, in 0.0..=1.0.
-    pub fn agent_factor(&self) -> f64 {
-        match self.agent_weight_pct.load(Ordering::Relaxed) {
-            0 => 1.0,
-            p => (f64::from(p) / 100.0).min(1.0),
-        }
+    /// The part of its weight the server takes now, out of [`SHARE_ONE`]: the slow-start ramp
+    /// (over `slow_start_ms`) times the agent's weight percentage. The balancer applies it as an
+    /// effective weight (`LoadView::share`).
+    pub fn share(&self, slow_start_ms: u64, now_ms: u64) -> u32 {
+        let pct = self.agent_weight_pct.load(Ordering::Relaxed);
+        let agent = if pct == 0 || pct >= 100 {
+            u64::from(SHARE_ONE)
+        } else {
+            u64::from(SHARE_ONE) * u64::from(pct) / 100
+        };
+        let ramp = self.slow_start_share(slow_start_ms, now_ms);
+        // Never zero: a server at 1 % in slow start still sees a little traffic.
+        (agent * u64::from(ramp) / u64::from(SHARE_ONE)).max(1) as u32
     }
 
     pub fn health_name(&self) -> &'static str {
@@ -173,18 +180,20 @@ impl ServerStats {
         }
     }
 
-    /// Share of its normal traffic a server in slow start may take now, in 0.0..=1.0.
-    pub fn slow_start_factor(&self, window_ms: u64, now_ms: u64) -> f64 {
+    /// Part of its weight a server in slow start takes now, out of [`SHARE_ONE`]: rising
+    /// linearly over `window_ms` from when it came back up.
+    pub fn slow_start_share(&self, window_ms: u64, now_ms: u64) -> u32 {
+        if window_ms == 0 {
+            return SHARE_ONE;
+        }
         let since = self.up_since_ms.load(Ordering::Relaxed);
-        if window_ms == 0 || since == 0 {
-            return 1.0;
-        }
         let elapsed = now_ms.saturating_sub(since);
-        if elapsed >= window_ms {
-            return 1.0;
+        if since == 0 || elapsed >= window_ms {
+            return SHARE_ONE;
         }
-        // Never quite zero, so a server that just came up still sees some traffic.
-        (elapsed as f64 / window_ms as f64).max(0.05)
+        // Never below a twentieth, so a server that just came up still sees some traffic.
+        let share = u64::from(SHARE_ONE) * elapsed / window_ms;
+        share.max(u64::from(SHARE_ONE / 20)) as u32
     }
 
     pub fn ejected_until_ms(&self) -> u64 {
@@ -195,9 +204,23 @@ impl ServerStats {
         is_ejected(self.ejected_until_ms.load(Ordering::Relaxed), now_ms)
     }
 
-    pub(crate) fn on_connect_success(&self, took: Duration) {
+    /// A connect that succeeded, for a stream whose end will tell whether the server worked
+    /// ([`ServerStats::on_exchange_ok`]).
+    pub(crate) fn on_connected(&self, took: Duration) {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
         self.connect_time.record(took);
+    }
+
+    /// A connect or an answer that shows at once that the server works (fan-out).
+    pub(crate) fn on_connect_success(&self, took: Duration) {
+        self.on_connected(took);
+        self.on_exchange_ok();
+    }
+
+    /// The server did its part of an exchange (it answered, or the client ended it): its run
+    /// of failures is over. Called when a proxied connection ends, not at the connect, so a
+    /// server that accepts and then resets every connection still runs up failures.
+    pub(crate) fn on_exchange_ok(&self) {
         // Plain loads first: a store on every success would bounce the cache line between
         // workers for nothing.
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
@@ -258,6 +281,24 @@ impl ServerEntry {
 }
 
 impl PoolState {
+    /// The server a client should try next: the admission step every protocol calls (TCP
+    /// connections, UDP sessions, directory answers, fan-out requests). `client_hash` is
+    /// [`fulcrum_core::balance::hash_ip`] of the client; `tried` and `exclude` are servers
+    /// this client or request already has. Shares (slow start, agent weight) act as effective
+    /// weights inside the algorithm, and panic mode is the last stage; see
+    /// [`Balancer::admit`]. `None` only when no server may take the client at all.
+    pub fn admit(&self, client_hash: u64, tried: &Tried, exclude: &[usize]) -> Option<usize> {
+        let view = PoolView {
+            servers: &self.servers,
+            now_ms: crate::clock::now_ms(),
+            report_ttl_ms: self.report_ttl_ms,
+            slow_start_ms: self.slow_start_ms,
+            exclude,
+        };
+        let input = PickInput { hash: client_hash, rand: fastrand::u64(..) };
+        self.balancer.admit(&input, &view, tried)
+    }
+
     /// Whether one more server may be ejected without passing `max_ejection_percent`.
     pub fn may_eject(&self, now_ms: u64) -> bool {
         let ejected = self.servers.iter().filter(|s| s.stats.is_ejected(now_ms)).count();
@@ -275,19 +316,22 @@ pub struct PoolState {
     pub eject: EjectPolicy,
     pub max_ejection_percent: u32,
     pub slow_start: Duration,
+    /// `slow_start` in ms, as the share computation wants it.
+    pub slow_start_ms: u64,
     pub health: Option<HealthCheck>,
     pub report_ttl_ms: u64,
     pub agent_pull: Option<AgentPull>,
 }
 
-/// The pool as the balancer sees it at one instant. `panic` ignores passive ejection: when
-/// every server is ejected, trying them beats refusing every client (Envoy's panic mode).
+/// The pool as the balancer sees it at one instant (built by [`PoolState::admit`]).
 pub struct PoolView<'a> {
     pub servers: &'a [ServerEntry],
     pub now_ms: u64,
-    pub panic: bool,
     /// A report older than this is stale: the balancer's own count is used instead.
     pub report_ttl_ms: u64,
+    pub slow_start_ms: u64,
+    /// Servers this request already has, beyond what `Tried` holds (a fan-out asking many).
+    pub exclude: &'a [usize],
 }
 
 impl LoadView for PoolView<'_> {
@@ -295,10 +339,19 @@ impl LoadView for PoolView<'_> {
         self.servers.len()
     }
     fn eligible(&self, i: usize) -> bool {
+        self.eligible_in_panic(i)
+            && self.servers.get(i).is_some_and(|s| !s.stats.is_ejected(self.now_ms))
+    }
+    /// Panic mode ignores passive ejection: when every server is ejected, trying them beats
+    /// refusing every client (Envoy's panic mode).
+    fn eligible_in_panic(&self, i: usize) -> bool {
         match self.servers.get(i) {
-            Some(s) => s.in_rotation() && (self.panic || !s.stats.is_ejected(self.now_ms)),
+            Some(s) => s.in_rotation() && !self.exclude.contains(&i),
             None => false,
         }
+    }
+    fn share(&self, i: usize) -> u32 {
+        self.servers.get(i).map_or(SHARE_ONE, |s| s.stats.share(self.slow_start_ms, self.now_ms))
     }
     fn active(&self, i: usize) -> u64 {
         self.servers.get(i).map_or(0, |s| s.stats.active.load(Ordering::Relaxed))
@@ -370,6 +423,7 @@ impl Snapshot {
                 eject: p.eject,
                 max_ejection_percent: p.max_ejection_percent,
                 slow_start: p.slow_start,
+                slow_start_ms: u64::try_from(p.slow_start.as_millis()).unwrap_or(u64::MAX),
                 health: p.health.clone(),
                 report_ttl_ms: config
                     .agent
@@ -428,6 +482,7 @@ mod tests {
             eject: EjectPolicy { failures: 1, base_ms: 1_000, max_ms: 1_000 },
             max_ejection_percent: max_percent,
             slow_start: Duration::ZERO,
+            slow_start_ms: 0,
             health: None,
             report_ttl_ms: 1_000,
             agent_pull: None,
@@ -455,11 +510,17 @@ mod tests {
     #[test]
     fn slow_start_ramps_and_reports_go_stale() {
         let s = ServerStats::default();
-        assert_eq!(s.slow_start_factor(1_000, 5), 1.0, "never down: no ramp");
+        assert_eq!(s.slow_start_share(1_000, 5), SHARE_ONE, "never down: no ramp");
         s.set_health(false, 100);
         s.set_health(true, 200);
-        assert!((s.slow_start_factor(1_000, 700) - 0.5).abs() < 1e-9);
-        assert_eq!(s.slow_start_factor(1_000, 1_200), 1.0);
+        assert_eq!(s.slow_start_share(1_000, 700), SHARE_ONE / 2);
+        assert_eq!(s.slow_start_share(1_000, 200), SHARE_ONE / 20, "the floor");
+        assert_eq!(s.slow_start_share(1_000, 1_200), SHARE_ONE);
+        s.set_agent_weight_pct(10);
+        assert_eq!(s.share(1_000, 700), SHARE_ONE / 20, "half of a tenth");
+        assert_eq!(s.share(1_000, 1_200), SHARE_ONE / 10);
+        s.set_agent_weight_pct(150);
+        assert_eq!(s.share(0, 700), SHARE_ONE, "above 100 % is full");
         s.on_report(5, 2, 1_000);
         s.on_assigned();
         assert_eq!(s.fresh_report(500, 1_400), Some((5, 2, 1)));

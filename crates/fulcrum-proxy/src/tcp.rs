@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use fulcrum_core::balance::{PickInput, Tried, hash_ip};
+use fulcrum_core::balance::{MAX_ATTEMPTS, Tried, hash_ip};
+use fulcrum_core::blame::{Side, connect_failed, stream_failed};
 use tokio::net::TcpStream;
 
 use crate::clock::now_ms;
 use crate::copy::{Copied, Outcome, proxy};
 use crate::engine::{AcceptCtx, Shared};
 use crate::ratelog::RateLimit;
-use crate::state::{PoolState, PoolView, ServerEntry};
+use crate::state::{PoolState, ServerEntry};
 
 static NO_SERVER_LOG: RateLimit = RateLimit::new(1_000);
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
@@ -59,10 +60,17 @@ pub async fn serve(shared: Arc<Shared>, ctx: &AcceptCtx, client: TcpStream, peer
     };
     let Copied { outcome, bytes_in, bytes_out } =
         proxy(&client, &upstream, idle, shared.splice).await;
-    if outcome == Outcome::ServerError {
-        // A reset from the server counts against it like a failed connect.
+    let failed = match outcome {
+        Outcome::ServerError => Some(Side::Server),
+        Outcome::ClientError => Some(Side::Client),
+        Outcome::Done | Outcome::IdleTimeout => None,
+    };
+    if failed.is_some_and(|side| stream_failed(side, bytes_out > 0).counts_against_server()) {
+        // A server that resets before answering counts against it like a failed connect.
         let now = now_ms();
         server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
+    } else {
+        server.stats.on_exchange_ok();
     }
     drop(upstream);
     drop(client);
@@ -97,54 +105,21 @@ impl std::ops::Deref for Picked {
 /// Connects to a server of `pool`, trying at most `1 + retries` distinct servers. The
 /// returned server's `active` count includes this connection.
 async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, TcpStream)> {
-    let input_hash = hash_ip(peer.ip());
+    let client_hash = hash_ip(peer.ip());
     let mut tried = Tried::new();
-    // Servers passed over for slow start: still usable when nothing else is.
-    let mut deferred: Option<usize> = None;
-    let attempts = pool.retries as usize + 1;
-    let slow_ms = pool.slow_start.as_millis() as u64;
-    let mut connects = 0;
-    while connects < attempts {
-        let now = now_ms();
-        let mut input = PickInput { hash: input_hash, rand: fastrand::u64(..) };
-        let mut view = PoolView {
-            servers: &pool.servers,
-            now_ms: now,
-            panic: false,
-            report_ttl_ms: pool.report_ttl_ms,
-        };
-        let picked = match pool.balancer.pick(&input, &view, &tried) {
-            Some(i) => Some(i),
-            None => {
-                view.panic = true;
-                input.rand = fastrand::u64(..);
-                pool.balancer.pick(&input, &view, &tried)
-            }
-        };
-        let index = match (picked, deferred.take()) {
-            (Some(i), _) => i,
-            (None, Some(d)) => d,
-            (None, None) => return None,
-        };
-        if !tried.insert(index) && picked.is_some() {
-            return None;
-        }
+    // Config caps retries so that every attempt fits in `Tried`.
+    let attempts = (pool.retries as usize + 1).min(MAX_ATTEMPTS);
+    for _ in 0..attempts {
+        let index = pool.admit(client_hash, &tried, &[])?;
+        tried.insert(index);
         let server = pool.servers.get(index)?;
-        if picked.is_some() {
-            let factor = server.stats.slow_start_factor(slow_ms, now) * server.stats.agent_factor();
-            if factor < 1.0 && fastrand::f64() > factor {
-                deferred = Some(index);
-                continue;
-            }
-        }
-        connects += 1;
         // Counted from the start of the connect, so least-connections sees it at once.
         server.stats.active.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let res = tokio::time::timeout(pool.connect_timeout, crate::connect::connect(server.addr));
         let err = match res.await {
             Ok(Ok(stream)) => {
-                server.stats.on_connect_success(started.elapsed());
+                server.stats.on_connected(started.elapsed());
                 server.stats.on_assigned();
                 return Some((Picked { pool: pool.clone(), index }, stream));
             }
@@ -152,12 +127,9 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, Tcp
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
-        // Running out of local descriptors or ports is not the server's fault.
-        let local = crate::listener::is_resource_error(&err)
-            || err.raw_os_error() == Some(crate::listener::libc_errno::EADDRNOTAVAIL);
         let now = now_ms();
-        let ejected =
-            !local && server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
+        let ejected = connect_failed(err.raw_os_error()).counts_against_server()
+            && server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
         if ejected || CONNECT_FAIL_LOG.allow(now).is_some() {
             tracing::warn!(
                 pool = %pool.name, server = %server.key, error = %err, ejected,

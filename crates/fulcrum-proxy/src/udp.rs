@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fulcrum_core::balance::{MAX_ATTEMPTS, PickInput, Tried, hash_ip};
+use fulcrum_core::balance::{Tried, hash_ip};
 use fulcrum_core::udp::{Activity, SessionTable};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::engine::{AcceptCtx, Shared};
 use crate::ratelog::RateLimit;
-use crate::state::{PoolState, PoolView, ServerStats};
+use crate::state::{PoolState, ServerStats};
 use crate::stats::FrontendStats;
 
 /// Largest UDP payload (IPv6 jumbograms aside); a datagram is never cut short.
@@ -442,42 +442,11 @@ fn release(shared: &Shared, ctx: &AcceptCtx) {
     }
 }
 
-/// The server for a new session, as `tcp::connect` picks one (eligibility, panic mode when
-/// every server is ejected, slow start and agent weight as admission), without the connect:
-/// UDP has none to fail. The client IP's hash is the input, so hashing algorithms keep a
-/// client on its server across sessions.
+/// The server for a new session: the pool's admission step, as for a TCP connection, without
+/// the connect (UDP has none to fail). The client IP's hash is the input, so hashing
+/// algorithms keep a client on its server across sessions.
 fn pick(pool: &PoolState, client: SocketAddr) -> Option<usize> {
-    let hash = hash_ip(client.ip());
-    let slow_ms = u64::try_from(pool.slow_start.as_millis()).unwrap_or(u64::MAX);
-    let now = now_ms();
-    let mut tried = Tried::new();
-    // A server passed over for slow start: still the answer when nothing else is.
-    let mut deferred = None;
-    for _ in 0..MAX_ATTEMPTS {
-        let mut input = PickInput { hash, rand: fastrand::u64(..) };
-        let mut view = PoolView {
-            servers: &pool.servers,
-            now_ms: now,
-            panic: false,
-            report_ttl_ms: pool.report_ttl_ms,
-        };
-        let picked = pool.balancer.pick(&input, &view, &tried).or_else(|| {
-            view.panic = true;
-            input.rand = fastrand::u64(..);
-            pool.balancer.pick(&input, &view, &tried)
-        });
-        let Some(i) = picked else { return deferred };
-        let server = pool.servers.get(i)?;
-        let factor = server.stats.slow_start_factor(slow_ms, now) * server.stats.agent_factor();
-        if factor >= 1.0 || fastrand::f64() <= factor {
-            return Some(i);
-        }
-        deferred.get_or_insert(i);
-        if !tried.insert(i) {
-            break;
-        }
-    }
-    deferred
+    pool.admit(hash_ip(client.ip()), &Tried::new(), &[])
 }
 
 /// A socket connected to `server`: the kernel then delivers only that server's datagrams to

@@ -16,7 +16,9 @@
 //! The same rule serves `least-load` and `shortest-queue`: only the number compared changes
 //! ([`Metric`]), read through [`LoadView::metric`].
 
-use super::{LoadView, Metric, PickInput, ServerSpec, Tried, less_loaded, usable};
+use super::{
+    LoadView, Metric, PickInput, ServerSpec, Tried, effective_weight, less_loaded, usable,
+};
 
 #[derive(Debug)]
 pub struct LeastConnections {
@@ -51,7 +53,7 @@ impl LeastConnections {
 }
 
 /// Folds servers `first..first + weights.len()` into the running best `(index, active,
-/// weight)`, keeping the earlier one on ties.
+/// effective weight)`, keeping the earlier one on ties.
 #[inline]
 fn scan(
     view: &impl LoadView,
@@ -59,12 +61,13 @@ fn scan(
     metric: Metric,
     first: usize,
     weights: &[u32],
-    mut best: Option<(usize, u64, u32)>,
-) -> Option<(usize, u64, u32)> {
+    mut best: Option<(usize, u64, u64)>,
+) -> Option<(usize, u64, u64)> {
     for (i, &weight) in (first..).zip(weights) {
         if weight == 0 || !usable(view, tried, i) {
             continue;
         }
+        let weight = effective_weight(weight, view.share(i));
         let active = match metric {
             Metric::Active => view.active(i),
             m => view.metric(i, m),

@@ -62,7 +62,7 @@ impl Maglev {
     }
 
     pub fn pick(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
-        let gate = Gate::new(view, tried, &self.weights);
+        let gate = Gate::new(input, view, tried, &self.weights);
         let m = self.table.len() as u64;
         if gate.len() == 0 || m == 0 {
             return None;

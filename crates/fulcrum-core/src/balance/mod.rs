@@ -51,6 +51,20 @@ pub trait LoadView {
     fn metric(&self, i: usize, _metric: Metric) -> u64 {
         self.active(i)
     }
+    /// The part of its weight server `i` takes now, out of [`SHARE_ONE`]: below it while the
+    /// server is in slow start or its agent asks for less (`up 10%`). Applied inside every
+    /// algorithm as an effective weight, never as a refusal after the pick.
+    fn share(&self, _i: usize) -> u32 {
+        SHARE_ONE
+    }
+    /// Whether server `i` may be used in panic mode, when no server is [`eligible`]: passive
+    /// ejection is ignored then (trying an ejected server beats refusing every client), the
+    /// operator's and the health checks' verdicts are not.
+    ///
+    /// [`eligible`]: LoadView::eligible
+    fn eligible_in_panic(&self, i: usize) -> bool {
+        self.eligible(i)
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -66,6 +80,9 @@ pub enum Metric {
     /// Queue length the server reports (plus assignments since its report).
     Queue,
 }
+
+/// A full share (see [`LoadView::share`]).
+pub const SHARE_ONE: u32 = 1 << 16;
 
 /// Most attempts one client connection makes (first try plus retries); bounds [`Tried`].
 pub const MAX_ATTEMPTS: usize = 8;
@@ -254,6 +271,52 @@ impl Balancer {
     }
 }
 
+impl Balancer {
+    /// The admission step: the one place every protocol asks which server to try next.
+    /// Returns a server not in `tried` whenever one is eligible, in three stages:
+    /// 1. the algorithm over eligible servers, each at its effective weight (weight × share);
+    /// 2. the same with every share full, so a pool whose servers are all in slow start or
+    ///    all scaled down by their agents still serves;
+    /// 3. panic mode: passively ejected servers too.
+    ///
+    /// Stage 1 is the only one a healthy pool ever runs: the others cost nothing then.
+    pub fn admit(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
+        if let Some(i) = self.pick(input, view, tried) {
+            return Some(i);
+        }
+        let full = Stage { view, panic: false };
+        if let Some(i) = self.pick(input, &full, tried) {
+            return Some(i);
+        }
+        // A fresh word, so a random pick does not retrace the draws that just failed.
+        let input = PickInput { hash: input.hash, rand: mix(input.rand ^ PANIC_SALT) };
+        self.pick(&input, &Stage { view, panic: true }, tried)
+    }
+}
+
+const PANIC_SALT: u64 = 0x5041_4e49_4321_0001;
+
+/// A view with every share full, and in panic mode with ejection ignored.
+struct Stage<'a, V: LoadView> {
+    view: &'a V,
+    panic: bool,
+}
+
+impl<V: LoadView> LoadView for Stage<'_, V> {
+    fn len(&self) -> usize {
+        self.view.len()
+    }
+    fn eligible(&self, i: usize) -> bool {
+        if self.panic { self.view.eligible_in_panic(i) } else { self.view.eligible(i) }
+    }
+    fn active(&self, i: usize) -> u64 {
+        self.view.active(i)
+    }
+    fn metric(&self, i: usize, metric: Metric) -> u64 {
+        self.view.metric(i, metric)
+    }
+}
+
 /// Whether `i` may be returned by a pick.
 #[inline]
 pub(crate) fn usable(view: &impl LoadView, tried: &Tried, i: usize) -> bool {
@@ -270,26 +333,49 @@ pub(crate) fn reduce(x: u64, n: u64) -> u64 {
 
 /// Whether `a` active on weight `wa` is strictly less loaded than `b` active on weight `wb`,
 /// i.e. `a / wa < b / wb`, cross-multiplied in u128 so it neither divides nor overflows.
+/// Weights are effective weights ([`effective_weight`]).
 #[inline]
-pub(crate) fn less_loaded(a: u64, wa: u32, b: u64, wb: u32) -> bool {
+pub(crate) fn less_loaded(a: u64, wa: u64, b: u64, wb: u64) -> bool {
     u128::from(a) * u128::from(wb) < u128::from(b) * u128::from(wa)
+}
+
+/// A spec weight scaled by a share, exact in u64 (at most 2^32 × 2^16): least-connections
+/// compares loads against it, as HAProxy compares against its dynamic weight.
+#[inline]
+pub(crate) fn effective_weight(weight: u32, share: u32) -> u64 {
+    u64::from(weight) * u64::from(share.min(SHARE_ONE))
+}
+
+/// Whether a server with `share` takes this pick: a draw from `rand` and the server index,
+/// below the share. Thinning each server by its share is the same as scaling its weight for
+/// the algorithms that have no load to compare (rotation, random draws, hash tables).
+#[inline]
+pub(crate) fn takes_share(share: u32, rand: u64, i: usize) -> bool {
+    share >= SHARE_ONE
+        || (mix(rand ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 48) < u64::from(share)
 }
 
 /// The rules every pick obeys, bundled once per pick: a server may be returned only if its
 /// index is below both the built size and `view.len()` (the two can disagree for a moment
 /// while a pool is swapped, and indexing past either must not panic), its spec weight is
-/// positive, and it is [`usable`].
+/// positive, it is [`usable`], and it takes the pick by its share ([`takes_share`]).
 pub(crate) struct Gate<'a, V: LoadView> {
     view: &'a V,
     tried: &'a Tried,
     weights: &'a [u32],
     n: usize,
+    rand: u64,
 }
 
 impl<'a, V: LoadView> Gate<'a, V> {
     #[inline]
-    pub(crate) fn new(view: &'a V, tried: &'a Tried, weights: &'a [u32]) -> Self {
-        Self { view, tried, weights, n: view.len().min(weights.len()) }
+    pub(crate) fn new(
+        input: &PickInput,
+        view: &'a V,
+        tried: &'a Tried,
+        weights: &'a [u32],
+    ) -> Self {
+        Self { view, tried, weights, n: view.len().min(weights.len()), rand: input.rand }
     }
 
     /// Servers that may be considered: `min(view.len(), built size)`.
@@ -312,7 +398,15 @@ impl<'a, V: LoadView> Gate<'a, V> {
     /// Whether a pick may return `i`.
     #[inline]
     pub(crate) fn allows(&self, i: usize) -> bool {
-        self.weight(i) > 0 && usable(self.view, self.tried, i)
+        self.weight(i) > 0
+            && usable(self.view, self.tried, i)
+            && takes_share(self.view.share(i), self.rand, i)
+    }
+
+    /// Effective weight of `i` ([`effective_weight`]).
+    #[inline]
+    pub(crate) fn effective_weight(&self, i: usize) -> u64 {
+        effective_weight(self.weight(i), self.view.share(i))
     }
 
     /// The first allowed server at or after `start` (wrapping), skipping `except`. This is

@@ -28,7 +28,7 @@ impl PowerOfTwo {
     }
 
     pub fn pick(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
-        let gate = Gate::new(view, tried, &self.weights);
+        let gate = Gate::new(input, view, tried, &self.weights);
         let n = gate.len();
         if n == 0 || self.sampler.total() == 0 {
             return None;
@@ -60,7 +60,12 @@ impl PowerOfTwo {
         let b = second.or_else(|| gate.scan(reduce(word, n as u64) as usize, Some(a)));
         match b {
             Some(b)
-                if less_loaded(gate.active(b), gate.weight(b), gate.active(a), gate.weight(a)) =>
+                if less_loaded(
+                    gate.active(b),
+                    gate.effective_weight(b),
+                    gate.active(a),
+                    gate.effective_weight(a),
+                ) =>
             {
                 Some(b)
             }

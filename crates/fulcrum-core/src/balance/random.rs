@@ -99,7 +99,7 @@ impl Random {
     }
 
     pub fn pick(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
-        let gate = Gate::new(view, tried, &self.weights);
+        let gate = Gate::new(input, view, tried, &self.weights);
         if gate.len() == 0 || self.sampler.total() == 0 {
             return None;
         }

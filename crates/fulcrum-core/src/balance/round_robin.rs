@@ -32,8 +32,8 @@ impl RoundRobin {
     }
 
     /// The next server in rotation; when it is not allowed, the next allowed one after it.
-    pub fn pick(&self, _input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
-        let gate = Gate::new(view, tried, &self.weights);
+    pub fn pick(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
+        let gate = Gate::new(input, view, tried, &self.weights);
         let m = self.live.len();
         if m == 0 {
             return None;

@@ -31,7 +31,7 @@ impl SourceHash {
     }
 
     pub fn pick(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
-        let gate = Gate::new(view, tried, &self.weights);
+        let gate = Gate::new(input, view, tried, &self.weights);
         let total = self.sampler.total();
         if gate.len() == 0 || total == 0 {
             return None;

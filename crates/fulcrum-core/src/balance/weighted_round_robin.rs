@@ -37,8 +37,8 @@ impl WeightedRoundRobin {
     }
 
     /// The next entry of the cycle; when it is not allowed, the next allowed entry after it.
-    pub fn pick(&self, _input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
-        let gate = Gate::new(view, tried, &self.weights);
+    pub fn pick(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
+        let gate = Gate::new(input, view, tried, &self.weights);
         let m = self.sequence.len();
         if m == 0 {
             return None;
