@@ -2,13 +2,13 @@
 //! `/api/` route, errors as `{"error": "..."}`. Handlers lock the controller only for the
 //! moment of a change; the data plane never waits on this lock.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -16,6 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+
+use fulcrum_proxy::RateLimit;
+use subtle::ConstantTimeEq;
 
 use crate::controller::{ApiError, Controller};
 
@@ -38,16 +41,85 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Serves the admin API on `listener` until `stop` fires.
+/// Most admin connections open at once; further ones are closed at accept. The API is for a
+/// few operators and scripts, and each connection costs a task and a descriptor.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// How long a client has to send a whole request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request body the API reads (a server to add, a patch).
+const MAX_BODY: usize = 64 * 1024;
+
+static ADMIN_FULL_LOG: RateLimit = RateLimit::new(1_000);
+
+/// Serves the admin API on `listener` until `stop` fires, then lets requests in progress
+/// finish for at most `drain`; connections still open then (a client that never finished its
+/// request head, say) are closed, so shutdown is bounded.
+///
+/// A hand-made accept loop rather than `axum::serve`: that one has no header-read timeout,
+/// no connection cap, and waits for every connection without limit on shutdown.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     server: AdminServer,
     stop: CancellationToken,
+    drain: Duration,
 ) -> std::io::Result<()> {
     let app = router(Arc::new(server));
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            a = listener.accept() => a,
+            // Reap finished connections so the set stays as small as the live ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; never end the loop.
+                tracing::warn!(error = %e, "admin API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            if let Some(skipped) = ADMIN_FULL_LOG.allow(fulcrum_proxy::now_ms()) {
+                tracing::warn!(
+                    limit = MAX_ADMIN_CONNECTIONS,
+                    skipped,
+                    "admin API connection limit reached: connection closed"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    // Finish the request in progress, take no further one.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let all_done = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, all_done).await.is_err() {
+        tracing::info!(open = conns.len(), "admin API: closing connections still open");
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+    Ok(())
 }
 
 pub fn router(s: Shared) -> Router {
@@ -66,15 +138,44 @@ pub fn router(s: Shared) -> Router {
         .route("/metrics", get(metrics))
         .merge(api)
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(s)
 }
 
-/// Compares without an early exit, so response time does not reveal a matching prefix.
+/// Compares in constant time (`subtle`), so response time does not reveal a matching prefix.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(a.ct_eq(b))
+}
+
+/// Whether a request changes state (anything but reading).
+fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD)
+}
+
+/// Whether the request's content type is JSON (`application/json`, parameters allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn auth(State(s): State<Shared>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    // A web page in a local browser can send a form POST to a loopback API without asking:
+    // a state-changing request must carry a header such a page cannot send cross-site
+    // without a CORS preflight, and the API answers no preflight.
+    if changes_state(req.method())
+        && !headers.contains_key(header::AUTHORIZATION)
+        && !is_json(&headers)
+    {
+        return ApiError::new(
+            415,
+            "a request that changes state needs Content-Type: application/json \
+             (or an Authorization header)",
+        )
+        .into_response();
+    }
     if let Some(token) = &s.token {
         let given = headers
             .get(header::AUTHORIZATION)

@@ -133,12 +133,10 @@ impl Api {
             ("GET", _) => with_auth(agent.get(&url), &auth).call(),
             ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
             ("POST", None) => with_auth(agent.post(&url), &auth).send_empty(),
-            ("POST", Some(b)) => with_auth(agent.post(&url), &auth)
-                .header("Content-Type", "application/json")
-                .send(b.to_string()),
-            (_, b) => with_auth(agent.patch(&url), &auth)
-                .header("Content-Type", "application/json")
-                .send(b.unwrap_or(Value::Null).to_string()),
+            ("POST", Some(b)) => with_auth(agent.post(&url), &auth).send(b.to_string()),
+            (_, b) => {
+                with_auth(agent.patch(&url), &auth).send(b.unwrap_or(Value::Null).to_string())
+            }
         }
         .map_err(unreachable)?;
         let status = resp.status().as_u16();
@@ -155,7 +153,10 @@ impl Api {
     }
 }
 
+/// The token, and the JSON content type the API asks of every state-changing request (a web
+/// page cannot send it cross-site without a preflight, which the API refuses).
 fn with_auth<B>(r: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
+    let r = r.header("Content-Type", "application/json");
     match auth {
         Some(a) => r.header("Authorization", a),
         None => r,

@@ -169,7 +169,7 @@ fn serve(
             }
             tracing::info!(address = %local, "admin API listening");
             let server = AdminServer { controller: controller.clone(), token };
-            admin_task = Some(tokio::spawn(serve_admin(l, server, stop_admin.clone())));
+            admin_task = Some(tokio::spawn(serve_admin(l, server, stop_admin.clone(), drain)));
         }
 if let Some(addr) = fulcrum_admin::start_agent(controller.clone(), stop_admin.clone())
             .await
@@ -186,13 +186,16 @@ if let Some(addr) = fulcrum_admin::start_agent(controller.clone(), stop_admin.cl
             "stopping: no new connections, draining open ones"
         );
         stop_admin.cancel();
-        if let Some(t) = admin_task {
-            let _ = t.await;
-        }
+        // The admin API and the workers drain side by side, each within drain_timeout.
+        let admin_done = async {
+            if let Some(t) = admin_task {
+                let _ = t.await;
+            }
+        };
         let c = controller.clone();
-        tokio::task::spawn_blocking(move || c.blocking_lock().shutdown())
-            .await
-            .map_err(|e| Failure::Runtime(e.to_string()))?;
+        let workers_done = tokio::task::spawn_blocking(move || c.blocking_lock().shutdown());
+        let ((), workers) = tokio::join!(admin_done, workers_done);
+        workers.map_err(|e| Failure::Runtime(e.to_string()))?;
         tracing::info!("stopped");
         Ok(())
     })

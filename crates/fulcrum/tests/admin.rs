@@ -36,7 +36,7 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u
         }
         let mut r = match method {
             "GET" => req!(agent.get(url)).call(),
-            "DELETE" => req!(agent.delete(url)).call(),
+            "DELETE" => req!(agent.delete(url)).header("Content-Type", "application/json").call(),
             "POST" => req!(agent.post(url))
                 .header("Content-Type", "application/json")
                 .send(body.unwrap_or(json!({})).to_string()),
