@@ -41,6 +41,20 @@ impl AgentStats {
 
 /// Why a silent session was closed; counted as "silent", not as a protocol violation.
 const SILENT: &str = "no report within the report timeout";
+/// Why a session that did not finish its hello in time was closed.
+const SLOW_HELLO: &str = "no hello within the handshake deadline";
+/// Why a session that started a frame and did not finish it in time was closed.
+const SLOW_FRAME: &str = "a frame not finished within the frame deadline";
+
+/// Agent sessions open at once; further connections are closed at accept.
+pub const MAX_SESSIONS: usize = 4096;
+/// Of those, sessions that have not yet sent a valid hello. A peer that connects and trickles
+/// bytes holds one of these for at most [`HANDSHAKE_DEADLINE`], never a reporting backend's.
+pub const MAX_HANDSHAKING: usize = 1024;
+/// From accept to a valid hello.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// From a frame's first byte to its last.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
 static REJECT_LOG: fulcrum_proxy::RateLimit = fulcrum_proxy::RateLimit::new(1_000);
 
@@ -53,6 +67,8 @@ pub async fn serve_agent(
     stats: Arc<AgentStats>,
     stop: CancellationToken,
 ) {
+    let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
+    let handshaking = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKING));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -62,19 +78,31 @@ pub async fn serve_agent(
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        let (Ok(slot), Ok(hello_slot)) =
+            (sessions.clone().try_acquire_owned(), handshaking.clone().try_acquire_owned())
+        else {
+            stats.reject("full");
+            if let Some(skipped) = REJECT_LOG.allow(now_ms()) {
+                tracing::warn!(peer = %peer, skipped, "agent listener full: connection closed");
+            }
+            continue;
+        };
         let (controller, key, stats, stop) =
             (controller.clone(), key.clone(), stats.clone(), stop.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             stats.sessions_total.fetch_add(1, Ordering::Relaxed);
             stats.sessions_active.fetch_add(1, Ordering::Relaxed);
             let mut reg = Registration::default();
+            let mut hello_slot = Some(hello_slot);
             let r = tokio::select! {
-                r = session(stream, &controller, &key, ttl, &stats, &mut reg) => r,
+                r = session(stream, &controller, &key, ttl, &stats, &mut reg, &mut hello_slot) => r,
                 () = stop.cancelled() => Ok(()),
             };
             if let Err(e) = r {
                 let reason = match &e {
                     FrameError::Remote(m) if m == SILENT => "silent",
+                    FrameError::Remote(m) if m == SLOW_HELLO || m == SLOW_FRAME => "slow",
                     e => e.reason(),
                 };
                 stats.reject(reason);
@@ -106,21 +134,16 @@ impl Registration {
     }
 }
 
-fn nonce() -> [u8; NONCE_LEN] {
+/// A fresh nonce from the operating system's generator. The nonce makes every session's MACs
+/// unique, so a recorded session cannot be replayed: without a good one there is no session.
+fn nonce() -> Result<[u8; NONCE_LEN], FrameError> {
     let mut n = [0u8; NONCE_LEN];
-    // The nonce makes every session's MACs unique, so a recorded session cannot be replayed.
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut n))
-        .is_ok();
-    if !ok {
-        for c in n.chunks_mut(8) {
-            let r = fastrand::u64(..).to_le_bytes();
-            c.copy_from_slice(&r[..c.len()]);
-        }
-    }
-    n
+    getrandom::fill(&mut n)
+        .map_err(|e| FrameError::Remote(format!("no random nonce from the system: {e}")))?;
+    Ok(n)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     mut s: TcpStream,
     controller: &Mutex<Controller>,
@@ -128,27 +151,46 @@ async fn session(
     ttl: Duration,
     stats: &AgentStats,
     reg: &mut Registration,
+    hello_slot: &mut Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<(), FrameError> {
-    let nonce = nonce();
+    let nonce = nonce()?;
     let io = |_| FrameError::Truncated;
-    s.write_all(&agent::challenge_bytes(&nonce)).await.map_err(io)?;
+    let hello_by = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
+    tokio::time::timeout_at(hello_by, s.write_all(&agent::challenge_bytes(&nonce)))
+        .await
+        .map_err(|_| FrameError::Remote(SLOW_HELLO.into()))?
+        .map_err(io)?;
     let mut session = Session::new(key, nonce);
     let mut decoder = Decoder::new();
     let mut buf = [0u8; agent::MAX_BUFFER];
+    // When the frame now in the decoder began (None: the decoder holds no partial frame).
+    let mut frame_started: Option<tokio::time::Instant> = None;
     let result = async {
         loop {
-            // A silent backend is gone: reports stop for the whole ttl.
+            // Three clocks: the hello must come within the handshake deadline; a frame once
+            // begun must end within the frame deadline; between frames, a backend silent for
+            // the whole ttl is gone. A peer trickling a byte at a time meets the first two.
+            let now = tokio::time::Instant::now();
+            let (until, why) = if hello_slot.is_some() {
+                (hello_by, SLOW_HELLO)
+            } else if let Some(started) = frame_started {
+                (started + FRAME_DEADLINE, SLOW_FRAME)
+            } else {
+                (now + ttl, SILENT)
+            };
             // Never read more than the decoder may hold: a backend whose reports queued up
             // in the socket must not look like one sending an oversized frame.
             let room = decoder.room().clamp(1, buf.len());
-            let n = match tokio::time::timeout(ttl, s.read(&mut buf[..room])).await {
+            let n = match tokio::time::timeout_at(until, s.read(&mut buf[..room])).await {
                 Ok(Ok(0)) => return decoder.finish(),
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => return Err(FrameError::Truncated),
-                Err(_) => return Err(FrameError::Remote(SILENT.into())),
+                Err(_) => return Err(FrameError::Remote(why.into())),
             };
             decoder.push(buf.get(..n).unwrap_or_default())?;
+            let mut completed = false;
             while let Some(raw) = decoder.next_frame()? {
+                completed = true;
                 match session.open(&raw)? {
                     Message::Hello(h) => {
                         let mut c = controller.lock().await;
@@ -159,6 +201,8 @@ async fn session(
                         tracing::info!(pool = %h.pool, server = %h.address, self_registered = dynamic, "agent connected");
                         reg.server = Some((h.pool, h.address, stats));
                         reg.dynamic = dynamic;
+                        // Past the handshake: the slot goes to the next newcomer.
+                        *hello_slot = None;
                     }
                     Message::Report(r) => {
                         let Some((_, _, st)) = &reg.server else {
@@ -180,11 +224,22 @@ async fn session(
                     Message::Bye => return Ok(()),
                 }
             }
+            // A partial frame left after whole ones began in this read.
+            frame_started = match (decoder.buffered(), frame_started) {
+                (0, _) => None,
+                (_, Some(t)) if !completed => Some(t),
+                _ => Some(tokio::time::Instant::now()),
+            };
         }
     }
     .await;
     if let Err(e) = &result {
-        let _ = s.write_all(&agent::encode_error(&e.to_string())).await;
+        // Bounded: a peer that does not read its error frame does not hold the session.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            s.write_all(&agent::encode_error(&e.to_string())),
+        )
+        .await;
     }
     result
 }

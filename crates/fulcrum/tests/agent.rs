@@ -488,3 +488,89 @@ async fn python_example_client_registers_and_reports() {
     })
     .await;
 }
+
+/// `fulcrum_agent_reports_total` from /metrics.
+fn reports_total(s: &Setup) -> u64 {
+    let text = get(&format!("{}/metrics", s.api));
+    let text = text.as_str().unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("fulcrum_agent_reports_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Before: a peer sending a byte every few seconds held its socket for ~50 min, and sessions
+/// were not capped. Now 500 such peers are closed at the handshake deadline (5 s) while two
+/// real backends keep reporting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_agent_peers_are_closed_at_the_handshake_deadline() {
+    let bs = [Backend::start(Mode::Echo).await, Backend::start(Mode::Echo).await];
+    let servers = bs.iter().map(|b| format!("\"{}\"", b.addr)).collect::<Vec<_>>().join(", ");
+    let s = start(&toml("algorithm = \"least-load\"", &servers, "", ""));
+    let mut real = Vec::new();
+    for b in &bs {
+        let mut c = AgentClient::connect(s.agent, KEY).await;
+        c.hello("app", b.addr).await;
+        c.report(1, 0).await;
+        real.push(c);
+    }
+    // The real backends report every 200 ms for the whole test.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reporter = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() && n < 200 {
+                for c in &mut real {
+                    c.report(1, 0).await;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let agent = s.agent;
+    let started = Instant::now();
+    let mut tricklers = tokio::task::JoinSet::new();
+    for _ in 0..500 {
+        tricklers.spawn(async move {
+            let opened = Instant::now();
+            let Ok(mut c) = TcpStream::connect(agent).await else { return Duration::ZERO };
+            // A valid hello, signed with the key: only its pace is wrong.
+            let mut ch = [0u8; agent::CHALLENGE_LEN];
+            if c.read_exact(&mut ch).await.is_err() {
+                return opened.elapsed();
+            }
+            let nonce = agent::parse_challenge(&ch).unwrap();
+            let h = Hello { pool: "app".into(), address: "127.0.0.1:9".into(), version: 1 };
+            let frame = agent::encode_message(KEY.as_bytes(), &nonce, 1, &Message::Hello(h));
+            let mut buf = [0u8; 256];
+            // One byte a second, reading what comes back, until the balancer closes.
+            for byte in frame.iter().cycle().take(60) {
+                if c.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) => break,
+                    _ => {}
+                }
+            }
+            opened.elapsed()
+        });
+    }
+    let before = reports_total(&s);
+    let mut longest = Duration::ZERO;
+    while let Some(held) = tricklers.join_next().await {
+        longest = longest.max(held.unwrap());
+    }
+    assert!(longest <= Duration::from_secs(8), "a trickling peer held on for {longest:?}");
+    assert!(started.elapsed() <= Duration::from_secs(15));
+    // The real sessions are still up and still counted.
+    let after_flood = reports_total(&s);
+    assert!(after_flood > before + 10, "reports during the flood: {before} -> {after_flood}");
+    stop.cancel();
+    reporter.await.unwrap();
+    let v = get(&format!("{}/api/v1/pools", s.api));
+    assert!(v["pools"][0]["servers"].as_array().unwrap().iter().all(|x| x["reported"].is_object()));
+}
