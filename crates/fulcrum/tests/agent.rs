@@ -551,9 +551,9 @@ async fn trickling_agent_peers_are_closed_at_the_handshake_deadline() {
                 if c.write_all(&[*byte]).await.is_err() {
                     break;
                 }
-                match tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await {
-                    Ok(Ok(0) | Err(_)) => break,
-                    _ => {}
+                let read = tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await;
+                if let Ok(Ok(0) | Err(_)) = read {
+                    break;
                 }
             }
             opened.elapsed()
