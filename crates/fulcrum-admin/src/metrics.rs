@@ -342,6 +342,18 @@ impl Collector for Scrape {
             "Failed exchanges with a server.",
             &|x| load(&x.fanout_upstream_errors),
         )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_fanout_unmatched_answers",
+            "TCP answer lines that belonged to no request (discarded).",
+            &|x| load(&x.fanout_unmatched_answers),
+        )?;
+        fe_counter(
+            &mut enc,
+            "fulcrum_frontend_send_timeouts",
+            "Clients closed because they did not read their answers within send_timeout.",
+            &|x| load(&x.send_timeouts),
+        )?;
         family(
             &mut enc,
             "fulcrum_agent_sessions",

@@ -11,6 +11,7 @@ use crate::addr::{ListenAddr, ServerAddr};
 
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_RETRIES: u32 = 2;
 /// Retries are bounded by the fixed-size tried set of the balancer.
@@ -119,6 +120,8 @@ pub struct Frontend {
     pub pool: String,
     /// A connection with no byte moving either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A client that takes no byte of the answers waiting for it for this long is closed.
+    pub send_timeout: Duration,
     /// Per-frontend limit of concurrent connections, on top of the global one.
     pub max_connections: Option<usize>,
     /// UDP: a client's session (its server and upstream socket) ends after this long without
@@ -157,6 +160,20 @@ pub struct Fanout {
     pub servers: Option<usize>,
     /// Hedge: wait this long for the first server before asking a second.
     pub delay: Duration,
+    /// TCP: how a server's answer lines are matched to requests.
+    pub matching: AnswerMatch,
+}
+
+/// How a TCP fan-out frontend matches a server's answer lines to requests (`match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnswerMatch {
+    /// `"none"` (default): a server connection carries one request at a time and owes one
+    /// line for it; a connection whose request ended unanswered is closed.
+    #[default]
+    OneAtATime,
+    /// `"first-word"`: requests are pipelined on one connection per server; an answer belongs
+    /// to the outstanding request with the same first word.
+    FirstWord,
 }
 
 impl Default for Fanout {
@@ -167,6 +184,7 @@ impl Default for Fanout {
             reject_prefix: None,
             servers: None,
             delay: Duration::from_millis(50),
+            matching: AnswerMatch::OneAtATime,
         }
     }
 }
@@ -182,6 +200,7 @@ impl Frontend {
             protocol: Protocol::Tcp,
             pool: pool.to_string(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             max_connections: None,
         }
     }

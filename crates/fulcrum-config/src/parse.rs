@@ -77,6 +77,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "protocol",
     "pool",
     "idle_timeout",
+    "send_timeout",
     "max_connections",
     "session_timeout",
     "max_sessions",
@@ -84,7 +85,10 @@ const FRONTEND_KEYS: &[&str] = &[
     "delay",
     "fanout",
 ];
-const FANOUT_KEYS: &[&str] = &["timeout", "on_timeout", "reject_prefix", "servers", "delay"];
+const FANOUT_KEYS: &[&str] =
+    &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
+/// Longest fan-out `timeout` and `delay`.
+const MAX_FANOUT_DURATION: Duration = Duration::from_secs(3600);
 const POOL_KEYS: &[&str] = &[
     "algorithm",
     "servers",
@@ -367,7 +371,8 @@ impl Walker<'_> {
             fan = self.fanout(x, &format!("{path}.fanout"));
         }
         if let Some(x) = t.get("delay") {
-            fan.delay = self.duration(x, &format!("{path}.delay")).unwrap_or(fan.delay);
+            fan.delay =
+                self.fanout_duration(x, &format!("{path}.delay"), false).unwrap_or(fan.delay);
         }
         if let Some(x) = t.get("mode") {
             let key = format!("{path}.mode");
@@ -402,6 +407,11 @@ impl Walker<'_> {
             f.idle_timeout = self
                 .nonzero_duration(iv, &format!("{path}.idle_timeout"))
                 .unwrap_or(f.idle_timeout);
+        }
+        if let Some(sv) = t.get("send_timeout") {
+            f.send_timeout = self
+                .nonzero_duration(sv, &format!("{path}.send_timeout"))
+                .unwrap_or(f.send_timeout);
         }
         if let Some(mv) = t.get("max_connections") {
             f.max_connections = self
@@ -540,7 +550,21 @@ impl Walker<'_> {
         let Some(t) = self.table(v, path) else { return f };
         self.check_keys(t, path, FANOUT_KEYS);
         if let Some(x) = t.get("timeout") {
-            f.timeout = self.nonzero_duration(x, &format!("{path}.timeout")).unwrap_or(f.timeout);
+            f.timeout =
+                self.fanout_duration(x, &format!("{path}.timeout"), true).unwrap_or(f.timeout);
+        }
+        if let Some(x) = t.get("match") {
+            let key = format!("{path}.match");
+            match self.string(x, &key) {
+                Some("none") => f.matching = AnswerMatch::OneAtATime,
+                Some("first-word") => f.matching = AnswerMatch::FirstWord,
+                Some(other) => self.error(
+                    x,
+                    &key,
+                    format!("unknown answer matching \"{other}\" (expected: none, first-word)"),
+                ),
+                None => {}
+            }
         }
         if let Some(x) = t.get("on_timeout") {
             f.on_timeout = self.string(x, &format!("{path}.on_timeout")).map(str::to_string);
@@ -552,9 +576,19 @@ impl Walker<'_> {
             f.servers = self.integer(x, &format!("{path}.servers"), 1, 1_000).map(|n| n as usize);
         }
         if let Some(x) = t.get("delay") {
-            f.delay = self.duration(x, &format!("{path}.delay")).unwrap_or(f.delay);
+            f.delay = self.fanout_duration(x, &format!("{path}.delay"), false).unwrap_or(f.delay);
         }
         f
+    }
+
+    /// A fan-out `timeout` (`nonzero`) or `delay`: at most [`MAX_FANOUT_DURATION`].
+    fn fanout_duration(&mut self, v: &Value<'_>, key: &str, nonzero: bool) -> Option<Duration> {
+        let d = if nonzero { self.nonzero_duration(v, key)? } else { self.duration(v, key)? };
+        if d > MAX_FANOUT_DURATION {
+            self.error(v, key, "must be at most 1h");
+            return None;
+        }
+        Some(d)
     }
 
     fn agent(&mut self, v: &Value<'_>) -> Option<Agent> {

@@ -1,8 +1,11 @@
 //! Fan-out and hedged requests, the pure part: when to ask which number of servers, which
 //! answer wins, when the request has timed out ([`Race`]), whether an answer is acceptable
-//! ([`acceptable`]), and the buffer that puts pipelined TCP answers back into request order
-//! ([`Reorder`]). Time is passed in as the duration since the request arrived, so every rule
-//! here is tested without sockets or clocks; the proxy crate only sends, receives and sleeps.
+//! ([`acceptable`]), the buffer that puts pipelined TCP answers back into request order
+//! ([`Reorder`]), and how a server's answer lines on TCP are matched to requests: one line per
+//! request on a connection carrying one request at a time ([`one_answer`]), or by first word
+//! on a pipelined connection ([`WordTable`]). Time is passed in as a duration (since the
+//! request arrived, or since any fixed origin), so every rule here is tested without sockets
+//! or clocks; the proxy crate only sends, receives and sleeps.
 //!
 //! The rules a [`Race`] keeps:
 //! * the first acceptable answer that arrives before the timeout wins; every later answer,
@@ -222,6 +225,124 @@ impl<T> Reorder<T> {
         }
         self.base += 1;
         self.slots.pop_front().flatten()
+    }
+}
+
+/// The first word of a line: its bytes up to the first space (or its end), without a
+/// trailing `\r\n`/`\n`. Lookup servers echo the name they answer for, so with
+/// `match = "first-word"` an answer belongs to the outstanding request with the same first
+/// word.
+pub fn first_word(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match line.iter().position(|&b| b == b' ') {
+        Some(i) => line.get(..i).unwrap_or_default(),
+        None => line,
+    }
+}
+
+/// The requests outstanding on one pipelined server connection (`match = "first-word"`),
+/// oldest first, each with its deadline (any clock, as a duration since a fixed origin) and
+/// a value the caller keeps with it. An answer goes to the oldest entry whose first word is
+/// the answer's first word; an answer matching none is for nobody (answered twice, too
+/// late, or garbage) and the caller discards it.
+#[derive(Debug)]
+pub struct WordTable<T> {
+    entries: VecDeque<WordEntry<T>>,
+}
+
+#[derive(Debug)]
+struct WordEntry<T> {
+    seq: u64,
+    word: Box<[u8]>,
+    deadline: Duration,
+    value: T,
+}
+
+impl<T> Default for WordTable<T> {
+    fn default() -> Self {
+        WordTable { entries: VecDeque::new() }
+    }
+}
+
+impl<T> WordTable<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Request `seq` (its line `request`) was sent and waits until `deadline`.
+    pub fn push(&mut self, seq: u64, request: &[u8], deadline: Duration, value: T) {
+        let word = first_word(request).into();
+        self.entries.push_back(WordEntry { seq, word, deadline, value });
+    }
+
+    /// The request `answer` belongs to, taken out of the table; `None`: it belongs to none.
+    pub fn take(&mut self, answer: &[u8]) -> Option<(u64, T)> {
+        let word = first_word(answer);
+        let i = self.entries.iter().position(|e| *e.word == *word)?;
+        self.entries.remove(i).map(|e| (e.seq, e.value))
+    }
+
+    /// Removes and returns the entries whose deadline is at or before `now`.
+    pub fn expire(&mut self, now: Duration) -> Vec<(u64, T)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.entries.len() {
+            if self.entries.get(i).is_some_and(|e| e.deadline <= now) {
+                if let Some(e) = self.entries.remove(i) {
+                    out.push((e.seq, e.value));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// The earliest deadline in the table.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.entries.iter().map(|e| e.deadline).min()
+    }
+
+    /// Removes every entry (the connection failed), oldest first.
+    pub fn drain(&mut self) -> Vec<(u64, T)> {
+        self.entries.drain(..).map(|e| (e.seq, e.value)).collect()
+    }
+}
+
+/// What has arrived on a connection that carries one request at a time (the default
+/// matching): the server owes exactly one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneAnswer<'a> {
+    /// No complete line yet (and not too long).
+    Incomplete,
+    /// The answer line, without its newline (and without a `\r` before it). `more`: bytes
+    /// followed it, which the server does not owe: the connection must not carry another
+    /// request (those bytes, or later ones, could be read as that request's answer).
+    Line { line: &'a [u8], more: bool },
+    /// Over `max` bytes without a newline.
+    TooLong,
+}
+
+/// Reads the single answer line owed on a one-request connection out of `buf`.
+pub fn one_answer(buf: &[u8], max: usize) -> OneAnswer<'_> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) if i <= max => {
+            let line = buf.get(..i).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            OneAnswer::Line { line, more: buf.len() > i + 1 }
+        }
+        Some(_) => OneAnswer::TooLong,
+        None if buf.len() > max => OneAnswer::TooLong,
+        None => OneAnswer::Incomplete,
     }
 }
 
@@ -448,6 +569,66 @@ mod tests {
         assert_eq!(r.in_flight(), 0);
         assert!(!r.complete(a, "released"));
         assert!(!r.complete(99, "never issued"));
+    }
+
+    #[test]
+    fn first_word_is_up_to_the_first_space() {
+        assert_eq!(first_word(b"alpha.example 10.0.0.1"), b"alpha.example");
+        assert_eq!(first_word(b"alpha.example\n"), b"alpha.example");
+        assert_eq!(first_word(b"alpha.example\r\n"), b"alpha.example");
+        assert_eq!(first_word(b""), b"");
+        assert_eq!(first_word(b" x"), b"");
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn word_table_matches_by_first_word_not_by_position() {
+        let mut t = WordTable::new();
+        t.push(1, b"beta.example\n", secs(5), 'b');
+        t.push(2, b"nowhere.example\n", secs(5), 'n');
+        t.push(3, b"alpha.example\n", secs(5), 'a');
+        // The server knows alpha only: its answer goes to request 3, not to the oldest.
+        assert_eq!(t.take(b"alpha.example 10.0.0.1"), Some((3, 'a')));
+        // Answered twice: the second copy belongs to nobody.
+        assert_eq!(t.take(b"alpha.example 10.0.0.1"), None);
+        // A longer name sharing a prefix is another name.
+        assert_eq!(t.take(b"beta.example.org 1.2.3.4"), None);
+        assert_eq!(t.take(b"beta.example 10.0.0.2"), Some((1, 'b')));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.next_deadline(), Some(secs(5)));
+        assert_eq!(t.expire(secs(4)), vec![]);
+        assert_eq!(t.expire(secs(5)), vec![(2, 'n')]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn word_table_same_name_twice_goes_oldest_first_and_drains() {
+        let mut t = WordTable::new();
+        t.push(7, b"x", secs(3), ());
+        t.push(8, b"x", secs(2), ());
+        t.push(9, b"y", secs(9), ());
+        assert_eq!(t.take(b"x 1"), Some((7, ())));
+        assert_eq!(t.next_deadline(), Some(secs(2)));
+        assert_eq!(t.drain(), vec![(8, ()), (9, ())]);
+        assert_eq!(t.take(b"x 1"), None);
+    }
+
+    #[test]
+    fn one_answer_wants_exactly_one_line() {
+        assert_eq!(one_answer(b"", 10), OneAnswer::Incomplete);
+        assert_eq!(one_answer(b"abc", 10), OneAnswer::Incomplete);
+        assert_eq!(one_answer(b"abc\n", 10), OneAnswer::Line { line: b"abc", more: false });
+        assert_eq!(one_answer(b"abc\r\n", 10), OneAnswer::Line { line: b"abc", more: false });
+        assert_eq!(one_answer(b"abc\nlate", 10), OneAnswer::Line { line: b"abc", more: true });
+        assert_eq!(one_answer(b"0123456789x", 10), OneAnswer::TooLong);
+        assert_eq!(one_answer(b"0123456789x\n", 10), OneAnswer::TooLong);
+        assert_eq!(
+            one_answer(b"0123456789\n", 10),
+            OneAnswer::Line { line: b"0123456789", more: false }
+        );
     }
 
     fn reply() -> impl Strategy<Value = Reply> {

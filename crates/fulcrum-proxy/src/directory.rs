@@ -63,11 +63,13 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, mut s: TcpStream, p
     let stats = &ctx.stats;
     stats.connections_total.fetch_add(1, Ordering::Relaxed);
     stats.connections_active.fetch_add(1, Ordering::Relaxed);
-    let idle = shared
+    let (idle, send_timeout) = shared
         .state
         .load()
         .frontend(&ctx.name)
-        .map_or(Duration::from_secs(300), |f| f.idle_timeout);
+        .map_or((Duration::from_secs(300), Duration::from_secs(30)), |f| {
+            (f.idle_timeout, f.send_timeout)
+        });
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 1024];
     let mut out = String::new();
@@ -88,12 +90,19 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, mut s: TcpStream, p
         }
         drop(snapshot);
         if buf.len() > MAX_LINE {
-            let _ = s.write_all(b"ERR request line too long\n").await;
+            let _ = tokio::time::timeout(send_timeout, s.write_all(b"ERR request line too long\n"))
+                .await;
             break;
         }
         if !out.is_empty() {
-            if s.write_all(out.as_bytes()).await.is_err() {
-                break;
+            // A client that does not read its answers is closed after `send_timeout`.
+            match tokio::time::timeout(send_timeout, s.write_all(out.as_bytes())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
             }
             stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         }

@@ -374,6 +374,8 @@ pub struct FrontendState {
     pub name: Arc<str>,
     pub pool: usize,
     pub idle_timeout: Duration,
+    /// A client that takes no byte of the answers waiting for it for this long is closed.
+    pub send_timeout: Duration,
     pub stats: Arc<FrontendStats>,
 }
 
@@ -441,6 +443,7 @@ impl Snapshot {
                 name: Arc::from(f.name.as_str()),
                 pool,
                 idle_timeout: f.idle_timeout,
+                send_timeout: f.send_timeout,
                 stats: frontend_stats.get(&f.name).cloned().unwrap_or_default(),
             });
         }

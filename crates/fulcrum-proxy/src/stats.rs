@@ -94,6 +94,12 @@ pub struct FrontendStats {
     pub fanout_hedges: AtomicU64,
     /// Failed exchanges with servers (connect, write or read errors, protocol mismatches).
     pub fanout_upstream_errors: AtomicU64,
+    /// TCP answer lines that belonged to no request and were discarded: a second line on a
+    /// one-request connection, or (`match = "first-word"`) a line whose first word matches no
+    /// outstanding request (answered twice, or after its request's deadline).
+    pub fanout_unmatched_answers: AtomicU64,
+    /// TCP clients closed because they took no byte of their answers for `send_timeout`.
+    pub send_timeouts: AtomicU64,
 }
 
 impl FrontendStats {

@@ -269,6 +269,52 @@ expect = "PONG"
     assert!(matches!(c.pools[0].health.as_ref().unwrap().kind, HealthKind::UdpSendExpect { .. }));
     let errs = errors("[frontend.a]\nbind = \"127.0.0.1:1\"\npool = \"p\"\nprotocol = \"directory\"\nmode = \"fanout\"\n[pool.p]\nservers = []\n").join("\n");
     assert!(errs.contains("fanout and hedge work on tcp and udp frontends only"), "{errs}");
+    assert_eq!(fan.matching, AnswerMatch::OneAtATime);
+    assert_eq!(f.send_timeout, DEFAULT_SEND_TIMEOUT);
     let errs = errors("[frontend.a]\nbind = \"127.0.0.1:1\"\npool = \"p\"\nmode = \"spray\"\n[pool.p]\nservers = []\n").join("\n");
     assert!(errs.contains("unknown mode \"spray\""), "{errs}");
+}
+
+const FANOUT_BASE: &str = "[frontend.a]\nbind = \"127.0.0.1:1\"\npool = \"p\"\nmode = \"fanout\"\n";
+
+#[test]
+fn fanout_match_and_send_timeout_parse() {
+    let text = format!(
+        "{FANOUT_BASE}send_timeout = \"2s\"\n[frontend.a.fanout]\nmatch = \"first-word\"\n[pool.p]\nservers = []\n"
+    );
+    let c = parse_str(&text, "f.toml").unwrap();
+    let f = &c.frontends[0];
+    assert_eq!(f.send_timeout, Duration::from_secs(2));
+    let Mode::Fanout(fan) = &f.mode else { panic!("{:?}", f.mode) };
+    assert_eq!(fan.matching, AnswerMatch::FirstWord);
+    let text =
+        format!("{FANOUT_BASE}[frontend.a.fanout]\nmatch = \"none\"\n[pool.p]\nservers = []\n");
+    let c = parse_str(&text, "f.toml").unwrap();
+    let Mode::Fanout(fan) = &c.frontends[0].mode else { panic!() };
+    assert_eq!(fan.matching, AnswerMatch::OneAtATime);
+}
+
+#[test]
+fn fanout_bad_match_durations_and_send_timeout_are_located() {
+    let bad = |extra_fe: &str, extra_fan: &str| {
+        errors(&format!(
+            "{FANOUT_BASE}{extra_fe}[frontend.a.fanout]\n{extra_fan}[pool.p]\nservers = []\n"
+        ))
+        .join("\n")
+    };
+    let errs = bad("", "match = \"second-word\"\n");
+    assert!(errs.contains("frontend.a.fanout.match"), "{errs}");
+    assert!(errs.contains("unknown answer matching \"second-word\""), "{errs}");
+    let errs = bad("", "match = 1\n");
+    assert!(errs.contains("frontend.a.fanout.match"), "{errs}");
+    let errs = bad("", "timeout = \"2h\"\n");
+    assert!(errs.contains("frontend.a.fanout.timeout: must be at most 1h"), "{errs}");
+    let errs = bad("", "delay = \"90m\"\n");
+    assert!(errs.contains("frontend.a.fanout.delay: must be at most 1h"), "{errs}");
+    let errs = bad("delay = \"2h\"\n", "");
+    assert!(errs.contains("frontend.a.delay: must be at most 1h"), "{errs}");
+    let errs = bad("send_timeout = \"0s\"\n", "");
+    assert!(errs.contains("frontend.a.send_timeout: must be greater than zero"), "{errs}");
+    let errs = bad("send_timeout = \"soon\"\n", "");
+    assert!(errs.contains("frontend.a.send_timeout"), "{errs}");
 }
