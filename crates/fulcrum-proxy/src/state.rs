@@ -356,14 +356,20 @@ impl LoadView for PoolView<'_> {
     fn active(&self, i: usize) -> u64 {
         self.servers.get(i).map_or(0, |s| s.stats.active.load(Ordering::Relaxed))
     }
+    /// A fresh report plus what was assigned since, but never less than the connections the
+    /// balancer itself has open to the server: a report is up to a report interval old, and
+    /// least-load must never know less than least-connections does. Directory answers open
+    /// no connection, so there the report rules. Sums saturate: a report of 2^64 − 1 clients
+    /// is "full", not a wrap to 0.
     fn metric(&self, i: usize, metric: Metric) -> u64 {
         let Some(s) = self.servers.get(i) else { return 0 };
+        let live = s.stats.active.load(Ordering::Relaxed);
         match s.stats.fresh_report(self.report_ttl_ms, self.now_ms) {
             Some((clients, queue, assigned)) => match metric {
-                Metric::Queue => queue + assigned,
-                Metric::Load | Metric::Active => clients + assigned,
+                Metric::Queue => queue.saturating_add(assigned).max(live),
+                Metric::Load | Metric::Active => clients.saturating_add(assigned).max(live),
             },
-            None => s.stats.active.load(Ordering::Relaxed),
+            None => live,
         }
     }
 }
