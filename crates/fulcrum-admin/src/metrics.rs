@@ -286,6 +286,8 @@ impl Collector for Scrape {
             for (reason, c) in [
                 ("no_server", &f.stats.udp_drops_no_server),
                 ("session_limit", &f.stats.udp_drops_session_limit),
+                ("source_limit", &f.stats.udp_drops_source_limit),
+                ("descriptors", &f.stats.udp_drops_descriptors),
                 ("queue_full", &f.stats.udp_drops_queue_full),
                 ("send_error", &f.stats.udp_drops_send_error),
             ] {

@@ -129,11 +129,14 @@ pub struct Frontend {
     pub session_timeout: Duration,
     /// UDP: most sessions at once, per frontend; further clients are refused and counted.
     pub max_sessions: usize,
+    /// UDP: most sessions one client address may hold at once.
+    pub max_sessions_per_source: usize,
     pub mode: Mode,
 }
 
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+pub const DEFAULT_MAX_SESSIONS_PER_SOURCE: usize = 1_024;
 
 /// What a frontend does with a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -194,6 +197,7 @@ impl Frontend {
         Self {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_source: DEFAULT_MAX_SESSIONS_PER_SOURCE,
             mode: Mode::Proxy,
             name: name.to_string(),
             bind,

@@ -81,6 +81,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "max_connections",
     "session_timeout",
     "max_sessions",
+    "max_sessions_per_source",
     "mode",
     "delay",
     "fanout",
@@ -365,6 +366,11 @@ impl Walker<'_> {
             f.max_sessions = self
                 .integer(x, &format!("{path}.max_sessions"), 1, 1_000_000)
                 .map_or(f.max_sessions, |n| n as usize);
+        }
+        if let Some(x) = t.get("max_sessions_per_source") {
+            f.max_sessions_per_source = self
+                .integer(x, &format!("{path}.max_sessions_per_source"), 1, 1_000_000)
+                .map_or(f.max_sessions_per_source, |n| n as usize);
         }
         let mut fan = Fanout::default();
         if let Some(x) = t.get("fanout") {

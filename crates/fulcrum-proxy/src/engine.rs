@@ -36,18 +36,29 @@ pub struct EngineOptions {
     pub default_max_connections: usize,
     /// A busy worker yields its core once before it blocks (see `park.rs`).
     pub park_yield: bool,
+    /// Descriptors per-client sockets may hold together (`stats::descriptor_budget`).
+    pub descriptor_budget: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { splice: SpliceMode::Auto, default_max_connections: 10_000, park_yield: true }
+        Self {
+            splice: SpliceMode::Auto,
+            default_max_connections: 10_000,
+            park_yield: true,
+            descriptor_budget: 1_000_000,
+        }
     }
 }
 
 /// What every worker shares. Read-mostly: the snapshot is swapped whole, counters are atomics.
 pub struct Shared {
     pub state: ArcSwap<Snapshot>,
+    /// The global TCP connection limit (`max_connections`).
     pub limits: Limits,
+    /// The descriptor budget every per-client descriptor draws from (a TCP connection two, a
+    /// UDP session one), so that no configuration reaches EMFILE; see `stats::descriptor_budget`.
+    pub descriptors: Limits,
     pub access_log: std::sync::atomic::AtomicBool,
     pub splice: SpliceMode,
     pub park_yield: bool,
@@ -63,6 +74,10 @@ struct Peer {
 }
 
 impl Shared {
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.peers.len()
+    }
     pub fn access_log(&self) -> bool {
         self.access_log.load(Ordering::Relaxed)
     }
@@ -150,6 +165,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(Snapshot { frontends: Vec::new(), pools: Vec::new() }),
             limits: Limits::new(max),
+            descriptors: Limits::new(opts.descriptor_budget),
             access_log: config.access_log.into(),
             splice: opts.splice,
             park_yield: opts.park_yield,
@@ -421,8 +437,9 @@ async fn accept_loop(
     tokio::pin!(stopped);
     loop {
         // Accept backpressure: at a limit, leave new clients in the kernel's backlog.
-        for limits in std::iter::once(&shared.limits).chain(ctx.limits.as_ref()) {
-            if wait_below(limits, &stop).await.is_err() {
+        let gates = [(&shared.limits, 1), (&shared.descriptors, TCP_DESCRIPTORS)];
+        for (limits, n) in gates.into_iter().chain(ctx.limits.as_ref().map(|l| (l, 1))) {
+            if wait_below(limits, n, &stop).await.is_err() {
                 return;
             }
         }
@@ -436,13 +453,18 @@ async fn accept_loop(
                 // Other workers may have filled the limit while this one waited in accept:
                 // the slot is taken atomically, and the client waits (accepted, unserved)
                 // until one frees. At most one client per accept loop waits like this.
-                if acquire(&shared.limits, &stop).await.is_err() {
+                if acquire(&shared.limits, 1, &stop).await.is_err() {
+                    return;
+                }
+                if acquire(&shared.descriptors, TCP_DESCRIPTORS, &stop).await.is_err() {
+                    shared.limits.release();
                     return;
                 }
                 if let Some(l) = &ctx.limits
-                    && acquire(l, &stop).await.is_err()
+                    && acquire(l, 1, &stop).await.is_err()
                 {
                     shared.limits.release();
+                    shared.descriptors.release_n(TCP_DESCRIPTORS);
                     return;
                 }
                 let target = pick_worker(id, &shared);
@@ -570,31 +592,35 @@ fn serve_here(
     });
 }
 
+/// Descriptors an accepted TCP connection is charged: its own and one upstream socket.
+const TCP_DESCRIPTORS: usize = 2;
+
 /// Gives back the connection slots of a connection that will not be served.
 fn release(shared: &Shared, ctx: &AcceptCtx) {
     shared.limits.release();
+    shared.descriptors.release_n(TCP_DESCRIPTORS);
     if let Some(l) = &ctx.limits {
         l.release();
     }
 }
 
-/// Takes a slot of `limits`, waiting for one to free; `Err` when the worker is stopping.
-async fn acquire(limits: &Limits, stop: &CancellationToken) -> Result<(), ()> {
+/// Takes `n` units of `limits`, waiting for them to free; `Err` when the worker is stopping.
+async fn acquire(limits: &Limits, n: usize, stop: &CancellationToken) -> Result<(), ()> {
     loop {
-        if limits.try_acquire() {
+        if limits.try_acquire_n(n) {
             return Ok(());
         }
-        wait_below(limits, stop).await?;
+        wait_below(limits, n, stop).await?;
     }
 }
 
-/// Waits until `limits` has room; `Err` when the worker is stopping.
-async fn wait_below(limits: &Limits, stop: &CancellationToken) -> Result<(), ()> {
-    while limits.full() {
+/// Waits until `limits` has room for `n`; `Err` when the worker is stopping.
+async fn wait_below(limits: &Limits, n: usize, stop: &CancellationToken) -> Result<(), ()> {
+    while limits.full_for(n) {
         let freed = limits.freed().notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
-        if !limits.full() {
+        if !limits.full_for(n) {
             break;
         }
         tokio::select! {

@@ -30,7 +30,7 @@ pub use ratelog::RateLimit;
 pub use state::{
     AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, PoolState, ServerEntry, ServerStats, Snapshot,
 };
-pub use stats::{FrontendStats, Limits};
+pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, descriptor_budget};
 
 /// Raises the soft open-file limit to the hard limit (each proxied connection holds two
 /// descriptors, more while splicing); returns the limit now in force.

@@ -23,24 +23,49 @@ impl Limits {
     pub fn max(&self) -> usize {
         self.max
     }
-    pub(crate) fn full(&self) -> bool {
-        self.active() >= self.max
+    /// Whether `n` more units would not fit.
+    pub(crate) fn full_for(&self, n: usize) -> bool {
+        self.active().saturating_add(n) > self.max
     }
     /// Takes a slot if one is free.
     pub(crate) fn try_acquire(&self) -> bool {
+        self.try_acquire_n(1)
+    }
+    /// Takes `n` units if they are free (a proxied TCP connection holds two descriptors).
+    pub(crate) fn try_acquire_n(&self, n: usize) -> bool {
         self.active
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| (a < self.max).then_some(a + 1))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                (a.saturating_add(n) <= self.max).then_some(a + n)
+            })
             .is_ok()
     }
     pub(crate) fn release(&self) {
-        let before = self.active.fetch_sub(1, Ordering::Relaxed);
-        if before >= self.max {
+        self.release_n(1);
+    }
+    pub(crate) fn release_n(&self, n: usize) {
+        let before = self.active.fetch_sub(n, Ordering::Relaxed);
+        // Somebody may be waiting for up to MAX_UNITS units only when the count was that close
+        // to the limit: otherwise no wake-up is owed and none is paid for.
+        if before.saturating_add(MAX_UNITS) > self.max {
             self.freed.notify_waiters();
         }
     }
     pub(crate) fn freed(&self) -> &Notify {
         &self.freed
     }
+}
+
+/// Most units one acquisition takes (a proxied TCP connection's two descriptors).
+pub(crate) const MAX_UNITS: usize = 2;
+
+/// Descriptors the process keeps out of the budget, for listeners, logs, the admin and agent
+/// ports, health probes, and accepting and closing under pressure.
+pub const DESCRIPTOR_RESERVE: u64 = 256;
+
+/// The descriptor budget for an open-file limit of `nofile`: what proxied connections, UDP
+/// sessions and other per-client sockets may hold together.
+pub fn descriptor_budget(nofile: u64) -> usize {
+    nofile.saturating_sub(DESCRIPTOR_RESERVE).clamp(64, 4_000_000) as usize
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +97,10 @@ pub struct FrontendStats {
     /// Client datagrams dropped because a new session would pass `max_sessions` (or the
     /// global connection limit: a session holds a descriptor like a connection).
     pub udp_drops_session_limit: AtomicU64,
+    /// UDP datagrams dropped because their source address holds its most sessions.
+    pub udp_drops_source_limit: AtomicU64,
+    /// UDP datagrams dropped because the process's descriptor budget is spent.
+    pub udp_drops_descriptors: AtomicU64,
     /// Client datagrams dropped because the session's queue toward its server was full.
     pub udp_drops_queue_full: AtomicU64,
     /// Datagrams (either way) dropped because a send failed, or because no upstream socket

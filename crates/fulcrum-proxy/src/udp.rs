@@ -13,8 +13,9 @@
 //! full upstream socket parks the datagram in the session's bounded queue, then drops it),
 //! and every drop is counted by reason in [`FrontendStats`].
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +38,10 @@ const MAX_DATAGRAM: usize = 65_536;
 /// Client datagrams one session may park while its upstream socket's buffer is full; beyond
 /// that they are dropped (and counted): a bounded queue never hides an overload.
 const SESSION_QUEUE: usize = 64;
+/// Bytes one session may park, and one worker across all its sessions: 64 parked jumbo
+/// datagrams per session times thousands of sessions would be gigabytes.
+const SESSION_PARKED_BYTES: usize = 256 * 1024;
+const WORKER_PARKED_BYTES: usize = 16 * 1024 * 1024;
 /// Datagrams read in one go before yielding, so one busy socket cannot starve the sessions
 /// (and other frontends) of the worker. recvmmsg(2) would save a syscall per datagram, but no
 /// safe wrapper exists in our dependencies (rustix has sendmmsg only) and `unsafe` is denied
@@ -68,6 +73,71 @@ struct Flow {
     /// Payload bytes client → server and server → client, for the access log and counters.
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Bytes of the parked datagrams, and the worker's total across its sessions: both bounded
+    /// ([`SESSION_PARKED_BYTES`], [`WORKER_PARKED_BYTES`]).
+    parked_bytes: AtomicUsize,
+    worker_parked: Arc<AtomicUsize>,
+}
+
+impl Flow {
+    /// Parks `n` bytes if both bounds allow it.
+    fn park(&self, n: usize) -> bool {
+        let fits = |total: &AtomicUsize, max: usize| {
+            total
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    (b.saturating_add(n) <= max).then_some(b + n)
+                })
+                .is_ok()
+        };
+        if !fits(&self.worker_parked, WORKER_PARKED_BYTES) {
+            return false;
+        }
+        if !fits(&self.parked_bytes, SESSION_PARKED_BYTES) {
+            self.worker_parked.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn unpark(&self, n: usize) {
+        self.parked_bytes.fetch_sub(n, Ordering::Relaxed);
+        self.worker_parked.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Sessions per client address on this worker, bounded by the frontend's
+/// `max_sessions_per_source` (split over the workers: the kernel spreads one address's ports
+/// over all of them). Holds an entry only while the address has a session, so it never
+/// outgrows the session table.
+struct Sources {
+    count: HashMap<IpAddr, u32>,
+    cap: u32,
+}
+
+impl Sources {
+    fn new(per_source: usize, workers: usize) -> Self {
+        let cap = per_source.div_ceil(workers.max(1)).clamp(1, u32::MAX as usize) as u32;
+        Self { count: HashMap::new(), cap }
+    }
+
+    /// Takes a session slot for `ip`; false when it holds its most already.
+    fn take(&mut self, ip: IpAddr) -> bool {
+        let n = self.count.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&mut self, ip: IpAddr) {
+        if let Some(n) = self.count.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.count.remove(&ip);
+            }
+        }
+    }
 }
 
 /// One session as the receive loop keeps it. Dropping it ends the session: its task stops,
@@ -88,6 +158,9 @@ struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
+        // Datagrams still parked die with the queue: their bytes go back to the worker.
+        let left = self.flow.parked_bytes.swap(0, Ordering::Relaxed);
+        self.flow.worker_parked.fetch_sub(left, Ordering::Relaxed);
         let (bytes_in, bytes_out) = (
             self.flow.bytes_in.load(Ordering::Relaxed),
             self.flow.bytes_out.load(Ordering::Relaxed),
@@ -126,6 +199,8 @@ pub async fn serve(
     // wakes up at most 1/tick times a second for them.
     let tick_ms = (timeout_ms / 20).clamp(5, 1_000);
     let mut table: SessionTable<Session> = SessionTable::new(ctx.frontend.max_sessions, timeout_ms);
+    let mut sources = Sources::new(ctx.frontend.max_sessions_per_source, shared.workers());
+    let parked = Arc::new(AtomicUsize::new(0));
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut last_sweep_ms = now_ms();
     // One timer for the sweeps, moved only when the next due time changes (traffic to a
@@ -148,7 +223,8 @@ pub async fn serve(
                     tracing::error!(frontend = %ctx.name, error = %e, "udp socket failed: frontend stops on this worker");
                     break;
                 }
-                let full = receive_batch(&shared, &ctx, &sock, &mut table, &mut buf);
+                let mut w = Worker { table: &mut table, sources: &mut sources, parked: &parked };
+                let full = receive_batch(&shared, &ctx, &sock, &mut w, &mut buf);
                 if full {
                     tokio::task::yield_now().await;
                 }
@@ -166,19 +242,27 @@ pub async fn serve(
                 });
                 for (_, s) in expired {
                     let refused = s.value.flow.closed.load(Ordering::Relaxed);
-                    end(s, if refused { "server-error" } else { "idle-timeout" });
+                    end(s, if refused { "server-error" } else { "idle-timeout" }, &mut sources);
                 }
             }
             () = stop.cancelled() => break,
         }
     }
     for (_, s) in table.drain() {
-        end(s, "stopped");
+        end(s, "stopped", &mut sources);
     }
 }
 
-/// Ends a session, with `outcome` for its log line.
-fn end(mut s: Entry, outcome: &'static str) {
+/// What one worker's receive loop owns for a frontend.
+struct Worker<'a> {
+    table: &'a mut SessionTable<Session>,
+    sources: &'a mut Sources,
+    parked: &'a Arc<AtomicUsize>,
+}
+
+/// Ends a session, with `outcome` for its log line: the one place a session ends.
+fn end(mut s: Entry, outcome: &'static str, sources: &mut Sources) {
+    sources.give_back(s.value.flow.client.ip());
     s.value.outcome = outcome;
     drop(s);
 }
@@ -191,7 +275,7 @@ fn receive_batch(
     shared: &Arc<Shared>,
     ctx: &Arc<AcceptCtx>,
     sock: &Arc<UdpSocket>,
-    table: &mut SessionTable<Session>,
+    w: &mut Worker<'_>,
     buf: &mut [u8],
 ) -> bool {
     let now = now_ms();
@@ -202,15 +286,7 @@ fn receive_batch(
             Ok((n, client)) => {
                 datagrams += 1;
                 bytes += n as u64;
-                on_datagram(
-                    shared,
-                    ctx,
-                    sock,
-                    table,
-                    client,
-                    buf.get(..n).unwrap_or_default(),
-                    now,
-                );
+                on_datagram(shared, ctx, sock, w, client, buf.get(..n).unwrap_or_default(), now);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 full = false;
@@ -231,33 +307,48 @@ fn on_datagram(
     shared: &Arc<Shared>,
     ctx: &Arc<AcceptCtx>,
     sock: &Arc<UdpSocket>,
-    table: &mut SessionTable<Session>,
+    w: &mut Worker<'_>,
     client: SocketAddr,
     data: &[u8],
     now: u64,
 ) {
-    let live = match table.touch(&client, now) {
+    let live = match w.table.touch(&client, now) {
         Some(s) => !s.value.flow.closed.load(Ordering::Relaxed),
         None => false,
     };
     if !live {
         // A session whose server refused ends here; this datagram starts the next one.
-        if let Some(old) = table.remove(&client) {
-            end(old, "server-error");
+        if let Some(old) = w.table.remove(&client) {
+            end(old, "server-error", w.sources);
         }
-        let Some((server, session)) = open(shared, ctx, sock, client) else { return };
-        if let Err((_, s)) = table.insert(client, server, session, now) {
+        if !w.sources.take(client.ip()) {
+            ctx.stats.udp_drops_source_limit.fetch_add(1, Ordering::Relaxed);
+            if let Some(skipped) = LIMIT_LOG.allow(now_ms()) {
+                tracing::warn!(
+                    frontend = %ctx.name, client = %client, skipped,
+                    max_sessions_per_source = ctx.frontend.max_sessions_per_source,
+                    "udp sessions per source address reached: datagram dropped"
+                );
+            }
+            return;
+        }
+        let Some((server, session)) = open(shared, ctx, sock, client, w.parked) else {
+            w.sources.give_back(client.ip());
+            return;
+        };
+        if let Err((_, s)) = w.table.insert(client, server, session, now) {
             // The shared count let it in, so the table cannot be full; be safe anyway.
+            w.sources.give_back(client.ip());
             drop(s);
             ctx.stats.udp_drops_session_limit.fetch_add(1, Ordering::Relaxed);
             return;
         }
     }
-    let Some(s) = table.get(&client) else { return };
+    let Some(s) = w.table.get(&client) else { return };
     if forward(&ctx.stats, &s.value, data) == Forwarded::Refused
-        && let Some(s) = table.remove(&client)
+        && let Some(s) = w.table.remove(&client)
     {
-        end(s, "server-error");
+        end(s, "server-error", w.sources);
     }
 }
 
@@ -283,18 +374,22 @@ fn forward(stats: &FrontendStats, s: &Session, data: &[u8]) -> Forwarded {
         }
     }
     // The only copy on this path, and only while the upstream socket is full.
-    match s.queue.try_send(data.to_vec()) {
-        Ok(()) => {
-            s.flow.queued.fetch_add(1, Ordering::Relaxed);
+    let queued = s.flow.park(data.len()) && {
+        let sent = s.queue.try_send(data.to_vec()).is_ok();
+        if !sent {
+            s.flow.unpark(data.len());
         }
-        Err(_) => {
-            stats.udp_drops_queue_full.fetch_add(1, Ordering::Relaxed);
-            if let Some(skipped) = QUEUE_LOG.allow(now_ms()) {
-                tracing::warn!(
-                    frontend = %s.ctx.name, client = %s.flow.client, server = %s.server_key,
-                    skipped, "udp datagram dropped: the session's queue to its server is full"
-                );
-            }
+        sent
+    };
+    if queued {
+        s.flow.queued.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.udp_drops_queue_full.fetch_add(1, Ordering::Relaxed);
+        if let Some(skipped) = QUEUE_LOG.allow(now_ms()) {
+            tracing::warn!(
+                frontend = %s.ctx.name, client = %s.flow.client, server = %s.server_key,
+                skipped, "udp datagram dropped: the session's queue to its server is full"
+            );
         }
     }
     Forwarded::Done
@@ -318,6 +413,7 @@ fn open(
     ctx: &Arc<AcceptCtx>,
     sock: &Arc<UdpSocket>,
     client: SocketAddr,
+    worker_parked: &Arc<AtomicUsize>,
 ) -> Option<(usize, Session)> {
     let stats = &ctx.stats;
     // `None` only for a moment during a reload that removes this frontend.
@@ -327,7 +423,12 @@ fn open(
     };
     // The slot first: a refused client must not move the balancer's rotation.
     if let Err(which) = acquire(shared, ctx) {
-        stats.udp_drops_session_limit.fetch_add(1, Ordering::Relaxed);
+        let counter = if which == "descriptors" {
+            &stats.udp_drops_descriptors
+        } else {
+            &stats.udp_drops_session_limit
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Some(skipped) = LIMIT_LOG.allow(now_ms()) {
             tracing::warn!(
                 frontend = %ctx.name, client = %client, limit = which,
@@ -381,6 +482,8 @@ fn open(
         closed: AtomicBool::new(false),
         bytes_in: AtomicU64::new(0),
         bytes_out: AtomicU64::new(0),
+        parked_bytes: AtomicUsize::new(0),
+        worker_parked: worker_parked.clone(),
     });
     let (queue, parked) = mpsc::channel(SESSION_QUEUE);
     let task = tokio::spawn(answers(
@@ -407,9 +510,10 @@ fn open(
     ))
 }
 
-/// Takes a session slot: the frontend's `max_sessions` (counted over all workers), and the
-/// global connection limit (a session holds a descriptor, as a connection does), plus the
-/// frontend's `max_connections` when set. `Err` names the limit that was reached.
+/// Takes a session slot: the frontend's `max_sessions` (counted over all workers) and one
+/// descriptor of the process's budget (the session's upstream socket). UDP sessions never
+/// take TCP connection slots: a flood of sources must not stop TCP from accepting. `Err`
+/// names the limit that was reached.
 fn acquire(shared: &Shared, ctx: &AcceptCtx) -> Result<(), &'static str> {
     let max = ctx.frontend.max_sessions as u64;
     let active = &ctx.stats.udp_sessions_active;
@@ -419,16 +523,9 @@ fn acquire(shared: &Shared, ctx: &AcceptCtx) -> Result<(), &'static str> {
     {
         return Err("max_sessions");
     }
-    if !shared.limits.try_acquire() {
+    if !shared.descriptors.try_acquire() {
         active.fetch_sub(1, Ordering::Relaxed);
-        return Err("max_connections");
-    }
-    if let Some(l) = &ctx.limits
-        && !l.try_acquire()
-    {
-        shared.limits.release();
-        active.fetch_sub(1, Ordering::Relaxed);
-        return Err("frontend max_connections");
+        return Err("descriptors");
     }
     Ok(())
 }
@@ -436,10 +533,7 @@ fn acquire(shared: &Shared, ctx: &AcceptCtx) -> Result<(), &'static str> {
 /// Gives back the slots [`acquire`] took.
 fn release(shared: &Shared, ctx: &AcceptCtx) {
     ctx.stats.udp_sessions_active.fetch_sub(1, Ordering::Relaxed);
-    shared.limits.release();
-    if let Some(l) = &ctx.limits {
-        l.release();
-    }
+    shared.descriptors.release();
 }
 
 /// The server for a new session: the pool's admission step, as for a TCP connection, without
@@ -498,6 +592,7 @@ async fn answers(
                     // parked because the socket is full, and it frees within moments.
                     let r = up.send(&d).await;
                     flow.queued.fetch_sub(1, Ordering::Relaxed);
+                    flow.unpark(d.len());
                     match r {
                         Ok(n) => {
                             flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);

@@ -90,7 +90,7 @@ pub fn splice_mode(s: Splice) -> SpliceMode {
 /// Default connection limit: each connection holds two descriptors; keep some for pipes,
 /// logs and the control plane.
 pub fn default_max_connections(nofile: u64) -> usize {
-    (nofile.saturating_sub(256) / 2).clamp(64, 1_000_000) as usize
+    (nofile.saturating_sub(fulcrum_proxy::DESCRIPTOR_RESERVE) / 2).clamp(64, 1_000_000) as usize
 }
 
 /// The admin token: `FULCRUM_ADMIN_TOKEN` wins over `admin.token_file`. A non-loopback admin
@@ -140,6 +140,7 @@ fn serve(
         splice: splice_mode(splice),
         default_max_connections: default_max_connections(nofile),
         park_yield,
+        descriptor_budget: fulcrum_proxy::descriptor_budget(nofile),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
