@@ -113,6 +113,17 @@ enum Sock {
     Udp(std::net::UdpSocket),
 }
 
+impl Sock {
+    /// Another descriptor for the same socket: the socket, its port and its backlog live as
+    /// long as any descriptor does.
+    fn try_clone(&self) -> std::io::Result<Sock> {
+        Ok(match self {
+            Sock::Tcp(l) => Sock::Tcp(l.try_clone()?),
+            Sock::Udp(u) => Sock::Udp(u.try_clone()?),
+        })
+    }
+}
+
 enum WorkerCmd {
     Listen(Arc<AcceptCtx>, Sock),
     Close(Arc<str>, u64),
@@ -124,6 +135,10 @@ enum WorkerCmd {
 struct Bound {
     local: SocketAddr,
     ctx: Arc<AcceptCtx>,
+    /// The engine's own descriptor of each worker's socket, so that a reload can hand the same
+    /// sockets to new accept loops: the listening socket, with the handshakes in its backlog,
+    /// outlives the loops that accept from it.
+    group: Vec<Sock>,
 }
 
 impl Bound {
@@ -137,6 +152,14 @@ impl Bound {
             && b.mode == f.mode
             && b.session_timeout == f.session_timeout
             && b.max_sessions == f.max_sessions
+            && b.max_sessions_per_source == f.max_sessions_per_source
+    }
+
+    /// Whether the sockets themselves can serve `f` (same address and protocol), so that a
+    /// change of the other settings needs new accept loops but no new sockets.
+    fn same_sockets(&self, f: &fulcrum_config::Frontend) -> bool {
+        let b = &self.ctx.frontend;
+        b.bind == f.bind && b.protocol == f.protocol
     }
 }
 
@@ -208,19 +231,29 @@ impl Engine {
             self.frontend_stats.entry(f.name.clone()).or_default();
         }
         let snapshot = Snapshot::build(config, &mut self.registry, &self.frontend_stats)?;
-        // Bind what is new or moved before touching anything.
+        // Bind what is new or moved before touching anything; a frontend whose address and
+        // protocol are unchanged keeps its sockets (new descriptors of them) even when its
+        // other settings changed, so no handshake in a backlog is ever reset by a reload.
         let mut fresh: Vec<(String, Bound, Vec<Sock>)> = Vec::new();
         for f in &config.frontends {
-            if self.bound.iter().any(|(n, b)| n == &f.name && b.serves(f)) {
+            let old = self.bound.iter().find(|(n, _)| n == &f.name).map(|(_, b)| b);
+            if old.is_some_and(|b| b.serves(f)) {
                 continue;
             }
-            let group: Vec<Sock> = match f.protocol {
-                Protocol::Tcp | Protocol::Directory => {
-                    bind_group(f.bind, self.workers)?.into_iter().map(Sock::Tcp).collect()
+            let group: Vec<Sock> = match old.filter(|b| b.same_sockets(f)) {
+                Some(b) => {
+                    b.group.iter().map(Sock::try_clone).collect::<std::io::Result<_>>().map_err(
+                        |e| format!("frontend {}: cannot reuse its sockets: {e}", f.name),
+                    )?
                 }
-                Protocol::DirectoryUdp | Protocol::Udp => {
-                    bind_udp_group(f.bind, self.workers)?.into_iter().map(Sock::Udp).collect()
-                }
+                None => match f.protocol {
+                    Protocol::Tcp | Protocol::Directory => {
+                        bind_group(f.bind, self.workers)?.into_iter().map(Sock::Tcp).collect()
+                    }
+                    Protocol::DirectoryUdp | Protocol::Udp => {
+                        bind_udp_group(f.bind, self.workers)?.into_iter().map(Sock::Udp).collect()
+                    }
+                },
             };
             let local = group
                 .first()
@@ -229,6 +262,12 @@ impl Engine {
                     Sock::Udp(u) => u.local_addr().ok(),
                 })
                 .ok_or_else(|| format!("cannot bind {}: no socket", f.bind))?;
+            // The workers' descriptors; the engine keeps `group`.
+            let to_workers = group
+                .iter()
+                .map(Sock::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| format!("frontend {}: cannot share its sockets: {e}", f.name))?;
             let ctx = Arc::new(AcceptCtx {
                 name: Arc::from(f.name.as_str()),
                 stats: self.frontend_stats.get(&f.name).cloned().unwrap_or_default(),
@@ -237,21 +276,21 @@ impl Engine {
                 protocol: f.protocol,
                 frontend: f.clone(),
             });
-            let b = Bound { local, ctx };
-            fresh.push((f.name.clone(), b, group));
+            let b = Bound { local, ctx, group };
+            fresh.push((f.name.clone(), b, to_workers));
         }
         self.shared.state.store(Arc::new(snapshot));
         self.shared.access_log.store(config.access_log, Ordering::Relaxed);
-        // Close listeners of frontends that left or moved.
+        // New accept loops first, then the old ones close: on every worker some loop is
+        // always on the socket, and the socket itself never closes while it is kept.
+        let mut replaced = Vec::new();
         let mut kept = Vec::new();
         for (name, b) in self.bound.drain(..) {
             let stays = config.frontends.iter().any(|f| f.name == name && b.serves(f));
             if stays {
                 kept.push((name, b));
             } else {
-                for tx in &self.cmds {
-                    let _ = tx.send(WorkerCmd::Close(b.ctx.name.clone(), b.ctx.generation));
-                }
+                replaced.push(b);
             }
         }
         self.bound = kept;
@@ -260,6 +299,11 @@ impl Engine {
                 let _ = tx.send(WorkerCmd::Listen(b.ctx.clone(), l));
             }
             self.bound.push((name, b));
+        }
+        for b in replaced {
+            for tx in &self.cmds {
+                let _ = tx.send(WorkerCmd::Close(b.ctx.name.clone(), b.ctx.generation));
+            }
         }
         // Keep the registries from growing with servers and frontends long gone.
         self.registry.retain(|(pool, key), _| {
@@ -295,8 +339,13 @@ impl Engine {
     }
 
     /// Stops accepting; open connections get the drain timeout to finish.
-    pub fn shutdown(&self) {
+    pub fn shutdown(&mut self) {
         self.stop.cancel();
+        // The engine's own descriptors of the listening sockets: without them the sockets
+        // close as the workers' accept loops end, and new clients are refused, not queued.
+        for (_, b) in &mut self.bound {
+            b.group.clear();
+        }
     }
 
     /// Waits until every worker has stopped (after [`Engine::shutdown`]).
