@@ -40,6 +40,9 @@ pub struct ServerStats {
     report_at_ms: AtomicU64,
     /// New clients sent to the server since its last report (connections or directory answers).
     assigned_since: AtomicU64,
+    /// Connections to the server (counted in `assigned_since` or in the report) that ended
+    /// since its last report.
+    released_since: AtomicU64,
     /// What the server's agent (push or pull) says: [`AGENT_UP`], [`AGENT_DRAIN`], [`AGENT_DOWN`].
     agent_state: AtomicU8,
     /// Weight percentage from a pull agent ("75%"); 0 means none given (full weight).
@@ -93,12 +96,24 @@ impl ServerStats {
         self.reported_clients.store(clients, Ordering::Relaxed);
         self.reported_queue.store(queue, Ordering::Relaxed);
         self.assigned_since.store(0, Ordering::Relaxed);
+        self.released_since.store(0, Ordering::Relaxed);
         self.report_at_ms.store(now_ms.max(1), Ordering::Relaxed);
     }
 
     /// Counts one new client sent to this server.
     pub fn on_assigned(&self) {
         self.assigned_since.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one end of a connection or session that [`on_assigned`](Self::on_assigned)
+    /// counted (its `active` is given back by the caller).
+    pub fn on_released(&self) {
+        self.released_since.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections ended since the last report.
+    pub fn released_since(&self) -> u64 {
+        self.released_since.load(Ordering::Relaxed)
     }
 
     /// (clients, queue, assigned since) of a report no older than `ttl_ms`.
@@ -361,13 +376,23 @@ impl LoadView for PoolView<'_> {
     /// least-load must never know less than least-connections does. Directory answers open
     /// no connection, so there the report rules. Sums saturate: a report of 2^64 − 1 clients
     /// is "full", not a wrap to 0.
+    ///
+    /// Clients are counted both ways since the report: + assigned, − ended. Counting only
+    /// arrivals made a server that turns clients over quickly look busier with every client
+    /// it had already finished, until its next report: a 2 ms server took 10 clients per
+    /// 20 ms report and looked 10 busier, so least-load sent clients to the slow server that
+    /// least-connections (which sees the ends) avoided. A queue is not a count of clients, so
+    /// shortest-queue keeps adding arrivals only.
     fn metric(&self, i: usize, metric: Metric) -> u64 {
         let Some(s) = self.servers.get(i) else { return 0 };
         let live = s.stats.active.load(Ordering::Relaxed);
         match s.stats.fresh_report(self.report_ttl_ms, self.now_ms) {
             Some((clients, queue, assigned)) => match metric {
                 Metric::Queue => queue.saturating_add(assigned).max(live),
-                Metric::Load | Metric::Active => clients.saturating_add(assigned).max(live),
+                Metric::Load | Metric::Active => clients
+                    .saturating_add(assigned)
+                    .saturating_sub(s.stats.released_since())
+                    .max(live),
             },
             None => live,
         }
@@ -534,5 +559,40 @@ mod tests {
         s.on_assigned();
         assert_eq!(s.fresh_report(500, 1_400), Some((5, 2, 1)));
         assert_eq!(s.fresh_report(500, 1_600), None);
+    }
+
+    #[test]
+    fn load_counts_clients_that_ended_since_the_report() {
+        let p = pool(1, 50);
+        let view = PoolView {
+            servers: &p.servers,
+            now_ms: 1_100,
+            report_ttl_ms: p.report_ttl_ms,
+            slow_start_ms: 0,
+            exclude: &[],
+        };
+        let s = &p.servers[0].stats;
+        s.on_report(5, 2, 1_000);
+        for _ in 0..3 {
+            s.on_assigned();
+        }
+        assert_eq!(view.metric(0, Metric::Load), 8);
+        // Four of them ended: 5 + 3 − 4.
+        for _ in 0..4 {
+            s.on_released();
+        }
+        assert_eq!(view.metric(0, Metric::Load), 4);
+        assert_eq!(view.metric(0, Metric::Queue), 5, "a queue counts arrivals only");
+        // Never below the balancer's own open connections, never below 0.
+        s.active.store(6, Ordering::Relaxed);
+        assert_eq!(view.metric(0, Metric::Load), 6);
+        s.active.store(0, Ordering::Relaxed);
+        for _ in 0..10 {
+            s.on_released();
+        }
+        assert_eq!(view.metric(0, Metric::Load), 0);
+        // A new report starts both counts again.
+        s.on_report(1, 0, 1_050);
+        assert_eq!(view.metric(0, Metric::Load), 1);
     }
 }

@@ -75,6 +75,7 @@ pub async fn serve(shared: Arc<Shared>, ctx: &AcceptCtx, client: TcpStream, peer
     drop(upstream);
     drop(client);
     server.stats.active.fetch_sub(1, Ordering::Relaxed);
+    server.stats.on_released();
     server.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
     server.stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
     fstats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);

@@ -166,6 +166,7 @@ impl Drop for Session {
             self.flow.bytes_out.load(Ordering::Relaxed),
         );
         self.server.active.fetch_sub(1, Ordering::Relaxed);
+        self.server.on_released();
         self.server.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         self.server.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         let f = &self.ctx.stats;

@@ -123,16 +123,14 @@ async fn tour(connections: u32) -> Result<(), String> {
         );
         rows.push((algo, r));
     }
-    let slow_of = |a: Algorithm| rows.iter().find(|(x, _)| *x == a).map(|(_, r)| r.slow);
-    if let (Some(rr), Some(ll)) = (slow_of(Algorithm::RoundRobin), slow_of(Algorithm::LeastLoad)) {
-        println!(
-            "\n(slow resp. = answers slower than {SLOW_MS} ms) round-robin: {rr}, least-load: {ll} in this run."
-        );
-    }
+    // One line in a fixed form ("name count" pairs), for people and for scripts alike.
+    let summary: Vec<String> =
+        rows.iter().map(|(a, r)| format!("{} {}", a.name(), r.slow)).collect();
+    println!("\nslow answers (slower than {SLOW_MS} ms, of {connections}): {}", summary.join(", "));
     println!(
         "round-robin spreads evenly whatever the speed; least-connections counts open\n\
-         connections; least-load uses what the backends report plus the clients sent since,\n\
-         so the slow backend gets fewer clients.\n\
+         connections; least-load uses what the backends report, plus the clients sent and\n\
+         minus those that ended since, so the slow backend gets fewer clients.\n\
          Try it yourself: fulcrum forward 127.0.0.1:8080 9001 9002 9003"
     );
     stop.cancel();
@@ -235,9 +233,11 @@ async fn backend(
             () = stop.cancelled() => return,
         };
         let Ok((s, _)) = accepted else { continue };
+        // Counted at accept, not when the task first runs: the balancer counts the client as
+        // soon as its connect returns, and a report sampled in between would miss it.
+        load.clients.fetch_add(1, Ordering::Relaxed);
         let load = load.clone();
         tokio::spawn(async move {
-            load.clients.fetch_add(1, Ordering::Relaxed);
             let (r, mut w) = s.into_split();
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {

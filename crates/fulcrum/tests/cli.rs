@@ -245,3 +245,59 @@ fn demo_runs_and_shows_each_algorithm() {
     };
     assert!(slow("least-load") < slow("round-robin"), "{s}");
 }
+
+/// Issue 13, point 12: least-load, fed by the backends' reports, once answered 53 of 300
+/// clients slowly where least-connections, which ignores reports, answered 24. It must never
+/// know less than least-connections, so over the median of three full demos it may not do
+/// worse by more than noise.
+#[test]
+fn demo_least_load_is_no_slower_than_least_connections() {
+    const RUNS: usize = 3;
+    const ALGORITHMS: [&str; 3] = ["round-robin", "least-connections", "least-load"];
+    // In the demo nobody but the balancer talks to the backends, so both algorithms see the
+    // same load and tie in expectation. In twelve runs on a shared 2-core machine both counts
+    // stayed within 23–27 but once (37, a run slowed by the neighbours); the median of three
+    // drops one such run, and 5 of 300 is still far below the 26–30 answers by which
+    // least-load lost before the fix.
+    const TOLERANCE: u64 = 5;
+    // The default 300 connections: one demo takes about a second.
+    let mut slow: [Vec<u64>; 3] = Default::default();
+    for run in 0..RUNS {
+        let out = Command::new(BIN).arg("demo").output().unwrap();
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "run {run}: {:?}\n{s}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for algo in ALGORITHMS {
+            assert!(s.lines().any(|l| l.starts_with(algo)), "run {run}: no row for {algo}:\n{s}");
+        }
+        // "slow answers (slower than 30 ms, of 300): round-robin 100, least-connections 25, …"
+        let summary = s
+            .lines()
+            .find_map(|l| l.strip_prefix("slow answers ("))
+            .and_then(|l| l.split_once("): "))
+            .map(|(_, counts)| counts)
+            .unwrap_or_else(|| panic!("run {run}: no summary line:\n{s}"));
+        for (i, algo) in ALGORITHMS.iter().enumerate() {
+            let n = summary
+                .split(", ")
+                .find_map(|p| p.strip_prefix(algo)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("run {run}: no count for {algo}: {summary}"));
+            slow[i].push(n.parse().unwrap());
+        }
+    }
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let (lc, ll) = (median(&slow[1]), median(&slow[2]));
+    eprintln!("slow answers per run (rr, lc, ll): {slow:?}; medians lc {lc}, ll {ll}");
+    assert!(
+        ll <= lc + TOLERANCE,
+        "least-load median {ll} > least-connections median {lc} + {TOLERANCE}; runs {slow:?}"
+    );
+}
