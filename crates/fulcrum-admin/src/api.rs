@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use fulcrum_proxy::RateLimit;
 use subtle::ConstantTimeEq;
 
-use crate::controller::{ApiError, Controller};
+use crate::controller::{ApiError, Controller, ReadView};
 
 pub struct AdminServer {
     pub controller: Arc<Mutex<Controller>>,
+    /// For readers: metrics, readiness and listings never take the controller's lock.
+    pub view: ReadView,
     /// `None` only on a loopback listener configured without a token.
     pub token: Option<String>,
 }
@@ -199,8 +201,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn readyz(State(s): State<Shared>) -> Response {
-    let c = s.controller.lock().await;
-    let serving = !c.engine().local_addrs().is_empty();
+    let serving = !s.view.shared.state.load().frontends.is_empty();
     if serving {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -209,10 +210,7 @@ async fn readyz(State(s): State<Shared>) -> Response {
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
-    let text = {
-        let c = s.controller.lock().await;
-        crate::metrics::render(&c)
-    };
+    let text = crate::metrics::render(&s.view);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
         .into_response()
 }
@@ -222,8 +220,7 @@ async fn openapi() -> axum::Json<Value> {
 }
 
 async fn list_pools(State(s): State<Shared>) -> axum::Json<Value> {
-    let c = s.controller.lock().await;
-    let snap = c.engine().snapshot();
+    let snap = s.view.shared.state.load_full();
     let now = fulcrum_proxy::now_ms();
     let pools: Vec<Value> = snap
         .pools
@@ -254,7 +251,7 @@ async fn list_pools(State(s): State<Shared>) -> axum::Json<Value> {
                 .collect();
             json!({
                 "name": p.name,
-                "algorithm": c.current().pool(&p.name).map(|x| x.algorithm.name()),
+                "algorithm": p.algorithm.name(),
                 "health_check": p.health.as_ref().map(|h| match &h.kind {
                     fulcrum_config::HealthKind::Tcp => "tcp",
                     fulcrum_config::HealthKind::Http { .. } => "http",
@@ -334,7 +331,7 @@ async fn patch_server(
 }
 
 async fn scale_events(State(s): State<Shared>) -> axum::Json<Value> {
-    let log = s.controller.lock().await.scale_log.clone();
+    let log = s.view.scale_log.clone();
     axum::Json(json!({ "events": log.events() }))
 }
 

@@ -38,6 +38,15 @@ impl From<ChangeError> for ApiError {
     }
 }
 
+/// What a pool's control-plane tasks were started for.
+#[derive(Debug, Clone, PartialEq)]
+struct PoolTasks {
+    health: bool,
+    pull: bool,
+    scale_out: Option<fulcrum_config::ScaleRule>,
+    scale_in: Option<fulcrum_config::ScaleRule>,
+}
+
 pub struct Controller {
     /// Self-registered servers by pool: address → sessions holding it. Not persisted: a
     /// backend that registered itself re-registers after a restart.
@@ -49,9 +58,22 @@ pub struct Controller {
     base: Config,
     overlay: Overlay,
     state_file: Option<PathBuf>,
-    health: Vec<CancellationToken>,
+    /// Each pool's control-plane tasks (health checks, agent pull, scale signals), with what
+    /// they were started for: restarted only when that changes.
+    tasks: BTreeMap<String, (PoolTasks, CancellationToken)>,
     runtime: tokio::runtime::Handle,
-    reloads: u64,
+    reloads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What readers (metrics, readiness, listings) need, read without the controller's lock: the
+/// engine's shared state (the snapshot behind its `ArcSwap` and the atomics) and counters.
+/// A scrape never waits behind a reload or an API change.
+#[derive(Clone)]
+pub struct ReadView {
+    pub shared: Arc<fulcrum_proxy::Shared>,
+    pub agent_stats: Arc<crate::agent::AgentStats>,
+    pub scale_log: Arc<crate::scale::ScaleLog>,
+    pub reloads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Controller {
@@ -75,9 +97,9 @@ impl Controller {
             base,
             overlay,
             state_file,
-            health: Vec::new(),
+            tasks: BTreeMap::new(),
             runtime,
-            reloads: 0,
+            reloads: Arc::default(),
         };
         c.restart_health();
         Ok(c)
@@ -180,7 +202,17 @@ impl Controller {
     }
 
     pub fn reloads(&self) -> u64 {
-        self.reloads
+        self.reloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The lock-free view for readers.
+    pub fn read_view(&self) -> ReadView {
+        ReadView {
+            shared: self.engine.shared().clone(),
+            agent_stats: self.agent_stats.clone(),
+            scale_log: self.scale_log.clone(),
+            reloads: self.reloads.clone(),
+        }
     }
 
     /// Re-reads the config file. On any error the old config keeps serving and every error
@@ -209,7 +241,7 @@ impl Controller {
             errors: vec![e],
         })?;
         self.base = new;
-        self.reloads += 1;
+        self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.restart_health();
         tracing::info!(file = %path.display(), "configuration reloaded");
         Ok(())
@@ -274,15 +306,36 @@ impl Controller {
 
     /// One health task per pool with checks; restarted on every change so each task always
     /// reads the pool it checks from the snapshot in force.
+    /// Starts the tasks of pools that are new or whose task settings changed, and stops those
+    /// of pools that left. A task that keeps running keeps its state (health runs, scale
+    /// windows and cooldowns, pull rotations): the health and pull tasks read each server list
+    /// from the current snapshot, so added or removed servers need no restart.
     fn restart_health(&mut self) {
-        for t in self.health.drain(..) {
-            t.cancel();
-        }
         let snapshot = self.engine.snapshot();
         let shared = self.engine.shared().clone();
+        self.tasks.retain(|name, (_, token)| {
+            let stays = snapshot.pool(name).is_some();
+            if !stays {
+                token.cancel();
+            }
+            stays
+        });
         for pool in snapshot.pools.iter() {
+            let base = self.base.pool(&pool.name);
+            let wanted = PoolTasks {
+                health: pool.health.is_some(),
+                pull: pool.agent_pull.is_some(),
+                scale_out: base.and_then(|p| p.scale_out.clone()),
+                scale_in: base.and_then(|p| p.scale_in.clone()),
+            };
+            if let Some((running, token)) = self.tasks.get(&pool.name) {
+                if *running == wanted {
+                    continue;
+                }
+                token.cancel();
+            }
             let token = CancellationToken::new();
-            if pool.health.is_some() {
+            if wanted.health {
                 let t = fulcrum_proxy::run_pool_checks(
                     shared.clone(),
                     pool.name.clone(),
@@ -290,13 +343,13 @@ impl Controller {
                 );
                 self.runtime.spawn(t);
             }
-            if pool.agent_pull.is_some() {
+            if wanted.pull {
                 let t =
                     fulcrum_proxy::run_agent_pull(shared.clone(), pool.name.clone(), token.clone());
                 self.runtime.spawn(t);
             }
-            if let Some(p) = self.base.pool(&pool.name)
-                && (p.scale_out.is_some() || p.scale_in.is_some())
+            if let Some(p) = base
+                && (wanted.scale_out.is_some() || wanted.scale_in.is_some())
             {
                 let t = crate::scale::run(
                     shared.clone(),
@@ -306,13 +359,12 @@ impl Controller {
                 );
                 self.runtime.spawn(t);
             }
-            self.health.push(token);
+            self.tasks.insert(pool.name.clone(), (wanted, token));
         }
     }
 
-    /// Stops accepting and waits for the workers to drain (blocking).
     pub fn shutdown(&mut self) {
-        for t in &self.health {
+        for (_, t) in self.tasks.values() {
             t.cancel();
         }
         self.engine.shutdown();

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use fulcrum_proxy::Snapshot;
 
-use crate::controller::Controller;
+use crate::controller::ReadView;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -409,18 +409,17 @@ fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
 }
 
 /// The metrics page in the OpenMetrics text format (which Prometheus reads).
-pub fn render(c: &Controller) -> String {
-    let engine = c.engine();
+pub fn render(v: &ReadView) -> String {
     let mut registry = Registry::default();
-    let shared = engine.shared();
+    let shared = &v.shared;
     registry.register_collector(Box::new(Scrape {
-        snapshot: engine.snapshot(),
+        snapshot: shared.state.load_full(),
         active: shared.limits.active() as u64,
         max: shared.limits.max() as u64,
-        reloads: c.reloads(),
+        reloads: v.reloads.load(Ordering::Relaxed),
         now_ms: fulcrum_proxy::now_ms(),
-        agent: c.agent_stats.clone(),
-        scale: c.scale_log.counts(),
+        agent: v.agent_stats.clone(),
+        scale: v.scale_log.counts(),
     }));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {

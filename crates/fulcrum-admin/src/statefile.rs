@@ -14,13 +14,24 @@ fn sibling(path: &Path, ext: &str) -> PathBuf {
 }
 
 /// Writes `overlay` so that at every instant either the old or the new content is readable.
+/// The temporary file has a name no other writer uses (process id and a counter), is created
+/// new (never opened through a symlink someone left in its place: `O_CREAT | O_EXCL` does not
+/// follow one) and readable by the owner only: it names the servers of every pool.
 pub fn save(path: &Path, overlay: &Overlay) -> std::io::Result<()> {
-    let tmp = sibling(path, ".tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = sibling(path, &format!(".{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(overlay.to_json().as_bytes())?;
         f.write_all(b"\n")?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     if path.exists() {
         std::fs::rename(path, sibling(path, ".prev"))?;
@@ -86,5 +97,36 @@ mod tests {
         std::fs::write(&path, &text[..text.len() / 2]).unwrap();
         assert_eq!(load(&path), a);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn written_for_the_owner_only_through_no_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir("perm");
+        let path = dir.join("state.json");
+        // A symlink where a fixed temp name would be: the write must not go through it.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, sibling(&path, ".tmp")).unwrap();
+        save(&path, &Overlay::default()).unwrap();
+        save(&path, &Overlay::default()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "state file mode {mode:o}");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") && n != "state.json.tmp")
+            .collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fulcrum-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

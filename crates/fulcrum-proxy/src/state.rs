@@ -324,6 +324,7 @@ impl PoolState {
 #[derive(Debug)]
 pub struct PoolState {
     pub name: String,
+    pub algorithm: fulcrum_core::balance::Algorithm,
     pub balancer: Balancer,
     pub servers: Vec<ServerEntry>,
     pub connect_timeout: Duration,
@@ -449,6 +450,7 @@ impl Snapshot {
             let balancer = Balancer::new(p.algorithm, &specs);
             pools.push(Arc::new(PoolState {
                 name: p.name.clone(),
+                algorithm: p.algorithm,
                 balancer,
                 servers,
                 connect_timeout: p.connect_timeout,
@@ -509,6 +511,7 @@ mod tests {
             .collect();
         PoolState {
             name: "p".into(),
+            algorithm: Algorithm::RoundRobin,
             balancer: Balancer::new(Algorithm::RoundRobin, &[]),
             servers,
             connect_timeout: Duration::from_secs(1),

@@ -157,6 +157,7 @@ fn serve(
         }
         let workers = controller.engine().workers();
         let max = controller.engine().shared().limits.max();
+        let view = controller.read_view();
         let controller = Arc::new(Mutex::new(controller));
         let stop_admin = CancellationToken::new();
         let mut admin_task = None;
@@ -169,7 +170,7 @@ fn serve(
                 tracing::warn!(address = %local, "admin API has no token: open to every local user");
             }
             tracing::info!(address = %local, "admin API listening");
-            let server = AdminServer { controller: controller.clone(), token };
+            let server = AdminServer { controller: controller.clone(), view: view.clone(), token };
             admin_task = Some(tokio::spawn(serve_admin(l, server, stop_admin.clone(), drain)));
         }
 if let Some(addr) = fulcrum_admin::start_agent(controller.clone(), stop_admin.clone())
