@@ -16,7 +16,8 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::engine::{AcceptCtx, Shared};
+use crate::context::{AcceptCtx, Shared};
+use crate::ledger::Ledger;
 use crate::ratelog::RateLimit;
 use crate::state::Snapshot;
 
@@ -59,10 +60,11 @@ pub fn answer(snapshot: &Snapshot, frontend: &str, line: &[u8], peer: SocketAddr
 }
 
 /// Serves `PICK` lines on one TCP connection until the client closes or idles out.
-pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, mut s: TcpStream, peer: SocketAddr) {
+pub async fn serve_tcp(mut ledger: Ledger, mut s: TcpStream) {
+    let shared = ledger.shared().clone();
+    let ctx = ledger.ctx().clone();
+    let peer = ledger.client();
     let stats = &ctx.stats;
-    stats.connections_total.fetch_add(1, Ordering::Relaxed);
-    stats.connections_active.fetch_add(1, Ordering::Relaxed);
     let (idle, send_timeout) = shared
         .state
         .load()
@@ -73,12 +75,14 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, mut s: TcpStream, p
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 1024];
     let mut out = String::new();
-    loop {
+    ledger.outcome = loop {
         let n = match tokio::time::timeout(idle, s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(0)) => break "done",
+            Ok(Err(_)) => break "client-error",
+            Err(_) => break "idle-timeout",
             Ok(Ok(n)) => n,
         };
-        stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        ledger.bytes_in += n as u64;
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         // Answer every complete line in what arrived (requests may be coalesced or split).
         out.clear();
@@ -92,22 +96,21 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, mut s: TcpStream, p
         if buf.len() > MAX_LINE {
             let _ = tokio::time::timeout(send_timeout, s.write_all(b"ERR request line too long\n"))
                 .await;
-            break;
+            break "line-too-long";
         }
         if !out.is_empty() {
             // A client that does not read its answers is closed after `send_timeout`.
             match tokio::time::timeout(send_timeout, s.write_all(out.as_bytes())).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => break,
+                Ok(Err(_)) => break "client-error",
                 Err(_) => {
                     stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
-                    break;
+                    break "send-timeout";
                 }
             }
-            stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+            ledger.bytes_out += out.len() as u64;
         }
-    }
-    stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+    };
 }
 
 /// Answers `PICK` datagrams on one worker's UDP socket until `stop`. Answers the socket cannot

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use fulcrum_config::{Config, Mode, Protocol};
+use fulcrum_config::{Config, Protocol};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
-pub use crate::copy::SpliceMode;
+pub use crate::context::{AcceptCtx, Service, Shared, SpliceMode};
+use crate::context::{Peer, Sock, WorkerCmd};
+use crate::ledger::{Ledger, TCP_DESCRIPTORS};
 use crate::listener::{bind_group, bind_udp_group, is_resource_error};
 use crate::ratelog::RateLimit;
 use crate::state::{Snapshot, StatsRegistry};
@@ -51,38 +53,6 @@ impl Default for EngineOptions {
     }
 }
 
-/// What every worker shares. Read-mostly: the snapshot is swapped whole, counters are atomics.
-pub struct Shared {
-    pub state: ArcSwap<Snapshot>,
-    /// The global TCP connection limit (`max_connections`).
-    pub limits: Limits,
-    /// The descriptor budget every per-client descriptor draws from (a TCP connection two, a
-    /// UDP session one), so that no configuration reaches EMFILE; see `stats::descriptor_budget`.
-    pub descriptors: Limits,
-    pub access_log: std::sync::atomic::AtomicBool,
-    pub splice: SpliceMode,
-    pub park_yield: bool,
-    /// Every worker's open connections and command channel, for accept-time balancing.
-    peers: Vec<Peer>,
-}
-
-/// One worker as the others see it.
-#[repr(align(64))]
-struct Peer {
-    load: AtomicUsize,
-    tx: mpsc::UnboundedSender<WorkerCmd>,
-}
-
-impl Shared {
-    /// Number of worker threads.
-    pub fn workers(&self) -> usize {
-        self.peers.len()
-    }
-    pub fn access_log(&self) -> bool {
-        self.access_log.load(Ordering::Relaxed)
-    }
-}
-
 #[derive(Debug)]
 pub struct StartError(pub String);
 
@@ -93,43 +63,6 @@ impl std::fmt::Display for StartError {
 }
 
 impl std::error::Error for StartError {}
-
-/// One frontend's accept side, shared by its accept loops on every worker.
-pub struct AcceptCtx {
-    pub name: Arc<str>,
-    pub stats: Arc<FrontendStats>,
-    /// `frontend.NAME.max_connections`, on top of the global limit.
-    pub limits: Option<Limits>,
-    /// Identifies this listener generation: a rebind starts a new one.
-    pub generation: u64,
-    pub protocol: Protocol,
-    /// The frontend's settings as bound (mode, UDP session limits); routing settings such as
-    /// the pool live in the snapshot.
-    pub frontend: fulcrum_config::Frontend,
-}
-
-enum Sock {
-    Tcp(std::net::TcpListener),
-    Udp(std::net::UdpSocket),
-}
-
-impl Sock {
-    /// Another descriptor for the same socket: the socket, its port and its backlog live as
-    /// long as any descriptor does.
-    fn try_clone(&self) -> std::io::Result<Sock> {
-        Ok(match self {
-            Sock::Tcp(l) => Sock::Tcp(l.try_clone()?),
-            Sock::Udp(u) => Sock::Udp(u.try_clone()?),
-        })
-    }
-}
-
-enum WorkerCmd {
-    Listen(Arc<AcceptCtx>, Sock),
-    Close(Arc<str>, u64),
-    /// A connection accepted by a busier worker, to be served by this one.
-    Adopt(Arc<AcceptCtx>, std::net::TcpStream, SocketAddr),
-}
 
 /// A frontend's bound listener group, as the engine remembers it.
 struct Bound {
@@ -274,6 +207,7 @@ impl Engine {
                 limits: f.max_connections.map(Limits::new),
                 generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
                 protocol: f.protocol,
+                service: Service::of(f),
                 frontend: f.clone(),
             });
             let b = Bound { local, ctx, group };
@@ -408,12 +342,15 @@ fn worker(
                         }),
                         Sock::Udp(u) => tokio::net::UdpSocket::from_std(u).map(|u| {
                             let (sh, t) = (shared.clone(), token.clone());
-                            match (ctx.protocol, &ctx.frontend.mode) {
-                                (Protocol::DirectoryUdp, _) => {
+                            match ctx.service {
+                                Service::DirectoryUdp => {
                                     tokio::spawn(crate::directory::serve_udp(sh, ctx, u, t))
                                 }
-                                (_, Mode::Proxy) => tokio::spawn(crate::udp::serve(sh, ctx, u, t)),
-                                (_, _) => tokio::spawn(crate::fanout::serve_udp(sh, ctx, u, t)),
+                                Service::UdpFanout => {
+                                    tokio::spawn(crate::fanout::serve_udp(sh, ctx, u, t))
+                                }
+                                // The UDP proxy; a TCP service never gets a UDP socket.
+                                _ => tokio::spawn(crate::udp::serve(sh, ctx, u, t)),
                             }
                         }),
                     };
@@ -620,7 +557,8 @@ fn serve_here(
     peer: SocketAddr,
     tracker: &TaskTracker,
 ) {
-    let guard = ReleaseOnDrop(shared.clone(), ctx.clone(), me);
+    // From here on the ledger gives the slots and the worker's load back, however this ends.
+    let ledger = Ledger::tcp(shared.clone(), ctx.clone(), me, peer);
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(e) => {
@@ -628,21 +566,16 @@ fn serve_here(
             return;
         }
     };
-    let shared = shared.clone();
     tracker.spawn(async move {
-        match (ctx.protocol, &ctx.frontend.mode) {
-            (Protocol::Directory, _) => {
-                crate::directory::serve_tcp(shared, &ctx, stream, peer).await
-            }
-            (_, Mode::Proxy) => crate::tcp::serve(shared, &ctx, stream, peer).await,
-            (_, _) => crate::fanout::serve_tcp(shared, &ctx, stream, peer).await,
+        match ctx.service {
+            Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
+            Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
+            Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
+            // A UDP service never gets a TCP connection.
+            Service::UdpProxy | Service::UdpFanout | Service::DirectoryUdp => drop(ledger),
         }
-        drop(guard);
     });
 }
-
-/// Descriptors an accepted TCP connection is charged: its own and one upstream socket.
-const TCP_DESCRIPTORS: usize = 2;
 
 /// Gives back the connection slots of a connection that will not be served.
 fn release(shared: &Shared, ctx: &AcceptCtx) {
@@ -680,16 +613,4 @@ async fn wait_below(limits: &Limits, n: usize, stop: &CancellationToken) -> Resu
         }
     }
     Ok(())
-}
-
-/// Releases the connection slots and the worker's load however the connection task ends.
-struct ReleaseOnDrop(Arc<Shared>, Arc<AcceptCtx>, usize);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        release(&self.0, &self.1);
-        if let Some(p) = self.0.peers.get(self.2) {
-            p.load.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
 }

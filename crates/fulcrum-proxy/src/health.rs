@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::engine::Shared;
+use crate::context::Shared;
 use crate::probe::probe;
 use crate::state::{PoolState, Snapshot};
 

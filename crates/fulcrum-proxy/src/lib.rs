@@ -6,11 +6,13 @@
 
 mod clock;
 mod connect;
+mod context;
 mod copy;
 mod directory;
 mod engine;
 mod fanout;
 mod health;
+mod ledger;
 mod listener;
 mod park;
 mod probe;
@@ -23,7 +25,8 @@ mod tcp;
 mod udp;
 
 pub use clock::now_ms;
-pub use engine::{AcceptCtx, Engine, EngineOptions, Shared, SpliceMode, StartError};
+pub use context::{AcceptCtx, Service, Shared, SpliceMode};
+pub use engine::{Engine, EngineOptions, StartError};
 pub use health::run_pool_checks;
 pub use pull::run_agent_pull;
 pub use ratelog::RateLimit;

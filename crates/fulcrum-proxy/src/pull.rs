@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Shared;
+use crate::context::Shared;
 use crate::state::{AGENT_DOWN, AGENT_DRAIN, AGENT_UP};
 
 /// Reads one agent reply from `addr`: at most 512 bytes, up to a newline or EOF.

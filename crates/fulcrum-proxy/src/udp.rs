@@ -18,7 +18,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fulcrum_core::balance::{Tried, hash_ip};
 use fulcrum_core::udp::{Activity, SessionTable};
@@ -28,9 +28,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::engine::{AcceptCtx, Shared};
+use crate::context::{AcceptCtx, Shared};
+use crate::ledger::{Ledger, Picked};
 use crate::ratelog::RateLimit;
-use crate::state::{PoolState, ServerStats};
+use crate::state::PoolState;
 use crate::stats::FrontendStats;
 
 /// Largest UDP payload (IPv6 jumbograms aside); a datagram is never cut short.
@@ -147,12 +148,8 @@ struct Session {
     upstream: Arc<UdpSocket>,
     queue: mpsc::Sender<Vec<u8>>,
     task: tokio::task::JoinHandle<()>,
-    server: Arc<ServerStats>,
-    server_key: String,
-    ctx: Arc<AcceptCtx>,
-    shared: Arc<Shared>,
-    started: Instant,
-    outcome: &'static str,
+    /// The session's slots, its server and its access-log line (dropped after `drop` below).
+    ledger: Ledger,
 }
 
 impl Drop for Session {
@@ -161,27 +158,8 @@ impl Drop for Session {
         // Datagrams still parked die with the queue: their bytes go back to the worker.
         let left = self.flow.parked_bytes.swap(0, Ordering::Relaxed);
         self.flow.worker_parked.fetch_sub(left, Ordering::Relaxed);
-        let (bytes_in, bytes_out) = (
-            self.flow.bytes_in.load(Ordering::Relaxed),
-            self.flow.bytes_out.load(Ordering::Relaxed),
-        );
-        self.server.active.fetch_sub(1, Ordering::Relaxed);
-        self.server.on_released();
-        self.server.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        self.server.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-        let f = &self.ctx.stats;
-        f.connections_active.fetch_sub(1, Ordering::Relaxed);
-        f.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        f.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-        release(&self.shared, &self.ctx);
-        if self.shared.access_log() {
-            tracing::info!(
-                target: "fulcrum::access",
-                client = %self.flow.client, frontend = %self.ctx.name, server = %self.server_key,
-                bytes_in, bytes_out, duration_ms = self.started.elapsed().as_millis() as u64,
-                outcome = self.outcome, protocol = "udp"
-            );
-        }
+        self.ledger.bytes_in = self.flow.bytes_in.load(Ordering::Relaxed);
+        self.ledger.bytes_out = self.flow.bytes_out.load(Ordering::Relaxed);
     }
 }
 
@@ -264,7 +242,7 @@ struct Worker<'a> {
 /// Ends a session, with `outcome` for its log line: the one place a session ends.
 fn end(mut s: Entry, outcome: &'static str, sources: &mut Sources) {
     sources.give_back(s.value.flow.client.ip());
-    s.value.outcome = outcome;
+    s.value.ledger.outcome = outcome;
     drop(s);
 }
 
@@ -388,7 +366,8 @@ fn forward(stats: &FrontendStats, s: &Session, data: &[u8]) -> Forwarded {
         stats.udp_drops_queue_full.fetch_add(1, Ordering::Relaxed);
         if let Some(skipped) = QUEUE_LOG.allow(now_ms()) {
             tracing::warn!(
-                frontend = %s.ctx.name, client = %s.flow.client, server = %s.server_key,
+                frontend = %s.ledger.ctx().name, client = %s.flow.client,
+                server = %s.ledger.server().map_or("-", |p| p.key.as_str()),
                 skipped, "udp datagram dropped: the session's queue to its server is full"
             );
         }
@@ -441,9 +420,9 @@ fn open(
     }
     let picked = pool.as_ref().and_then(|p| {
         let i = pick(p, client)?;
-        Some((i, p.servers.get(i)?))
+        Some((p, i, p.servers.get(i)?))
     });
-    let Some((index, server)) = picked else {
+    let Some((pool, index, server)) = picked else {
         release(shared, ctx);
         stats.udp_drops_no_server.fetch_add(1, Ordering::Relaxed);
         stats.no_server.fetch_add(1, Ordering::Relaxed);
@@ -470,12 +449,12 @@ fn open(
             return None;
         }
     };
+    // From here the ledger owns the session slot and the server's count.
+    let mut ledger = Ledger::udp_session(shared.clone(), ctx.clone(), client);
     server.stats.active.fetch_add(1, Ordering::Relaxed);
     server.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     server.stats.on_assigned();
     stats.udp_sessions_total.fetch_add(1, Ordering::Relaxed);
-    stats.connections_total.fetch_add(1, Ordering::Relaxed);
-    stats.connections_active.fetch_add(1, Ordering::Relaxed);
     let flow = Arc::new(Flow {
         client,
         last_answer_ms: AtomicU64::new(0),
@@ -501,12 +480,10 @@ fn open(
             upstream,
             queue,
             task,
-            server: server.stats.clone(),
-            server_key: server.key.clone(),
-            ctx: ctx.clone(),
-            shared: shared.clone(),
-            started: Instant::now(),
-            outcome: "stopped",
+            ledger: {
+                ledger.hold(Picked { pool: pool.clone(), index });
+                ledger
+            },
         },
     ))
 }

@@ -8,7 +8,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use tokio::task::AbortHandle;
 use super::upstream::{self, Idle, PipeHandle, UpEvent};
 use super::{CLIENT_LOG, MAX_LINE, PIPELINE_DEPTH, Settings, choose, is_over, no_server};
 use crate::clock::now_ms;
-use crate::engine::{AcceptCtx, Shared};
+use crate::ledger::Ledger;
 use crate::state::PoolState;
 use crate::stats::FrontendStats;
 
@@ -242,9 +241,9 @@ impl Session {
 
 /// Serves one client connection of a TCP fan-out or hedge frontend: newline-delimited
 /// requests, answered one line each, in request order.
-pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, s: TcpStream, peer: SocketAddr) {
+pub async fn serve_tcp(mut ledger: Ledger, s: TcpStream) {
+    let (shared, ctx, peer) = (ledger.shared().clone(), ledger.ctx().clone(), ledger.client());
     let Some(settings) = Settings::of(&ctx.frontend.mode) else { return };
-    let started = Instant::now();
     let (pool, idle, send_timeout) = {
         let snap = shared.state.load();
         let Some(fe) = snap.frontend(&ctx.name) else { return };
@@ -253,8 +252,6 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, s: TcpStream, peer:
     };
     // TCP_NODELAY is inherited from the listener (listener.rs).
     let stats = ctx.stats.clone();
-    stats.connections_total.fetch_add(1, Ordering::Relaxed);
-    stats.connections_active.fetch_add(1, Ordering::Relaxed);
     let (mut rd, mut wr) = s.into_split();
     // Every sender sends at most one event per request in flight (or per late answer of a
     // pipelined connection, which waits for room): the session drains it in every state.
@@ -328,7 +325,6 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, s: TcpStream, peer:
                 Ok(n) if n > 0 => {
                     sent += n;
                     bytes_out += n as u64;
-                    stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     stalled = Some(Instant::now());
                 }
                 _ => break "client-error",
@@ -349,7 +345,6 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, s: TcpStream, peer:
                 Ok(n) => {
                     inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
                     bytes_in += n as u64;
-                    stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     if inbuf.len() > MAX_LINE && !inbuf.contains(&b'\n') {
                         // Answer what was asked, then close.
                         stats.fanout_dropped.fetch_add(1, Ordering::Relaxed);
@@ -379,14 +374,9 @@ pub async fn serve_tcp(shared: Arc<Shared>, ctx: &AcceptCtx, s: TcpStream, peer:
     } else {
         let _ = tokio::time::timeout(send_timeout, wr.shutdown()).await;
     }
-    stats.connections_active.fetch_sub(1, Ordering::Relaxed);
-    if shared.access_log() {
-        tracing::info!(
-            target: "fulcrum::access",
-            client = %peer, frontend = %ctx.name, server = "-", bytes_in, bytes_out,
-            duration_ms = started.elapsed().as_millis() as u64, outcome
-        );
-    }
+    ledger.bytes_in = bytes_in;
+    ledger.bytes_out = bytes_out;
+    ledger.outcome = outcome;
 }
 
 pub(super) async fn sleep_until_opt(at: Option<Instant>) {

@@ -23,7 +23,7 @@ use super::{
     no_server, upstream_failed,
 };
 use crate::clock::now_ms;
-use crate::engine::{AcceptCtx, Shared};
+use crate::context::{AcceptCtx, Shared};
 use crate::state::PoolState;
 
 thread_local! {

@@ -1,0 +1,155 @@
+//! One ledger per client: an accepted TCP connection (whatever its service) or a UDP session.
+//! Made when the client is admitted, it owns every slot and count the client holds — the
+//! global and frontend connection slots and descriptors (TCP) or the session slot and
+//! descriptor (UDP), the worker's load, the frontend's active count, and the server's
+//! `active` count once a server is held — and gives them all back when it is dropped, however
+//! the client's task ends (cancellation at shutdown included). It also writes the client's
+//! one access-log line, with the same fields for every protocol: `client`, `frontend`,
+//! `protocol`, `server` (`-` when none), `bytes_in`, `bytes_out`, `duration_ms`, `outcome`.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::context::{AcceptCtx, Shared};
+use crate::state::{PoolState, ServerEntry};
+
+/// Descriptors an accepted TCP connection is charged: its own and one upstream socket.
+pub(crate) const TCP_DESCRIPTORS: usize = 2;
+
+/// A server entry that stays valid after the snapshot it came from is replaced.
+pub struct Picked {
+    pub(crate) pool: Arc<PoolState>,
+    pub(crate) index: usize,
+}
+
+impl Deref for Picked {
+    type Target = ServerEntry;
+    fn deref(&self) -> &ServerEntry {
+        &self.pool.servers[self.index]
+    }
+}
+
+/// What kind of admission the ledger gives back.
+enum Slots {
+    /// Global and frontend connection slots, two descriptors, and the load of this worker.
+    Tcp { worker: usize },
+    /// A session slot of the frontend and one descriptor.
+    UdpSession,
+}
+
+pub struct Ledger {
+    shared: Arc<Shared>,
+    ctx: Arc<AcceptCtx>,
+    client: SocketAddr,
+    started: Instant,
+    slots: Slots,
+    /// The server this client is held on; its `active` count includes this client.
+    server: Option<Picked>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub outcome: &'static str,
+}
+
+impl Ledger {
+    /// The ledger of a TCP connection whose slots the accept loop took and whose place in
+    /// `worker`'s load was counted.
+    pub(crate) fn tcp(
+        shared: Arc<Shared>,
+        ctx: Arc<AcceptCtx>,
+        worker: usize,
+        client: SocketAddr,
+    ) -> Ledger {
+        Self::open(shared, ctx, client, Slots::Tcp { worker })
+    }
+
+    /// The ledger of a UDP session whose slots `udp::acquire` took.
+    pub(crate) fn udp_session(
+        shared: Arc<Shared>,
+        ctx: Arc<AcceptCtx>,
+        client: SocketAddr,
+    ) -> Ledger {
+        Self::open(shared, ctx, client, Slots::UdpSession)
+    }
+
+    fn open(shared: Arc<Shared>, ctx: Arc<AcceptCtx>, client: SocketAddr, slots: Slots) -> Self {
+        ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        Ledger {
+            shared,
+            ctx,
+            client,
+            started: Instant::now(),
+            slots,
+            server: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: "stopped",
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn ctx(&self) -> &Arc<AcceptCtx> {
+        &self.ctx
+    }
+
+    pub fn client(&self) -> SocketAddr {
+        self.client
+    }
+
+    /// Holds `server`, whose `active` count the caller has already raised for this client:
+    /// from now on the ledger lowers it when the client ends.
+    pub(crate) fn hold(&mut self, server: Picked) {
+        self.server = Some(server);
+    }
+
+    pub fn server(&self) -> Option<&Picked> {
+        self.server.as_ref()
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let f = &self.ctx.stats;
+        if let Some(s) = &self.server {
+            s.stats.active.fetch_sub(1, Ordering::Relaxed);
+            s.stats.on_released();
+            s.stats.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
+            s.stats.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
+        }
+        f.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
+        f.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
+        f.connections_active.fetch_sub(1, Ordering::Relaxed);
+        match self.slots {
+            Slots::Tcp { worker } => {
+                self.shared.limits.release();
+                self.shared.descriptors.release_n(TCP_DESCRIPTORS);
+                if let Some(l) = &self.ctx.limits {
+                    l.release();
+                }
+                if let Some(p) = self.shared.peers.get(worker) {
+                    p.load.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Slots::UdpSession => {
+                f.udp_sessions_active.fetch_sub(1, Ordering::Relaxed);
+                self.shared.descriptors.release();
+            }
+        }
+        if self.shared.access_log() {
+            let server = self.server.as_ref().map_or("-", |s| s.key.as_str());
+            tracing::info!(
+                target: "fulcrum::access",
+                client = %self.client, frontend = %self.ctx.name,
+                protocol = self.ctx.service.log_name(), server, bytes_in = self.bytes_in,
+                bytes_out = self.bytes_out, duration_ms = self.started.elapsed().as_millis() as u64,
+                outcome = self.outcome
+            );
+        }
+    }
+}
