@@ -2,14 +2,15 @@
 //! and an optional body substring, or a send/expect exchange. The whole probe is bounded by
 //! the check's timeout and every read by a byte limit; a failure comes back as a short reason
 //! for the log ("connect refused", "status 500 not in 200-399"), never as a panic: the bytes
-//! read here come from servers that may be broken in any way.
+//! read here come from servers that may be broken in any way. HTTP heads and chunk-size lines
+//! are parsed by `httparse`; this module only frames the body and searches it.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use fulcrum_config::HealthKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -88,8 +89,8 @@ fn io_error(what: &str, e: &io::Error) -> String {
     }
 }
 
-async fn http(
-    stream: &mut TcpStream,
+async fn http<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     addr: SocketAddr,
     path: &str,
     host: Option<&str>,
@@ -166,7 +167,10 @@ async fn http(
 }
 
 /// Reads more bytes into `buf` without letting it grow past [`MAX_HTTP_RESPONSE`]; true on EOF.
-async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<bool, String> {
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<bool, String> {
     let room = MAX_HTTP_RESPONSE.saturating_sub(buf.len());
     let mut chunk = [0u8; 4096];
     let want = room.min(chunk.len());
@@ -191,48 +195,35 @@ struct Head {
     framing: Framing,
 }
 
-/// Parses a response head from the start of `buf`: `Ok(None)` when more bytes are needed,
-/// `Err` when the bytes are not an HTTP/1.x response. Lines end in CRLF or a bare LF.
+/// Most header lines a probe's response may carry (hyper's default limit too); more is a
+/// failed probe. A 64 KiB head holds at most this many anyway in any sane response.
+const MAX_HEADERS: usize = 100;
+
+/// Parses a response head from the start of `buf` with `httparse`: `Ok(None)` when more bytes
+/// are needed, `Err` when the bytes are not an HTTP/1.0 or HTTP/1.1 response. Garbage is
+/// rejected as soon as its first bytes show it, not only when a line is complete.
 fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
-    const GARBAGE: &str = "not an HTTP response";
-    // Reject garbage as soon as the first bytes show it, not only when a line is complete.
-    let prefix = b"HTTP/1.";
-    let n = buf.len().min(prefix.len());
-    if buf.get(..n) != prefix.get(..n) {
-        return Err(GARBAGE.into());
-    }
-    let mut lines = Vec::new();
-    let mut start = 0;
-    let len = loop {
-        let Some(off) = buf.get(start..).and_then(|rest| rest.iter().position(|&b| b == b'\n'))
-        else {
-            return Ok(None);
-        };
-        let end = start + off;
-        let line = buf.get(start..end).unwrap_or_default();
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        start = end + 1;
-        if line.is_empty() {
-            break start;
-        }
-        lines.push(line);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(head_error(e)),
     };
-    let Some((status_line, headers)) = lines.split_first() else { return Err(GARBAGE.into()) };
-    let status = parse_status_line(status_line).ok_or(GARBAGE)?;
+    let status = response.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        return Err(format!("invalid status code {status:03} in the response"));
+    }
     let mut framing = Framing::UntilClose;
-    for h in headers {
-        let Some(colon) = h.iter().position(|&b| b == b':') else {
-            return Err("malformed header line in the response".into());
-        };
-        let (name, value) =
-            (h.get(..colon).unwrap_or_default(), trim(h.get(colon + 1..).unwrap_or_default()));
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+    for h in response.headers.iter() {
+        let value = trim(h.value);
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // Chunked is the last coding when present (RFC 9112 §6.3); it wins over a length.
             let last = value.rsplit(|&b| b == b',').next().map(trim).unwrap_or_default();
             if last.eq_ignore_ascii_case(b"chunked") {
                 framing = Framing::Chunked;
             }
-        } else if name.eq_ignore_ascii_case(b"content-length") && framing != Framing::Chunked {
+        } else if h.name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
             let n = parse_decimal(value).ok_or("invalid Content-Length in the response")?;
             framing = Framing::Length(n);
         }
@@ -240,24 +231,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     Ok(Some(Head { status, len, framing }))
 }
 
-/// `HTTP/1.x SSS[ reason]` → SSS.
-fn parse_status_line(line: &[u8]) -> Option<u16> {
-    let rest = line.strip_prefix(b"HTTP/1.")?;
-    let (&minor, rest) = rest.split_first()?;
-    if !minor.is_ascii_digit() {
-        return None;
+/// The log's reason for a head `httparse` refused.
+fn head_error(e: httparse::Error) -> String {
+    use httparse::Error as E;
+    match e {
+        E::Version => "not an HTTP/1.x response".into(),
+        E::Status => "invalid status line in the response".into(),
+        E::HeaderName | E::HeaderValue | E::NewLine | E::Token => {
+            format!("malformed response head: {e}")
+        }
+        E::TooManyHeaders => format!("more than {MAX_HEADERS} headers in the response"),
     }
-    let rest = rest.strip_prefix(b" ")?;
-    let code = rest.get(..3)?;
-    if !code.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    match rest.get(3) {
-        None | Some(b' ') => {}
-        Some(_) => return None,
-    }
-    let status = code.iter().fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
-    (100..=999).contains(&status).then_some(status)
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {
@@ -274,31 +258,28 @@ fn trim(s: &[u8]) -> &[u8] {
 }
 
 /// Decodes as much of a chunked body as `raw` holds: the data so far and whether the last
-/// chunk was seen. Trailers are not needed for a body check and are not read.
+/// chunk was seen. Chunk-size lines (with extensions, which are ignored) are parsed by
+/// `httparse::parse_chunk_size`. Trailers are not needed for a body check and are not read.
 fn decode_chunked(raw: &[u8]) -> Result<(Vec<u8>, bool), String> {
     const BAD: &str = "malformed chunked body";
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
         let rest = raw.get(pos..).unwrap_or_default();
-        let Some(nl) = rest.iter().position(|&b| b == b'\n') else { return Ok((out, false)) };
-        let line = rest.get(..nl).unwrap_or_default();
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        // Chunk extensions (";name=value") are allowed and ignored.
-        let size_text = trim(line.split(|&b| b == b';').next().unwrap_or_default());
-        if size_text.is_empty() || size_text.len() > 15 {
+        // httparse reads an empty size line as 0; a size needs at least one digit.
+        if rest.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
             return Err(BAD.into());
         }
-        let size = size_text.iter().try_fold(0usize, |acc, &b| {
-            let d = (b as char).to_digit(16)?;
-            acc.checked_mul(16)?.checked_add(d as usize)
-        });
-        let size = size.ok_or(BAD)?;
+        let (line_len, size) = match httparse::parse_chunk_size(rest) {
+            Ok(httparse::Status::Complete(done)) => done,
+            Ok(httparse::Status::Partial) => return Ok((out, false)),
+            Err(httparse::InvalidChunkSize) => return Err(BAD.into()),
+        };
         if size == 0 {
             return Ok((out, true));
         }
-        let data_start = pos + nl + 1;
-        let data = raw.get(data_start..).unwrap_or_default();
+        let data = rest.get(line_len..).unwrap_or_default();
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
         if data.len() < size {
             out.extend_from_slice(data);
             return Ok((out, false));
@@ -315,7 +296,7 @@ fn decode_chunked(raw: &[u8]) -> Result<(Vec<u8>, bool), String> {
         } else {
             return Err(BAD.into());
         };
-        pos = data_start + size + skip;
+        pos += line_len + size + skip;
     }
 }
 
@@ -596,25 +577,185 @@ mod tests {
         holder.abort();
     }
 
+    /// Runs `http` over an in-memory pipe that carries at most `piece` bytes per read, with
+    /// a peer that reads the request head and then writes `answer` and closes.
+    async fn http_in_pieces(
+        answer: &[u8],
+        piece: usize,
+        want_body: Option<&str>,
+    ) -> Result<(), String> {
+        let (mut ours, mut theirs) = tokio::io::duplex(piece);
+        let answer = answer.to_vec();
+        let peer = tokio::spawn(async move {
+            let mut req = Vec::new();
+            let mut b = [0u8; 64];
+            while !req.ends_with(b"\r\n\r\n") {
+                match theirs.read(&mut b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
+            let _ = theirs.write_all(&answer).await;
+        });
+        let addr: SocketAddr = ([127, 0, 0, 1], 80).into();
+        let exchange = http(&mut ours, addr, "/", None, (200, 399), want_body);
+        let r = tokio::time::timeout(Duration::from_secs(5), exchange).await;
+        // Closing our end ends a peer still writing what the probe did not need.
+        drop(ours);
+        peer.await.unwrap();
+        r.unwrap_or_else(|_| Err("test deadline".into()))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn http_response_split_across_many_reads() {
+        let length = &b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 9\r\n\r\nall is ok"[..];
+        let chunked = &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                        4\r\nall \r\n5;x=y\r\nis ok\r\n0\r\n\r\n"[..];
+        let until_close = &b"HTTP/1.0 200 OK\r\n\r\nall is ok"[..];
+        for piece in [1, 2, 3, 7, 64] {
+            for answer in [length, chunked, until_close] {
+                let r = http_in_pieces(answer, piece, Some("all is ok")).await;
+                assert_eq!(
+                    r,
+                    Ok(()),
+                    "{piece}-byte reads of {:?}",
+                    String::from_utf8_lossy(answer)
+                );
+                let r = http_in_pieces(answer, piece, Some("not there")).await;
+                assert_eq!(r, Err("body does not contain \"not there\"".into()), "{piece}");
+            }
+            let r = http_in_pieces(b"HTTP/1.1 503 Busy\r\n\r\n", piece, None).await;
+            assert_eq!(r, Err("status 503 not in 200-399".into()));
+            let r = http_in_pieces(b"HTTP/1.1 200 OK\r\nServer", piece, None).await;
+            assert_eq!(r, Err("connection closed in the response head".into()));
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn http_oversized_head_fails_cleanly() {
+        // Well-formed headers, but the blank line that ends the head lies past 64 KiB.
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        big.extend_from_slice(b"X-Pad: ");
+        big.extend(std::iter::repeat_n(b'p', 70 * 1024));
+        big.extend_from_slice(b"\r\n\r\nok");
+        let (addr, _seen) = answering(big).await;
+        let e = probe(&http_check((200, 399), None), addr, Duration::from_secs(5)).await;
+        assert_eq!(e, Err("response head larger than 64 KiB".into()));
+        // Too many header lines in a small head.
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for _ in 0..200 {
+            many.extend_from_slice(b"X: y\r\n");
+        }
+        many.extend_from_slice(b"\r\n");
+        let (addr, _seen) = answering(many).await;
+        let e = probe(&http_check((200, 399), None), addr, T).await;
+        assert_eq!(e, Err("more than 100 headers in the response".into()));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn http_invalid_status_line_fails_with_a_reason() {
+        for (answer, reason) in [
+            (&b"HTTP/1.1 2x0 OK\r\n\r\n"[..], "invalid status line in the response"),
+            (b"HTTP/1.1 99 OK\r\n\r\n", "invalid status line in the response"),
+            (b"HTTP/1.1 000 Zero\r\n\r\n", "invalid status code 000 in the response"),
+            (b"ICY 200 OK\r\n\r\n", "not an HTTP/1.x response"),
+        ] {
+            let (addr, _seen) = answering(answer.to_vec()).await;
+            let e = probe(&http_check((200, 399), None), addr, T).await;
+            assert_eq!(e, Err(reason.into()), "{:?}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn partial_head_then_silence_times_out() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        // Sends half a head, then holds the connection open without another byte.
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-").await;
+                held.push(s);
+            }
+        });
+        let t = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let e = probe(&http_check((200, 399), None), addr, t).await;
+        assert_eq!(e, Err("timeout waiting for the answer".into()));
+        let took = started.elapsed();
+        assert!(took >= t && took < t + Duration::from_millis(400), "took {took:?}");
+        holder.abort();
+    }
+
     #[test]
     fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Some(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 404"), Some(404));
-        assert_eq!(parse_status_line(b"HTTP/1.1 503 "), Some(503));
+        let status = |line: &[u8]| parse_head(&[line, b"\r\n\r\n"].concat());
+        assert_eq!(status(b"HTTP/1.1 200 OK").map(|h| h.map(|h| h.status)), Ok(Some(200)));
+        assert_eq!(status(b"HTTP/1.0 404").map(|h| h.map(|h| h.status)), Ok(Some(404)));
+        assert_eq!(status(b"HTTP/1.1 503 ").map(|h| h.map(|h| h.status)), Ok(Some(503)));
         for bad in [
-            &b""[..],
-            b"HTTP/1.1",
+            &b"HTTP/1.1"[..],
             b"HTTP/1.1 ",
             b"HTTP/1.1 20",
             b"HTTP/1.1 2000",
             b"HTTP/1.1 099 x",
             b"HTTP/1.x 200",
+            b"HTTP/1.2 200",
             b"HTTP/1.1  200",
             b"HTTP/1.1 +20",
             b"http/1.1 200",
         ] {
-            assert_eq!(parse_status_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert!(status(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        // Blank lines before the status line are skipped (RFC 9112 §2.2), so blank lines
+        // alone are an unfinished head, which fails when the connection closes.
+        assert_eq!(status(b""), Ok(None));
+    }
+
+    #[test]
+    fn invalid_heads_have_clear_reasons() {
+        for (answer, reason) in [
+            (&b"SSH-2.0-OpenSSH_9.6\r\n"[..], "not an HTTP/1.x response"),
+            (b"HTTP/2 200\r\n\r\n", "not an HTTP/1.x response"),
+            (b"HTTP/1.1 2x0 OK\r\n\r\n", "invalid status line in the response"),
+            (b"HTTP/1.1 200OK\r\n\r\n", "invalid status line in the response"),
+            (b"HTTP/1.1 099 Low\r\n\r\n", "invalid status code 099 in the response"),
+            (
+                b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+                "malformed response head: invalid header name",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nA: b\rc\r\n\r\n",
+                "malformed response head: invalid header value",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+                "invalid Content-Length in the response",
+            ),
+        ] {
+            assert_eq!(
+                parse_head(answer),
+                Err(reason.into()),
+                "{:?}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_head(&many), Err("more than 100 headers in the response".into()));
+    }
+
+    #[test]
+    fn every_prefix_of_a_head_is_unfinished() {
+        let full = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\n";
+        for n in 0..full.len() {
+            assert_eq!(parse_head(&full[..n]), Ok(None), "prefix {n}");
+        }
+        let h = parse_head(full).unwrap().unwrap();
+        assert_eq!((h.status, h.len, h.framing), (200, full.len(), Framing::Length(2)));
     }
 
     #[test]

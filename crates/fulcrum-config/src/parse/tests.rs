@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use fulcrum_core::balance::Algorithm;
+use fulcrum_core::eject::EjectPolicy;
 
 const GOOD: &str = r#"
 workers = 2

@@ -1,0 +1,236 @@
+//! `[frontend.NAME]` tables: bind address, protocol, pool reference, per-frontend limits and
+//! timeouts, directory mode, and the `fanout` sub-table (fan-out and hedge settings).
+
+use std::time::Duration;
+
+use super::{Value, Walker};
+use crate::addr::parse_listen;
+use crate::model::*;
+
+const FRONTEND_KEYS: &[&str] = &[
+    "bind",
+    "protocol",
+    "pool",
+    "idle_timeout",
+    "send_timeout",
+    "max_connections",
+    "session_timeout",
+    "max_sessions",
+    "max_sessions_per_source",
+    "mode",
+    "delay",
+    "fanout",
+];
+const FANOUT_KEYS: &[&str] =
+    &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
+/// Longest fan-out `timeout` and `delay`.
+const MAX_FANOUT_DURATION: Duration = Duration::from_secs(3600);
+/// Protocols later versions add; named so the error says "not supported yet", not "unknown".
+const FUTURE_PROTOCOLS: &[&str] = &["http", "https"];
+
+impl Walker<'_> {
+    pub(super) fn frontend(
+        &mut self,
+        name: &str,
+        v: &Value<'_>,
+        path: &str,
+        c: &Config,
+    ) -> Option<Frontend> {
+        let t = self.table(v, path)?;
+        self.check_keys(t, path, FRONTEND_KEYS);
+        let mut ok = true;
+        let bind = match t.get("bind") {
+            Some(bv) => {
+                let key = format!("{path}.bind");
+                match self.string(bv, &key).map(parse_listen) {
+                    Some(Ok(a)) => Some(a),
+                    Some(Err(e)) => {
+                        self.error(bv, &key, e);
+                        None
+                    }
+                    None => None,
+                }
+            }
+            None => {
+                self.error(
+                    v,
+                    &format!("{path}.bind"),
+                    "missing key (the address to listen on, e.g. \"127.0.0.1:8080\")",
+                );
+                None
+            }
+        };
+        let mut protocol = Protocol::Tcp;
+        if let Some(pv) = t.get("protocol") {
+            let key = format!("{path}.protocol");
+            if let Some(p) = self.string(pv, &key) {
+                const SUPPORTED: &str = "tcp, udp, directory, directory-udp";
+                match p {
+                    "tcp" => protocol = Protocol::Tcp,
+                    "udp" => protocol = Protocol::Udp,
+                    "directory" => protocol = Protocol::Directory,
+                    "directory-udp" => protocol = Protocol::DirectoryUdp,
+                    p if FUTURE_PROTOCOLS.contains(&p) => {
+                        let m = format!(
+                            "protocol \"{p}\" is not supported by this version yet (supported: {SUPPORTED})"
+                        );
+                        self.error(pv, &key, m);
+                        ok = false;
+                    }
+                    p => {
+                        self.error(
+                            pv,
+                            &key,
+                            format!("unknown protocol \"{p}\" (expected: {SUPPORTED})"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        }
+        let pool = match t.get("pool") {
+            Some(pv) => {
+                let key = format!("{path}.pool");
+                let p = self.string(pv, &key)?;
+                if c.pool(p).is_none() {
+                    self.error(
+                        pv,
+                        &key,
+                        format!("pool \"{p}\" is not defined (add a [pool.{p}] table)"),
+                    );
+                    ok = false;
+                }
+                Some(p.to_string())
+            }
+            None => {
+                self.error(
+                    v,
+                    &format!("{path}.pool"),
+                    "missing key (the name of the pool to send connections to)",
+                );
+                None
+            }
+        };
+        let mut f = Frontend::new(name, bind?, &pool?);
+        f.protocol = protocol;
+        if let Some(x) = t.get("session_timeout") {
+            f.session_timeout = self
+                .nonzero_duration(x, &format!("{path}.session_timeout"))
+                .unwrap_or(f.session_timeout);
+        }
+        if let Some(x) = t.get("max_sessions") {
+            f.max_sessions = self
+                .integer(x, &format!("{path}.max_sessions"), 1, 1_000_000)
+                .map_or(f.max_sessions, |n| n as usize);
+        }
+        if let Some(x) = t.get("max_sessions_per_source") {
+            f.max_sessions_per_source = self
+                .integer(x, &format!("{path}.max_sessions_per_source"), 1, 1_000_000)
+                .map_or(f.max_sessions_per_source, |n| n as usize);
+        }
+        let mut fan = Fanout::default();
+        if let Some(x) = t.get("fanout") {
+            fan = self.fanout(x, &format!("{path}.fanout"));
+        }
+        if let Some(x) = t.get("delay") {
+            fan.delay =
+                self.fanout_duration(x, &format!("{path}.delay"), false).unwrap_or(fan.delay);
+        }
+        if let Some(x) = t.get("mode") {
+            let key = format!("{path}.mode");
+            match self.string(x, &key) {
+                Some("proxy") => f.mode = Mode::Proxy,
+                Some("fanout") => f.mode = Mode::Fanout(fan),
+                Some("hedge") => f.mode = Mode::Hedge(fan),
+                Some(other) => {
+                    self.error(
+                        x,
+                        &key,
+                        format!("unknown mode \"{other}\" (expected: proxy, fanout, hedge)"),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+            if f.mode != Mode::Proxy && !matches!(protocol, Protocol::Tcp | Protocol::Udp) {
+                self.error(x, &key, "fanout and hedge work on tcp and udp frontends only");
+                ok = false;
+            }
+        } else if t.get("fanout").is_some() {
+            let fv = t.get("fanout")?;
+            self.error(
+                fv,
+                &format!("{path}.fanout"),
+                "set mode = \"fanout\" or \"hedge\" to use these settings",
+            );
+            ok = false;
+        }
+        if let Some(iv) = t.get("idle_timeout") {
+            f.idle_timeout = self
+                .nonzero_duration(iv, &format!("{path}.idle_timeout"))
+                .unwrap_or(f.idle_timeout);
+        }
+        if let Some(sv) = t.get("send_timeout") {
+            f.send_timeout = self
+                .nonzero_duration(sv, &format!("{path}.send_timeout"))
+                .unwrap_or(f.send_timeout);
+        }
+        if let Some(mv) = t.get("max_connections") {
+            f.max_connections = self
+                .integer(mv, &format!("{path}.max_connections"), 1, 10_000_000)
+                .map(|n| n as usize);
+        }
+        ok.then_some(f)
+    }
+
+    pub(super) fn fanout(&mut self, v: &Value<'_>, path: &str) -> Fanout {
+        let mut f = Fanout::default();
+        let Some(t) = self.table(v, path) else { return f };
+        self.check_keys(t, path, FANOUT_KEYS);
+        if let Some(x) = t.get("timeout") {
+            f.timeout =
+                self.fanout_duration(x, &format!("{path}.timeout"), true).unwrap_or(f.timeout);
+        }
+        if let Some(x) = t.get("match") {
+            let key = format!("{path}.match");
+            match self.string(x, &key) {
+                Some("none") => f.matching = AnswerMatch::OneAtATime,
+                Some("first-word") => f.matching = AnswerMatch::FirstWord,
+                Some(other) => self.error(
+                    x,
+                    &key,
+                    format!("unknown answer matching \"{other}\" (expected: none, first-word)"),
+                ),
+                None => {}
+            }
+        }
+        if let Some(x) = t.get("on_timeout") {
+            f.on_timeout = self.string(x, &format!("{path}.on_timeout")).map(str::to_string);
+        }
+        if let Some(x) = t.get("reject_prefix") {
+            f.reject_prefix = self.string(x, &format!("{path}.reject_prefix")).map(str::to_string);
+        }
+        if let Some(x) = t.get("servers") {
+            f.servers = self.integer(x, &format!("{path}.servers"), 1, 1_000).map(|n| n as usize);
+        }
+        if let Some(x) = t.get("delay") {
+            f.delay = self.fanout_duration(x, &format!("{path}.delay"), false).unwrap_or(f.delay);
+        }
+        f
+    }
+
+    /// A fan-out `timeout` (`nonzero`) or `delay`: at most [`MAX_FANOUT_DURATION`].
+    pub(super) fn fanout_duration(
+        &mut self,
+        v: &Value<'_>,
+        key: &str,
+        nonzero: bool,
+    ) -> Option<Duration> {
+        let d = if nonzero { self.nonzero_duration(v, key)? } else { self.duration(v, key)? };
+        if d > MAX_FANOUT_DURATION {
+            self.error(v, key, "must be at most 1h");
+            return None;
+        }
+        Some(d)
+    }
+}
