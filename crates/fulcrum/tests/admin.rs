@@ -224,16 +224,7 @@ async fn changes_and_reloads_under_load_drop_nothing() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, bad, tasks) = load(front, 8, stop.clone());
-    let progress = |n: u64| {
-        let ok = ok.clone();
-        async move {
-            let start = ok.load(Ordering::Relaxed);
-            wait_until_async(Duration::from_secs(20), "traffic to flow", || {
-                ok.load(Ordering::Relaxed) >= start + n
-            })
-            .await;
-        }
-    };
+    let progress = |n: u64| progress(&ok, n);
     progress(100).await;
     let api = &s.api;
     let pool = format!("{api}/api/v1/pools/app/servers");
@@ -294,6 +285,15 @@ async fn changes_and_reloads_under_load_drop_nothing() {
         "{v}"
     );
     assert_eq!(s.d.count("configuration reloaded"), 20);
+}
+
+/// Waits until `n` more requests of the load have succeeded.
+async fn progress(ok: &AtomicU64, n: u64) {
+    let start = ok.load(Ordering::Relaxed);
+    wait_until_async(Duration::from_secs(20), "traffic to flow", || {
+        ok.load(Ordering::Relaxed) >= start + n
+    })
+    .await;
 }
 
 async fn futures_join(n: usize) -> Vec<Backend> {
@@ -563,16 +563,7 @@ async fn reloads_that_change_a_frontend_keep_its_sockets() {
     let front = s.d.addr("web");
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, bad, tasks) = load(front, 8, stop.clone());
-    let progress = |n: u64| {
-        let ok = ok.clone();
-        async move {
-            let start = ok.load(Ordering::Relaxed);
-            wait_until_async(Duration::from_secs(20), "traffic to flow", || {
-                ok.load(Ordering::Relaxed) >= start + n
-            })
-            .await;
-        }
-    };
+    let progress = |n: u64| progress(&ok, n);
     progress(100).await;
     let path = s.dir.join("fulcrum.toml");
     for i in 0..20u32 {

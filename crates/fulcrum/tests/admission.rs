@@ -13,14 +13,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn get(url: &str) -> Value {
-    tokio::task::block_in_place(|| {
-        let mut r = ureq::get(url).call().unwrap();
-        let text = r.body_mut().read_to_string().unwrap();
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    })
-}
-
 fn servers_json(api: &str) -> Vec<Value> {
     get(&format!("{api}/api/v1/pools"))["pools"][0]["servers"].as_array().unwrap().clone()
 }

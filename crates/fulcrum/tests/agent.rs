@@ -121,14 +121,6 @@ async fn report_all(s: &Setup, bs: &[Backend], loads: [u64; 3]) -> Vec<AgentClie
     clients
 }
 
-fn get(url: &str) -> Value {
-    tokio::task::block_in_place(|| {
-        let mut r = ureq::get(url).call().unwrap();
-        let text = r.body_mut().read_to_string().unwrap();
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    })
-}
-
 fn addrs(s: &Setup) -> Vec<String> {
     let v = get(&format!("{}/api/v1/pools", s.api));
     v["pools"][0]["servers"]

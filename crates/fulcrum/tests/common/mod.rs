@@ -326,3 +326,13 @@ pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
     let p = d.path().join(name);
     (d, p)
 }
+
+/// GETs `url` and parses the answer as JSON (a string value when it is not JSON). Blocking
+/// client, run off the test's async workers.
+pub fn get(url: &str) -> serde_json::Value {
+    tokio::task::block_in_place(|| {
+        let mut r = ureq::get(url).call().unwrap();
+        let text = r.body_mut().read_to_string().unwrap();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    })
+}
