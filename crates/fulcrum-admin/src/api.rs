@@ -336,6 +336,6 @@ async fn scale_events(State(s): State<Shared>) -> axum::Json<Value> {
 }
 
 async fn reload(State(s): State<Shared>) -> Result<axum::Json<Value>, ApiError> {
-    s.controller.lock().await.reload()?;
+    crate::controller::reload_off_thread(&s.controller).await?;
     Ok(axum::Json(json!({ "status": "reloaded" })))
 }

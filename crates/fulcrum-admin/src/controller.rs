@@ -38,6 +38,25 @@ impl From<ChangeError> for ApiError {
     }
 }
 
+/// A config file read and its host names resolved, ready for [`Controller::reload_with`].
+pub struct Loaded {
+    path: PathBuf,
+    config: Config,
+    names: fulcrum_proxy::Names,
+}
+
+/// Reloads the config file with the slow half (reading, resolving names) on a blocking
+/// thread and the controller's lock held only to apply the result.
+pub async fn reload_off_thread(
+    controller: &tokio::sync::Mutex<Controller>,
+) -> Result<(), ApiError> {
+    let path = controller.lock().await.config_path();
+    let loaded = tokio::task::spawn_blocking(move || Controller::load_for_reload(path))
+        .await
+        .map_err(|e| ApiError::new(500, format!("reload task failed: {e}")))??;
+    controller.lock().await.reload_with(loaded)
+}
+
 /// What a pool's control-plane tasks were started for.
 #[derive(Debug, Clone, PartialEq)]
 struct PoolTasks {
@@ -217,14 +236,22 @@ impl Controller {
 
     /// Re-reads the config file. On any error the old config keeps serving and every error
     /// is returned.
-    pub fn reload(&mut self) -> Result<(), ApiError> {
-        let Some(path) = self.config_path.clone() else {
+    /// The config file a reload reads, if there is one.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config_path.clone()
+    }
+
+    /// Reads and resolves the config file for a reload: the slow half (file I/O, DNS), which
+    /// needs no controller state. Blocking: callers run it on a blocking thread, without the
+    /// controller's lock, then hand the result to [`Controller::reload_with`].
+    pub fn load_for_reload(path: Option<PathBuf>) -> Result<Loaded, ApiError> {
+        let Some(path) = path else {
             return Err(ApiError::new(
                 409,
                 "no config file to reload (started by `fulcrum forward`)",
             ));
         };
-        let new = fulcrum_config::load_file(&path).map_err(|e| {
+        let config = fulcrum_config::load_file(&path).map_err(|e| {
             let errors: Vec<String> = e.0.iter().map(|x| x.to_string()).collect();
             ApiError {
                 status: 400,
@@ -235,11 +262,31 @@ impl Controller {
                 errors,
             }
         })?;
-        self.engine.apply(&self.with_dynamic(self.overlay.apply(&new))).map_err(|e| ApiError {
+        let names = fulcrum_proxy::resolve_names(&config).map_err(|e| ApiError {
             status: 400,
             message: format!("cannot apply config: {e}; the old config keeps serving"),
             errors: vec![e],
         })?;
+        Ok(Loaded { path, config, names })
+    }
+
+    /// Reloads on this thread (file I/O and DNS included).
+    pub fn reload(&mut self) -> Result<(), ApiError> {
+        let loaded = Self::load_for_reload(self.config_path.clone())?;
+        self.reload_with(loaded)
+    }
+
+    /// The quick half of a reload: applies a config read and resolved by
+    /// [`Controller::load_for_reload`].
+    pub fn reload_with(&mut self, loaded: Loaded) -> Result<(), ApiError> {
+        let Loaded { path, config: new, names } = loaded;
+        self.engine.apply_with(&self.with_dynamic(self.overlay.apply(&new)), names).map_err(
+            |e| ApiError {
+                status: 400,
+                message: format!("cannot apply config: {e}; the old config keeps serving"),
+                errors: vec![e],
+            },
+        )?;
         self.base = new;
         self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.restart_health();

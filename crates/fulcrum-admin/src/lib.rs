@@ -14,7 +14,7 @@ mod statefile;
 
 pub use agent::{AgentStats, read_key, serve_agent, start_agent};
 pub use api::{AdminServer, serve_admin};
-pub use controller::{ApiError, Controller, ReadView};
+pub use controller::{ApiError, Controller, Loaded, ReadView, reload_off_thread};
 pub use metrics::render as render_metrics;
 pub use openapi::document as openapi_document;
 pub use scale::{ScaleEvent, ScaleLog};

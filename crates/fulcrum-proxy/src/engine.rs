@@ -27,7 +27,7 @@ use crate::context::{Peer, Sock, WorkerCmd};
 use crate::ledger::{Ledger, TCP_DESCRIPTORS};
 use crate::listener::{bind_group, bind_udp_group, is_resource_error};
 use crate::ratelog::RateLimit;
-use crate::state::{Snapshot, StatsRegistry};
+use crate::state::{Names, Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
 
 /// Settings that are not part of the config file's routing model.
@@ -102,6 +102,8 @@ pub struct Engine {
     cmds: Vec<mpsc::UnboundedSender<WorkerCmd>>,
     stop: CancellationToken,
     bound: Vec<(String, Bound)>,
+    /// Host names resolved for the current config, reused by later changes.
+    names: Names,
     registry: StatsRegistry,
     frontend_stats: HashMap<String, Arc<FrontendStats>>,
     generation: AtomicU64,
@@ -148,6 +150,7 @@ impl Engine {
             cmds,
             stop,
             bound: Vec::new(),
+            names: Names::new(),
             registry: StatsRegistry::new(),
             frontend_stats: HashMap::new(),
             generation: AtomicU64::new(0),
@@ -163,7 +166,17 @@ impl Engine {
         for f in &config.frontends {
             self.frontend_stats.entry(f.name.clone()).or_default();
         }
-        let snapshot = Snapshot::build(config, &mut self.registry, &self.frontend_stats)?;
+        self.apply_with(config, Names::new())
+    }
+
+    /// [`Engine::apply`] with host names resolved beforehand (`state::resolve_names`, on a
+    /// blocking thread). Names this engine resolved before are reused; only a name in neither
+    /// is resolved here, blocking.
+    pub fn apply_with(&mut self, config: &Config, fresh: Names) -> Result<(), String> {
+        let mut names = self.names.clone();
+        names.extend(fresh);
+        let snapshot =
+            Snapshot::build(config, &mut self.registry, &self.frontend_stats, &mut names)?;
         // Bind what is new or moved before touching anything; a frontend whose address and
         // protocol are unchanged keeps its sockets (new descriptors of them) even when its
         // other settings changed, so no handshake in a backlog is ever reset by a reload.
@@ -247,6 +260,10 @@ impl Engine {
                 .any(|p| &p.name == pool && p.servers.iter().any(|s| &s.address.to_string() == key))
         });
         self.frontend_stats.retain(|name, _| config.frontends.iter().any(|f| &f.name == name));
+        names.retain(|key, _| {
+            config.pools.iter().flat_map(|p| &p.servers).any(|s| &s.address.to_string() == key)
+        });
+        self.names = names;
         Ok(())
     }
 

@@ -139,7 +139,13 @@ mod tests {
     type Snap = Arc<ArcSwap<Snapshot>>;
 
     fn build(config: &fulcrum_config::Config) -> Snapshot {
-        Snapshot::build(config, &mut StatsRegistry::new(), &Default::default()).unwrap()
+        Snapshot::build(
+            config,
+            &mut StatsRegistry::new(),
+            &Default::default(),
+            &mut Default::default(),
+        )
+        .unwrap()
     }
 
     /// The routing snapshot for `toml`, with `edit` applied to the parsed config first (e.g.

@@ -31,7 +31,8 @@ pub use health::run_pool_checks;
 pub use pull::run_agent_pull;
 pub use ratelog::RateLimit;
 pub use state::{
-    AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, PoolState, ServerEntry, ServerStats, Snapshot,
+    AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, Names, PoolState, ServerEntry, ServerStats,
+    Snapshot, resolve_names,
 };
 pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, descriptor_budget};
 

@@ -430,18 +430,29 @@ impl Snapshot {
         self.pools.iter().find(|p| p.name == name)
     }
 
-    /// Builds the snapshot for `config`, resolving host names (blocking: control plane only).
+    /// Builds the snapshot for `config`. Host names are taken from `names` (resolved earlier,
+    /// off the control thread: [`resolve_names`]); a name not there is resolved here, which
+    /// blocks (the start, or a change that brings a name nobody resolved yet).
     pub fn build(
         config: &Config,
         registry: &mut StatsRegistry,
         frontend_stats: &HashMap<String, Arc<FrontendStats>>,
+        names: &mut Names,
     ) -> Result<Snapshot, String> {
         let mut pools = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
             let mut servers = Vec::with_capacity(p.servers.len());
             for s in &p.servers {
                 let key = s.address.to_string();
-                let addr = resolve(&s.address)?;
+                let addr = match (s.address.socket(), names.get(&key)) {
+                    (Some(a), _) => a,
+                    (None, Some(&a)) => a,
+                    (None, None) => {
+                        let a = resolve(&s.address)?;
+                        names.insert(key.clone(), a);
+                        a
+                    }
+                };
                 let stats = registry.entry((p.name.clone(), key.clone())).or_default().clone();
                 servers.push(ServerEntry { key, addr, weight: s.weight, state: s.state, stats });
             }
@@ -482,6 +493,22 @@ impl Snapshot {
         }
         Ok(Snapshot { frontends, pools })
     }
+}
+
+/// Resolved host names of servers, by their configured `host:port`.
+pub type Names = HashMap<String, SocketAddr>;
+
+/// Resolves every server host name of `config` (literal addresses need nothing). Blocking:
+/// run it on a blocking thread, then hand the result to the engine, so a slow name server
+/// never holds up the control thread or the controller's lock.
+pub fn resolve_names(config: &Config) -> Result<Names, String> {
+    let mut names = Names::new();
+    for s in config.pools.iter().flat_map(|p| &p.servers) {
+        if s.address.socket().is_none() {
+            names.insert(s.address.to_string(), resolve(&s.address)?);
+        }
+    }
+    Ok(names)
 }
 
 fn resolve(a: &ServerAddr) -> Result<SocketAddr, String> {
@@ -597,5 +624,21 @@ mod tests {
         // A new report starts both counts again.
         s.on_report(1, 0, 1_050);
         assert_eq!(view.metric(0, Metric::Load), 1);
+    }
+
+    #[test]
+    fn host_names_resolved_ahead_are_used_without_a_lookup() {
+        let text = "[frontend.f]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nservers = [\"backend.invalid:8080\", \"127.0.0.1:9\"]\n";
+        let config = fulcrum_config::parse_str(text, "t.toml").unwrap();
+        let build = |names: &mut Names| {
+            Snapshot::build(&config, &mut StatsRegistry::new(), &HashMap::new(), names)
+        };
+        // `.invalid` never resolves (RFC 2606): building must look it up, and fails.
+        assert!(build(&mut Names::new()).is_err());
+        let at: SocketAddr = "127.0.0.7:8080".parse().unwrap();
+        let mut names = Names::from([("backend.invalid:8080".to_string(), at)]);
+        let snap = build(&mut names).unwrap();
+        assert_eq!(snap.pools[0].servers[0].addr, at);
+        assert!(resolve_names(&config).is_err(), "resolve_names looks the name up");
     }
 }

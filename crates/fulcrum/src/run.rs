@@ -217,7 +217,7 @@ async fn wait_for_stop(controller: &Mutex<Controller>) -> Result<&'static str, F
             _ = term.recv() => return Ok("SIGTERM"),
             _ = int.recv() => return Ok("SIGINT"),
             _ = hup.recv() => {
-                if let Err(e) = controller.lock().await.reload() {
+                if let Err(e) = fulcrum_admin::reload_off_thread(controller).await {
                     tracing::error!(errors = ?e.errors, "reload on SIGHUP failed: {}", e.message);
                 }
             }
