@@ -288,7 +288,8 @@ async fn add_server(
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let req: AddServer = body(&bytes)?;
-    let key = s.controller.lock().await.add_server(&pool, &req.address, req.weight)?;
+    let (key, write) = s.controller.lock().await.add_server(&pool, &req.address, req.weight)?;
+    write.finish().await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "pool": pool, "address": key, "weight": req.weight })),
@@ -300,7 +301,8 @@ async fn remove_server(
     State(s): State<Shared>,
     Path((pool, address)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let key = s.controller.lock().await.remove_server(&pool, &address)?;
+    let (key, write) = s.controller.lock().await.remove_server(&pool, &address)?;
+    write.finish().await?;
     Ok(axum::Json(json!({ "pool": pool, "address": key, "removed": true })))
 }
 
@@ -324,7 +326,9 @@ async fn patch_server(
         Some(x) => Some(x.parse().map_err(|e: String| ApiError::new(400, e))?),
         None => None,
     };
-    let key = s.controller.lock().await.patch_server(&pool, &address, state, req.weight)?;
+    let (key, write) =
+        s.controller.lock().await.patch_server(&pool, &address, state, req.weight)?;
+    write.finish().await?;
     Ok(axum::Json(
         json!({ "pool": pool, "address": key, "state": req.state, "weight": req.weight }),
     ))

@@ -38,6 +38,48 @@ impl From<ChangeError> for ApiError {
     }
 }
 
+/// Orders the state file's writes: each carries the whole overlay and a version, and a write
+/// older than one already on disk is skipped, so writes finishing out of order never leave an
+/// old overlay behind.
+#[derive(Default)]
+pub struct StateWriter {
+    next: std::sync::atomic::AtomicU64,
+    written: std::sync::Mutex<u64>,
+}
+
+/// A state-file write owed by a change (nothing when there is no state file).
+#[must_use = "finish() writes the state file"]
+pub struct StateWrite(Option<(PathBuf, Overlay, u64, Arc<StateWriter>)>);
+
+impl StateWrite {
+    /// Writes (and fsyncs) the state file on a blocking thread: never on the control thread,
+    /// never under the controller's lock.
+    pub async fn finish(self) -> Result<(), ApiError> {
+        let Some((path, overlay, version, writer)) = self.0 else { return Ok(()) };
+        let shown = path.display().to_string();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut written = writer.written.lock().unwrap_or_else(|e| e.into_inner());
+            if *written >= version {
+                return Ok(());
+            }
+            statefile::save(&path, &overlay)?;
+            *written = version;
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        let e = match r {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(file = %shown, error = %e, "cannot write state file");
+        Err(ApiError::new(
+            500,
+            format!("applied, but the state file {shown} could not be written: {e}"),
+        ))
+    }
+}
+
 /// A config file read and its host names resolved, ready for [`Controller::reload_with`].
 pub struct Loaded {
     path: PathBuf,
@@ -82,6 +124,7 @@ pub struct Controller {
     tasks: BTreeMap<String, (PoolTasks, CancellationToken)>,
     runtime: tokio::runtime::Handle,
     reloads: Arc<std::sync::atomic::AtomicU64>,
+    writer: Arc<StateWriter>,
 }
 
 /// What readers (metrics, readiness, listings) need, read without the controller's lock: the
@@ -119,6 +162,7 @@ impl Controller {
             tasks: BTreeMap::new(),
             runtime,
             reloads: Arc::default(),
+            writer: Arc::default(),
         };
         c.restart_health();
         Ok(c)
@@ -299,24 +343,28 @@ impl Controller {
         pool: &str,
         address: &str,
         weight: u32,
-    ) -> Result<String, ApiError> {
+    ) -> Result<(String, StateWrite), ApiError> {
         let mut o = self.overlay.clone();
         let key = o.add_server(&self.current(), pool, address, weight)?;
         // A self-registered server added through the API becomes a permanent member.
         if let Some(d) = self.dynamic.get_mut(pool) {
             d.remove(&key);
         }
-        self.commit(o)?;
+        let write = self.commit(o)?;
         tracing::info!(pool, server = %key, weight, "server added");
-        Ok(key)
+        Ok((key, write))
     }
 
-    pub fn remove_server(&mut self, pool: &str, address: &str) -> Result<String, ApiError> {
+    pub fn remove_server(
+        &mut self,
+        pool: &str,
+        address: &str,
+    ) -> Result<(String, StateWrite), ApiError> {
         let mut o = self.overlay.clone();
         let key = o.remove_server(&self.current(), pool, address)?;
-        self.commit(o)?;
+        let write = self.commit(o)?;
         tracing::info!(pool, server = %key, "server removed; its open connections finish");
-        Ok(key)
+        Ok((key, write))
     }
 
     pub fn patch_server(
@@ -325,34 +373,27 @@ impl Controller {
         address: &str,
         state: Option<ServerState>,
         weight: Option<u32>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<(String, StateWrite), ApiError> {
         let mut o = self.overlay.clone();
         let key = o.patch_server(&self.current(), pool, address, state, weight)?;
-        self.commit(o)?;
+        let write = self.commit(o)?;
         tracing::info!(pool, server = %key, state = state.map(|s| s.name()), weight, "server changed");
-        Ok(key)
+        Ok((key, write))
     }
 
-    fn commit(&mut self, overlay: Overlay) -> Result<(), ApiError> {
+    /// Applies `overlay`; returns the state-file write it calls for, which the caller runs
+    /// after letting go of the controller's lock ([`StateWrite::finish`]).
+    fn commit(&mut self, overlay: Overlay) -> Result<StateWrite, ApiError> {
         self.engine
             .apply(&self.with_dynamic(overlay.apply(&self.base)))
             .map_err(|e| ApiError::new(400, format!("cannot apply: {e}")))?;
         self.overlay = overlay;
         self.restart_health();
-        if let Some(path) = &self.state_file
-            && let Err(e) = statefile::save(path, &self.overlay)
-        {
-            tracing::error!(file = %path.display(), error = %e, "cannot write state file");
-            return Err(ApiError::new(
-                500,
-                format!("applied, but the state file {} could not be written: {e}", path.display()),
-            ));
-        }
-        Ok(())
+        let Some(path) = self.state_file.clone() else { return Ok(StateWrite(None)) };
+        let version = self.writer.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Ok(StateWrite(Some((path, self.overlay.clone(), version, self.writer.clone()))))
     }
 
-    /// One health task per pool with checks; restarted on every change so each task always
-    /// reads the pool it checks from the snapshot in force.
     /// Starts the tasks of pools that are new or whose task settings changed, and stops those
     /// of pools that left. A task that keeps running keeps its state (health runs, scale
     /// windows and cooldowns, pull rotations): the health and pull tasks read each server list
@@ -416,5 +457,31 @@ impl Controller {
         }
         self.engine.shutdown();
         self.engine.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn state_writes_finishing_out_of_order_leave_the_newest() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let writer = Arc::new(StateWriter::default());
+        let overlay = |n: u32| {
+            let mut o = Overlay::default();
+            o.pools.entry("p".into()).or_default().added.insert(format!("127.0.0.1:{n}"), 1);
+            o
+        };
+        let write = |v: u64| StateWrite(Some((path.clone(), overlay(v as u32), v, writer.clone())));
+        let (older, newer) = (write(1), write(2));
+        newer.finish().await.unwrap();
+        older.finish().await.unwrap();
+        assert_eq!(statefile::load(&path), overlay(2), "an older write replaced a newer one");
+        StateWrite(None).finish().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
