@@ -288,7 +288,13 @@ async fn add_server(
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let req: AddServer = body(&bytes)?;
-    let (key, write) = s.controller.lock().await.add_server(&pool, &req.address, req.weight)?;
+    // A host name is looked up before the lock is taken, off the control thread.
+    let address = req.address.clone();
+    let names = tokio::task::spawn_blocking(move || crate::controller::resolve_address(&address))
+        .await
+        .unwrap_or_default();
+    let (key, write) =
+        s.controller.lock().await.add_server(&pool, &req.address, req.weight, names)?;
     write.finish().await?;
     Ok((
         StatusCode::CREATED,

@@ -80,6 +80,21 @@ impl StateWrite {
     }
 }
 
+/// Resolves `address` (a server as the API names it) when it is a host name, for
+/// [`Controller::add_server`]. Blocking: run it on a blocking thread. An address that does not
+/// parse or resolve yields no name here; the change then reports the error itself.
+pub fn resolve_address(address: &str) -> fulcrum_proxy::Names {
+    let mut names = fulcrum_proxy::Names::new();
+    if let Ok(a) = fulcrum_config::parse_dest(address)
+        && a.socket().is_none()
+        && let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(a.host.as_str(), a.port))
+        && let Some(first) = addrs.next()
+    {
+        names.insert(a.to_string(), first);
+    }
+    names
+}
+
 /// A config file read and its host names resolved, ready for [`Controller::reload_with`].
 pub struct Loaded {
     path: PathBuf,
@@ -343,6 +358,7 @@ impl Controller {
         pool: &str,
         address: &str,
         weight: u32,
+        names: fulcrum_proxy::Names,
     ) -> Result<(String, StateWrite), ApiError> {
         let mut o = self.overlay.clone();
         let key = o.add_server(&self.current(), pool, address, weight)?;
@@ -350,7 +366,7 @@ impl Controller {
         if let Some(d) = self.dynamic.get_mut(pool) {
             d.remove(&key);
         }
-        let write = self.commit(o)?;
+        let write = self.commit_with(o, names)?;
         tracing::info!(pool, server = %key, weight, "server added");
         Ok((key, write))
     }
@@ -384,8 +400,17 @@ impl Controller {
     /// Applies `overlay`; returns the state-file write it calls for, which the caller runs
     /// after letting go of the controller's lock ([`StateWrite::finish`]).
     fn commit(&mut self, overlay: Overlay) -> Result<StateWrite, ApiError> {
+        self.commit_with(overlay, fulcrum_proxy::Names::new())
+    }
+
+    /// [`Controller::commit`] with host names resolved beforehand, off the control thread.
+    fn commit_with(
+        &mut self,
+        overlay: Overlay,
+        names: fulcrum_proxy::Names,
+    ) -> Result<StateWrite, ApiError> {
         self.engine
-            .apply(&self.with_dynamic(overlay.apply(&self.base)))
+            .apply_with(&self.with_dynamic(overlay.apply(&self.base)), names)
             .map_err(|e| ApiError::new(400, format!("cannot apply: {e}")))?;
         self.overlay = overlay;
         self.restart_health();
