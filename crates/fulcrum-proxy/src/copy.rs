@@ -79,6 +79,8 @@ pub enum Outcome {
     /// Both sides closed cleanly.
     Done,
     IdleTimeout,
+    /// The client took no byte of what was waiting for it for `send_timeout`.
+    SendTimeout,
     ClientError,
     ServerError,
 }
@@ -88,6 +90,7 @@ impl Outcome {
         match self {
             Outcome::Done => "done",
             Outcome::IdleTimeout => "idle-timeout",
+            Outcome::SendTimeout => "send-timeout",
             Outcome::ClientError => "client-error",
             Outcome::ServerError => "server-error",
         }
@@ -113,6 +116,10 @@ struct Dir<'a> {
     /// Outcome when reading `src` fails (the other side's failure is the opposite).
     src_fails: Outcome,
     dst_fails: Outcome,
+    /// Towards the client only: since when (process ms, 0 = not) a write has been waiting for
+    /// the client to take bytes, for the `send_timeout` watchdog. Touched only when a write
+    /// would block.
+    stalled: Option<&'a AtomicU64>,
 }
 
 impl Dir<'_> {
@@ -148,7 +155,7 @@ impl Dir<'_> {
                 // readiness again; and EOF (read-closed) is never cleared by tokio.
                 let _ = self.src.try_io(Interest::READABLE, would_block);
             }
-            if write_all(self.dst, &buf.get()[..n]).await.is_err() {
+            if write_all(self.dst, &buf.get()[..n], self.stalled).await.is_err() {
                 return self.dst_failed();
             }
             drop(buf);
@@ -170,7 +177,7 @@ impl Dir<'_> {
                 return self.finish();
             }
             // On error the pipe may hold bytes: it is dropped (closed), not pooled.
-            if pipe.drain(self.dst, n).await.is_err() {
+            if pipe.drain(self.dst, n, self.stalled).await.is_err() {
                 return self.dst_failed();
             }
             self.moved(n);
@@ -221,16 +228,42 @@ fn would_block() -> io::Result<()> {
     Err(io::ErrorKind::WouldBlock.into())
 }
 
-async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+async fn write_all(
+    dst: &TcpStream,
+    mut data: &[u8],
+    stalled: Option<&AtomicU64>,
+) -> io::Result<()> {
     while !data.is_empty() {
         match dst.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stall_begins(stalled);
+                dst.writable().await?;
+            }
             Err(e) => return Err(e),
         }
     }
+    stall_ends(stalled);
     Ok(())
+}
+
+/// Marks that a write to the client is waiting (kept from the first wait of a stall).
+pub(crate) fn stall_begins(stalled: Option<&AtomicU64>) {
+    if let Some(s) = stalled
+        && s.load(Ordering::Relaxed) == 0
+    {
+        s.store(now_ms().max(1), Ordering::Relaxed);
+    }
+}
+
+/// Marks that the client took what was waiting.
+pub(crate) fn stall_ends(stalled: Option<&AtomicU64>) {
+    if let Some(s) = stalled
+        && s.load(Ordering::Relaxed) != 0
+    {
+        s.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Proxies between `client` and `server` until both directions end, an error, or `idle`
@@ -239,12 +272,14 @@ pub async fn proxy(
     client: &TcpStream,
     server: &TcpStream,
     idle: Duration,
+    send_timeout: Duration,
     splice: SpliceMode,
 ) -> Copied {
     let bytes_in = AtomicU64::new(0);
     let bytes_out = AtomicU64::new(0);
     let activity = AtomicU64::new(now_ms());
     let one_ended = AtomicBool::new(false);
+    let stalled = AtomicU64::new(0);
     let (c, s) = (Outcome::ClientError, Outcome::ServerError);
     let up = Dir {
         src: client,
@@ -255,6 +290,7 @@ pub async fn proxy(
         splice,
         src_fails: c,
         dst_fails: s,
+        stalled: None,
     };
     let down = Dir {
         src: server,
@@ -265,6 +301,7 @@ pub async fn proxy(
         splice,
         src_fails: s,
         dst_fails: c,
+        stalled: Some(&stalled),
     };
     // The first error in either direction ends both: a reset side cannot take more bytes.
     let both = async {
@@ -274,20 +311,30 @@ pub async fn proxy(
         }
     };
     let idle_ms = idle.as_millis() as u64;
+    let send_ms = send_timeout.as_millis() as u64;
+    // One timer per connection, for both limits: it wakes at the nearer of the idle deadline
+    // and (while a write to the client waits) the send deadline, at least every send_timeout.
     let watchdog = async {
-        let mut wait = idle;
+        let mut wait = idle.min(send_timeout);
         loop {
             tokio::time::sleep(wait).await;
-            let quiet = now_ms().saturating_sub(activity.load(Ordering::Relaxed));
+            let now = now_ms();
+            let quiet = now.saturating_sub(activity.load(Ordering::Relaxed));
             if quiet >= idle_ms {
-                return;
+                return Outcome::IdleTimeout;
             }
-            wait = Duration::from_millis(idle_ms - quiet);
+            let since = stalled.load(Ordering::Relaxed);
+            let stalled_for = if since == 0 { 0 } else { now.saturating_sub(since) };
+            if since != 0 && stalled_for >= send_ms {
+                return Outcome::SendTimeout;
+            }
+            let to_send = if since == 0 { send_ms } else { send_ms - stalled_for };
+            wait = Duration::from_millis((idle_ms - quiet).min(to_send).max(1));
         }
     };
     let outcome = tokio::select! {
         o = both => o,
-        () = watchdog => Outcome::IdleTimeout,
+        o = watchdog => o,
     };
     Copied {
         outcome,
@@ -314,7 +361,14 @@ mod tests {
                 back.accept().await.unwrap()
             });
         let task = tokio::spawn(async move {
-            proxy(&inner, &upstream, Duration::from_secs(10), SpliceMode::Auto).await
+            proxy(
+                &inner,
+                &upstream,
+                Duration::from_secs(10),
+                Duration::from_secs(10),
+                SpliceMode::Auto,
+            )
+            .await
         });
         (client, server, task)
     }

@@ -60,7 +60,12 @@ impl Pipe {
     }
 
     /// Moves exactly `n` bytes from this pipe to `dst`.
-    pub async fn drain(&self, dst: &TcpStream, mut n: usize) -> io::Result<()> {
+    pub async fn drain(
+        &self,
+        dst: &TcpStream,
+        mut n: usize,
+        stalled: Option<&std::sync::atomic::AtomicU64>,
+    ) -> io::Result<()> {
         while n > 0 {
             dst.writable().await?;
             let r = dst.try_io(Interest::WRITABLE, || {
@@ -69,10 +74,14 @@ impl Pipe {
             match r {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => n -= m.min(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    crate::copy::stall_begins(stalled);
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
+        crate::copy::stall_ends(stalled);
         Ok(())
     }
 }

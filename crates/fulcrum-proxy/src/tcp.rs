@@ -22,11 +22,11 @@ static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
 pub async fn serve(mut ledger: Ledger, client: TcpStream) {
     // TCP_NODELAY is inherited from the listener (listener.rs): no setsockopt here.
-    let (pool, idle) = {
+    let (pool, idle, send_timeout) = {
         let snap = ledger.shared().state.load();
         let Some(fe) = snap.frontend(&ledger.ctx().name) else { return };
         let Some(pool) = snap.pools.get(fe.pool) else { return };
-        (pool.clone(), fe.idle_timeout)
+        (pool.clone(), fe.idle_timeout, fe.send_timeout)
     };
     let peer = ledger.client();
     let Some((server, upstream)) = connect(&pool, peer).await else {
@@ -43,11 +43,11 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
     let index = server.index;
     ledger.hold(server);
     let Copied { outcome, bytes_in, bytes_out } =
-        proxy(&client, &upstream, idle, ledger.shared().splice).await;
+        proxy(&client, &upstream, idle, send_timeout, ledger.shared().splice).await;
     let failed = match outcome {
         Outcome::ServerError => Some(Side::Server),
         Outcome::ClientError => Some(Side::Client),
-        Outcome::Done | Outcome::IdleTimeout => None,
+        Outcome::Done | Outcome::IdleTimeout | Outcome::SendTimeout => None,
     };
     if let Some(server) = pool.servers.get(index) {
         if failed.is_some_and(|side| stream_failed(side, bytes_out > 0).counts_against_server()) {
@@ -57,6 +57,10 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
         } else {
             server.stats.on_exchange_ok();
         }
+    }
+    if outcome == Outcome::SendTimeout {
+        // What the client did not take is dropped with a reset, not kept in a closing socket.
+        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
     }
     // Both sockets close before the ledger gives their descriptors back.
     drop(upstream);

@@ -134,3 +134,32 @@ servers = ["{udp_addr}"]
     assert_eq!(by("dgram")["server"], udp_addr.to_string());
     assert_eq!(by("dgram")["outcome"], "idle-timeout");
 }
+
+/// A proxied client that stops reading while its server keeps sending is closed after
+/// `send_timeout` (1 s here; the idle timeout, 300 s, would not close it: bytes were moving
+/// until the buffers filled), logged as `send-timeout`, and its counts are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_client_that_stops_reading_is_closed_after_send_timeout() {
+    let b = Backend::start(Mode::ReadAllThenSend(64 << 20)).await;
+    let toml = format!(
+        "access_log = true\n{}",
+        config(1, "round-robin", &format!("\"{}\"", b.addr), "")
+            .replace("pool = \"app\"\n", "pool = \"app\"\nsend_timeout = \"1s\"\n")
+    );
+    let d = Daemon::run_config(&toml);
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"send me everything\n").await.unwrap();
+    s.shutdown().await.unwrap();
+    // Never read: 64 MiB cannot fit in the socket buffers on the way.
+    let started = std::time::Instant::now();
+    wait_until_async(Duration::from_secs(10), "the send-timeout line", || {
+        access_lines(&d).iter().any(|v| v["outcome"] == "send-timeout")
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before send_timeout");
+    let line = access_lines(&d).into_iter().find(|v| v["outcome"] == "send-timeout").unwrap();
+    assert_eq!(line["protocol"], "tcp");
+    assert!(line["bytes_out"].as_u64().unwrap() < 64 << 20, "{line}");
+    drop(s);
+}
