@@ -32,6 +32,23 @@ impl Deref for Picked {
     }
 }
 
+/// One descriptor of the process's budget, held as long as the socket it was taken for (a
+/// fan-out request's upstream socket): given back on drop.
+pub(crate) struct Descriptor(Arc<Shared>);
+
+impl Descriptor {
+    /// Takes one, or `None` when the budget is spent.
+    pub(crate) fn take(shared: &Arc<Shared>) -> Option<Descriptor> {
+        shared.descriptors.try_acquire().then(|| Descriptor(shared.clone()))
+    }
+}
+
+impl Drop for Descriptor {
+    fn drop(&mut self) {
+        self.0.descriptors.release();
+    }
+}
+
 /// What kind of admission the ledger gives back.
 enum Slots {
     /// Global and frontend connection slots, two descriptors, and the load of this worker.

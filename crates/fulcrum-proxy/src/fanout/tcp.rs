@@ -23,6 +23,7 @@ use tokio::task::AbortHandle;
 use super::upstream::{self, Idle, PipeHandle, UpEvent};
 use super::{CLIENT_LOG, MAX_LINE, PIPELINE_DEPTH, Settings, choose, is_over, no_server};
 use crate::clock::now_ms;
+use crate::context::Shared;
 use crate::ledger::Ledger;
 use crate::state::PoolState;
 use crate::stats::FrontendStats;
@@ -55,6 +56,8 @@ impl Drop for Pending {
 
 /// The requests of one client connection.
 pub(super) struct Session {
+    /// For the descriptor budget every upstream connection draws from.
+    shared: Arc<Shared>,
     pool: Arc<PoolState>,
     settings: Settings,
     hash: u64,
@@ -155,6 +158,7 @@ impl Session {
                 let conn =
                     self.idle.get_mut(index).and_then(|v| upstream::take_idle(v, &self.stats));
                 let job = upstream::Exchange {
+                    shared: self.shared.clone(),
                     pool: self.pool.clone(),
                     index,
                     seq,
@@ -175,6 +179,7 @@ impl Session {
                 // open; a full channel means the server is far behind: a failure for it.
                 let h = slot.get_or_insert_with(|| {
                     PipeHandle::start(
+                        self.shared.clone(),
                         self.pool.clone(),
                         index,
                         self.settings.timeout,
@@ -258,6 +263,7 @@ pub async fn serve_tcp(mut ledger: Ledger, s: TcpStream) {
     let (events, mut event_rx) = mpsc::channel(2 * PIPELINE_DEPTH);
     let n = pool.servers.len();
     let mut sess = Session {
+        shared: shared.clone(),
         idle: (0..n).map(|_| Vec::new()).collect(),
         pipes: (0..n).map(|_| None).collect(),
         pool,

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::context::{AcceptCtx, Shared};
+use crate::ledger::Descriptor;
 use crate::state::PoolState;
 
 thread_local! {
@@ -75,6 +76,7 @@ pub async fn serve_udp(
                     continue;
                 };
                 let job = UdpJob {
+                    shared: shared.clone(),
                     pool,
                     settings: settings.clone(),
                     ctx: ctx.clone(),
@@ -92,6 +94,7 @@ pub async fn serve_udp(
 }
 
 struct UdpJob {
+    shared: Arc<Shared>,
     pool: Arc<PoolState>,
     settings: Arc<Settings>,
     ctx: Arc<AcceptCtx>,
@@ -106,10 +109,12 @@ struct UdpAsked {
     index: usize,
     sent: Instant,
     _out: Outstanding,
+    /// The socket's descriptor, drawn from the process's budget.
+    _fd: Descriptor,
 }
 
 async fn udp_request(job: UdpJob) {
-    let UdpJob { pool, settings, ctx, client, req, peer } = job;
+    let UdpJob { shared, pool, settings, ctx, client, req, peer } = job;
     let stats = &ctx.stats;
     let start = Instant::now();
     let hash = hash_ip(peer.ip());
@@ -134,11 +139,18 @@ async fn udp_request(job: UdpJob) {
                 step = race.next(at);
                 for &i in asked.get(from..).unwrap_or_default() {
                     let Some(server) = pool.servers.get(i) else { continue };
+                    // A socket per server asked: each draws a descriptor from the budget, and
+                    // a request that finds it spent asks no further server (counted).
+                    let Some(fd) = Descriptor::take(&shared) else {
+                        stats.udp_drops_descriptors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    };
                     match udp_send(server.addr, &req).await {
                         Ok(sock) => {
                             server.stats.bytes_in.fetch_add(req.len() as u64, Ordering::Relaxed);
                             let out = Outstanding::new(&server.stats);
-                            open.push(UdpAsked { sock, index: i, sent: Instant::now(), _out: out });
+                            let sent = Instant::now();
+                            open.push(UdpAsked { sock, index: i, sent, _out: out, _fd: fd });
                         }
                         Err(e) => {
                             upstream_failed(&pool, i, &e, stats);

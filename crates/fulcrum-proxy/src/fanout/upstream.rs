@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use fulcrum_core::fanout::{OneAnswer, WordTable, one_answer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::context::Shared;
+use crate::ledger::Descriptor;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
@@ -50,19 +53,26 @@ pub(super) struct UpEvent {
     pub conn: Option<Idle>,
 }
 
+/// A server connection with the descriptor it draws from the process's budget: both go
+/// together, so the budget counts every upstream socket while it is open.
+pub(super) struct Conn {
+    s: TcpStream,
+    _fd: Descriptor,
+}
+
 /// A connection that answered its last request with exactly one line.
-pub(super) struct Idle(TcpStream);
+pub(super) struct Idle(Conn);
 
 /// Takes a usable idle connection out of `idle`, newest first. One that has something to
 /// read (a line nobody asked for) or was closed by the server is dropped.
 pub(super) fn take_idle(idle: &mut Vec<Idle>, stats: &FrontendStats) -> Option<Idle> {
     while let Some(c) = idle.pop() {
         let mut b = [0u8; 1];
-        match c.0.try_read(&mut b) {
+        match c.0.s.try_read(&mut b) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(c),
             Ok(n) if n > 0 => {
                 stats.fanout_unmatched_answers.fetch_add(1, Ordering::Relaxed);
-                abandon(c.0);
+                abandon(&c.0.s);
             }
             _ => {}
         }
@@ -72,24 +82,25 @@ pub(super) fn take_idle(idle: &mut Vec<Idle>, stats: &FrontendStats) -> Option<I
 
 /// Closes a connection that may still owe or hold bytes with a reset: nothing of it can be
 /// read any more, and no `TIME_WAIT` socket is left behind per abandoned request.
-fn abandon(s: TcpStream) {
+fn abandon(s: impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
 }
 
 /// Holds a connection during an exchange; dropped (also when the exchange's task is aborted)
 /// it resets the connection unless it was handed back clean.
-struct Guard(Option<TcpStream>);
+struct Guard(Option<Conn>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
-            abandon(s);
+        if let Some(c) = self.0.take() {
+            abandon(&c.s);
         }
     }
 }
 
 /// One request for one server on a connection of its own.
 pub(super) struct Exchange {
+    pub shared: Arc<Shared>,
     pub pool: Arc<PoolState>,
     pub index: usize,
     pub seq: u64,
@@ -104,11 +115,11 @@ pub(super) struct Exchange {
 
 /// Runs one exchange and reports it. Aborted by the session when the request ends first.
 pub(super) async fn exchange(job: Exchange) {
-    let Exchange { pool, index, seq, line, conn, deadline, stats, events } = job;
+    let Exchange { shared, pool, index, seq, line, conn, deadline, stats, events } = job;
     let Some(server) = pool.servers.get(index) else { return };
     let _out = Outstanding::new(&server.stats);
     let at = tokio::time::Instant::from_std(deadline);
-    let r = tokio::time::timeout_at(at, exchange_io(&pool, index, &line, conn)).await;
+    let r = tokio::time::timeout_at(at, exchange_io(&shared, &pool, index, &line, conn)).await;
     let (answer, conn) = match r {
         Ok(Ok((answer, conn))) => (Some(answer), conn),
         Ok(Err(e)) => {
@@ -127,6 +138,7 @@ pub(super) async fn exchange(job: Exchange) {
 /// Writes the line and reads its one answer line. A reused connection the server had closed
 /// meanwhile (nothing came back) is replaced by a fresh one, once.
 async fn exchange_io(
+    shared: &Arc<Shared>,
     pool: &PoolState,
     index: usize,
     line: &[u8],
@@ -140,8 +152,8 @@ async fn exchange_io(
             Err(Round::Failed(e)) => return Err(e),
         }
     }
-    let s = connect(pool, index).await?;
-    let mut g = Guard(Some(s));
+    let c = connect(shared, pool, index).await?;
+    let mut g = Guard(Some(c));
     match round(pool, index, &mut g, line).await {
         Ok(r) => Ok(r),
         Err(Round::Stale) => Err(io::Error::new(
@@ -166,7 +178,7 @@ async fn round(
     g: &mut Guard,
     line: &[u8],
 ) -> Result<(Vec<u8>, Option<Idle>), Round> {
-    let Some(s) = g.0.as_mut() else { return Err(Round::Stale) };
+    let Some(s) = g.0.as_mut().map(|c| &mut c.s) else { return Err(Round::Stale) };
     if let Err(e) = s.write_all(line).await {
         return Err(match e.kind() {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Round::Stale,
@@ -216,16 +228,20 @@ async fn round(
     }
 }
 
-/// Connects to server `index` within the pool's connect timeout.
-async fn connect(pool: &PoolState, index: usize) -> io::Result<TcpStream> {
+/// Connects to server `index` within the pool's connect timeout, with a descriptor of the
+/// budget; a spent budget is a local failure (EMFILE), never the server's.
+async fn connect(shared: &Arc<Shared>, pool: &PoolState, index: usize) -> io::Result<Conn> {
     let Some(server) = pool.servers.get(index) else {
         return Err(io::Error::new(io::ErrorKind::NotFound, "server left the pool"));
+    };
+    let Some(fd) = Descriptor::take(shared) else {
+        return Err(io::Error::from_raw_os_error(crate::listener::libc_errno::EMFILE));
     };
     let started = Instant::now();
     match tokio::time::timeout(pool.connect_timeout, crate::connect::connect(server.addr)).await {
         Ok(Ok(s)) => {
             server.stats.on_connect_success(started.elapsed());
-            Ok(s)
+            Ok(Conn { s, _fd: fd })
         }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
@@ -257,6 +273,7 @@ impl Drop for PipeHandle {
 
 impl PipeHandle {
     pub fn start(
+        shared: Arc<Shared>,
         pool: Arc<PoolState>,
         index: usize,
         write_timeout: Duration,
@@ -265,6 +282,8 @@ impl PipeHandle {
     ) -> PipeHandle {
         let (jobs, rx) = mpsc::channel(PIPELINE_DEPTH);
         let pipe = Pipe {
+            shared,
+            fd: None,
             pool,
             index,
             write_timeout,
@@ -289,6 +308,9 @@ impl PipeHandle {
 }
 
 struct Pipe {
+    shared: Arc<Shared>,
+    /// The connection's descriptor of the budget, held while `rd`/`wr` are.
+    fd: Option<Descriptor>,
     pool: Arc<PoolState>,
     index: usize,
     write_timeout: Duration,
@@ -354,8 +376,9 @@ impl Pipe {
     /// Writes request `job` behind the others, connecting first if needed.
     async fn queue(&mut self, job: PipeJob) {
         if self.wr.is_none() {
-            match connect(&self.pool, self.index).await {
-                Ok(s) => {
+            match connect(&self.shared, &self.pool, self.index).await {
+                Ok(Conn { s, _fd }) => {
+                    self.fd = Some(_fd);
                     let (r, w) = s.into_split();
                     self.rd = Some(r);
                     self.wr = Some(w);
@@ -455,8 +478,9 @@ impl Pipe {
         if let (Some(r), Some(w)) = (self.rd.take(), self.wr.take())
             && let Ok(s) = r.reunite(w)
         {
-            abandon(s);
+            abandon(&s);
         }
+        self.fd = None;
         self.out.clear();
         self.sent = 0;
         self.partial.clear();
