@@ -483,13 +483,7 @@ async fn python_example_client_registers_and_reports() {
 
 /// `fulcrum_agent_reports_total` from /metrics.
 fn reports_total(s: &Setup) -> u64 {
-    let text = get(&format!("{}/metrics", s.api));
-    let text = text.as_str().unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("fulcrum_agent_reports_total"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    metric(&s.api, "fulcrum_agent_reports_total") as u64
 }
 
 /// Before: a peer sending a byte every few seconds held its socket for ~50 min, and sessions

@@ -10,17 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn metric(api: &str, prefix: &str) -> f64 {
-    let text = get(&format!("{api}/metrics"));
-    text.as_str()
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_fanout_sockets_stop_at_the_descriptor_budget() {
     // A server that never answers: every request holds its upstream socket until the timeout.

@@ -54,18 +54,6 @@ servers = ["{tcp_backend}"]
     (d, api)
 }
 
-/// The value of the metric line starting with `prefix` (name and labels), or 0.
-fn metric(api: &str, prefix: &str) -> f64 {
-    let text = tokio::task::block_in_place(|| {
-        ureq::get(&format!("{api}/metrics")).call().unwrap().body_mut().read_to_string().unwrap()
-    });
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Echo round trips through the TCP frontend; how many came back whole.
 async fn tcp_round_trips(front: SocketAddr, n: usize) -> usize {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

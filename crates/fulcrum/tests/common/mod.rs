@@ -336,3 +336,16 @@ pub fn get(url: &str) -> serde_json::Value {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
     })
 }
+
+/// The value of the first `/metrics` line of the admin API at `api` that starts with `prefix`
+/// (metric name with its labels), or 0 when there is none.
+pub fn metric(api: &str, prefix: &str) -> f64 {
+    let text = get(&format!("{api}/metrics"));
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
