@@ -271,10 +271,23 @@ pub async fn start_agent(
     };
     let Some(a) = settings else { return Ok(None) };
     let key = Arc::new(read_key(&a.key_file)?);
-    let l = TcpListener::bind(a.bind)
-        .await
-        .map_err(|e| format!("cannot bind agent listener {}: {e}", a.bind))?;
+    let l =
+        listen_deep(a.bind).map_err(|e| format!("cannot bind agent listener {}: {e}", a.bind))?;
     let local = l.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(serve_agent(l, controller, key, a.report_ttl(), stats, stop));
     Ok(Some(local))
+}
+
+/// A listener with a deep accept queue: a burst of backends (or of peers that will be cut at
+/// the handshake deadline) must not overflow a short default backlog, where Linux drops the
+/// final ACK and a client believes it is connected to a socket nobody will accept.
+pub fn listen_deep(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(4096)
 }

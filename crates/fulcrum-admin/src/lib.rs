@@ -12,7 +12,7 @@ mod openapi;
 mod scale;
 mod statefile;
 
-pub use agent::{AgentStats, read_key, serve_agent, start_agent};
+pub use agent::{AgentStats, listen_deep, read_key, serve_agent, start_agent};
 pub use api::{AdminServer, serve_admin};
 pub use controller::{ApiError, Controller, Loaded, ReadView, reload_off_thread};
 pub use metrics::render as render_metrics;

@@ -162,8 +162,7 @@ fn serve(
         let stop_admin = CancellationToken::new();
         let mut admin_task = None;
         if let Some(a) = admin {
-            let l = tokio::net::TcpListener::bind(a.bind)
-                .await
+            let l = fulcrum_admin::listen_deep(a.bind)
                 .map_err(|e| Failure::Runtime(format!("cannot bind admin API {}: {}", a.bind, fulcrum_config::io_reason(&e))))?;
             let local = l.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
             if token.is_none() {

@@ -522,10 +522,15 @@ async fn trickling_agent_peers_are_closed_at_the_handshake_deadline() {
     for _ in 0..500 {
         tricklers.spawn(async move {
             let opened = Instant::now();
-            let Ok(mut c) = TcpStream::connect(agent).await else { return Duration::ZERO };
-            // A valid hello, signed with the key: only its pace is wrong.
+            let limit = Duration::from_secs(10);
+            let Ok(Ok(mut c)) = tokio::time::timeout(limit, TcpStream::connect(agent)).await else {
+                return Duration::ZERO;
+            };
+            // A valid hello, signed with the key: only its pace is wrong. A connection the
+            // balancer closed at once (listener full) gives no challenge.
             let mut ch = [0u8; agent::CHALLENGE_LEN];
-            if c.read_exact(&mut ch).await.is_err() {
+            let got = tokio::time::timeout(limit, c.read_exact(&mut ch)).await;
+            if !matches!(got, Ok(Ok(_))) {
                 return opened.elapsed();
             }
             let nonce = agent::parse_challenge(&ch).unwrap();
