@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::now_ms;
 pub use crate::context::{AcceptCtx, Service, Shared, SpliceMode};
 use crate::context::{Peer, Sock, WorkerCmd};
-use crate::ledger::{Ledger, TCP_DESCRIPTORS};
+use crate::ledger::{Ledger, TCP_DESCRIPTORS, release_tcp_slots};
 use crate::listener::{bind_group, bind_udp_group, is_resource_error};
 use crate::ratelog::RateLimit;
 use crate::state::{Names, Snapshot, StatsRegistry};
@@ -472,7 +472,7 @@ async fn accept_loop(
                 }
                 let target = pick_worker(id, &shared);
                 let Some(peer_state) = shared.peers.get(target) else {
-                    release(&shared, &ctx);
+                    release_tcp_slots(&shared, &ctx);
                     continue;
                 };
                 // Counted on the serving worker now, before it even sees the connection, so
@@ -484,7 +484,7 @@ async fn accept_loop(
                     ctx.stats.handoffs.fetch_add(1, Ordering::Relaxed);
                 } else {
                     peer_state.load.fetch_sub(1, Ordering::Relaxed);
-                    release(&shared, &ctx);
+                    release_tcp_slots(&shared, &ctx);
                 }
             }
             Err(e) => {
@@ -592,15 +592,6 @@ fn serve_here(
             Service::UdpProxy | Service::UdpFanout | Service::DirectoryUdp => drop(ledger),
         }
     });
-}
-
-/// Gives back the connection slots of a connection that will not be served.
-fn release(shared: &Shared, ctx: &AcceptCtx) {
-    shared.limits.release();
-    shared.descriptors.release_n(TCP_DESCRIPTORS);
-    if let Some(l) = &ctx.limits {
-        l.release();
-    }
 }
 
 /// Takes `n` units of `limits`, waiting for them to free; `Err` when the worker is stopping.

@@ -19,6 +19,22 @@ use crate::state::{PoolState, ServerEntry};
 /// Descriptors an accepted TCP connection is charged: its own and one upstream socket.
 pub(crate) const TCP_DESCRIPTORS: usize = 2;
 
+/// Gives back what the accept loop took for a TCP connection: the global and frontend slots
+/// and its descriptors. The ledger's drop and the accept loop's failure paths both call this.
+pub(crate) fn release_tcp_slots(shared: &Shared, ctx: &AcceptCtx) {
+    shared.limits.release();
+    shared.descriptors.release_n(TCP_DESCRIPTORS);
+    if let Some(l) = &ctx.limits {
+        l.release();
+    }
+}
+
+/// Gives back a UDP session's slot and descriptor (taken by `udp::acquire`).
+pub(crate) fn release_udp_session(shared: &Shared, ctx: &AcceptCtx) {
+    ctx.stats.udp_sessions_active.fetch_sub(1, Ordering::Relaxed);
+    shared.descriptors.release();
+}
+
 /// A server entry that stays valid after the snapshot it came from is replaced.
 pub struct Picked {
     pub(crate) pool: Arc<PoolState>,
@@ -144,19 +160,12 @@ impl Drop for Ledger {
         f.connections_active.fetch_sub(1, Ordering::Relaxed);
         match self.slots {
             Slots::Tcp { worker } => {
-                self.shared.limits.release();
-                self.shared.descriptors.release_n(TCP_DESCRIPTORS);
-                if let Some(l) = &self.ctx.limits {
-                    l.release();
-                }
+                release_tcp_slots(&self.shared, &self.ctx);
                 if let Some(p) = self.shared.peers.get(worker) {
                     p.load.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            Slots::UdpSession => {
-                f.udp_sessions_active.fetch_sub(1, Ordering::Relaxed);
-                self.shared.descriptors.release();
-            }
+            Slots::UdpSession => release_udp_session(&self.shared, &self.ctx),
         }
         if self.shared.access_log() {
             let server = self.server.as_ref().map_or("-", |s| s.key.as_str());

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::context::{AcceptCtx, Shared};
-use crate::ledger::{Ledger, Picked};
+use crate::ledger::{Ledger, Picked, release_udp_session};
 use crate::ratelog::RateLimit;
 use crate::state::PoolState;
 use crate::stats::FrontendStats;
@@ -423,7 +423,7 @@ fn open(
         Some((p, i, p.servers.get(i)?))
     });
     let Some((pool, index, server)) = picked else {
-        release(shared, ctx);
+        release_udp_session(shared, ctx);
         stats.udp_drops_no_server.fetch_add(1, Ordering::Relaxed);
         stats.no_server.fetch_add(1, Ordering::Relaxed);
         if let Some(skipped) = NO_SERVER_LOG.allow(now_ms()) {
@@ -438,7 +438,7 @@ fn open(
     let upstream = match upstream_socket(server.addr) {
         Ok(u) => Arc::new(u),
         Err(e) => {
-            release(shared, ctx);
+            release_udp_session(shared, ctx);
             stats.udp_drops_send_error.fetch_add(1, Ordering::Relaxed);
             if let Some(skipped) = SOCKET_LOG.allow(now_ms()) {
                 tracing::warn!(
@@ -506,12 +506,6 @@ fn acquire(shared: &Shared, ctx: &AcceptCtx) -> Result<(), &'static str> {
         return Err("descriptors");
     }
     Ok(())
-}
-
-/// Gives back the slots [`acquire`] took.
-fn release(shared: &Shared, ctx: &AcceptCtx) {
-    ctx.stats.udp_sessions_active.fetch_sub(1, Ordering::Relaxed);
-    shared.descriptors.release();
 }
 
 /// The server for a new session: the pool's admission step, as for a TCP connection, without
