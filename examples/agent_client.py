@@ -6,7 +6,10 @@ for backends written in other languages. The Rust codec's tests run its --print-
 compare the bytes with their own, so this file and the protocol cannot drift apart.
 
     python3 examples/agent_client.py --agent 127.0.0.1:7000 --key-file agent.key \
-        --pool app --address 127.0.0.1:9001 --clients 3 --queue 0 --interval 1.0 --count 5
+        --pool app --address :9001 --clients 3 --queue 0 --interval 1.0 --count 5
+
+`--address :9001` sends only the port: the balancer takes the IP this connection comes from.
+A full ip:port on another host is refused unless the pool sets trust_claimed_address.
 
 Exit status: 0 after --count reports and a BYE (or on Ctrl-C), 1 when the balancer sends an
 ERROR frame or closes the connection, 2 on bad arguments or a connection failure.
@@ -192,7 +195,8 @@ def main():
     p.add_argument("--agent", help="balancer agent port, host:port")
     p.add_argument("--key-file", required=True, help="pre-shared key (content, trimmed)")
     p.add_argument("--pool", required=True)
-    p.add_argument("--address", required=True, help="where clients reach this backend, ip:port")
+    p.add_argument("--address", required=True, help="where clients reach this backend: :port (on the IP this "
+                   "connection comes from) or ip:port (another IP needs the pool's trust_claimed_address)")
     p.add_argument("--clients", type=int, default=0)
     p.add_argument("--queue", type=int, default=0)
     p.add_argument("--weight", type=int, default=None)

@@ -96,7 +96,7 @@ pub async fn serve_agent(
             let mut reg = Registration::default();
             let mut hello_slot = Some(hello_slot);
             let r = tokio::select! {
-                r = session(stream, &controller, &key, ttl, &stats, &mut reg, &mut hello_slot) => r,
+                r = session(stream, peer, &controller, &key, ttl, &stats, &mut reg, &mut hello_slot) => r,
                 () = stop.cancelled() => Ok(()),
             };
             if let Err(e) = r {
@@ -146,6 +146,7 @@ fn nonce() -> Result<[u8; NONCE_LEN], FrameError> {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     mut s: TcpStream,
+    peer: std::net::SocketAddr,
     controller: &Mutex<Controller>,
     key: &[u8],
     ttl: Duration,
@@ -194,12 +195,17 @@ async fn session(
                 match session.open(&raw)? {
                     Message::Hello(h) => {
                         let mut c = controller.lock().await;
+                        let trust = c.trusts_claimed_address(&h.pool).ok_or_else(|| {
+                            FrameError::BadPayload(format!("no pool \"{}\"", h.pool))
+                        })?;
+                        let address =
+                            agent::registered_address(&h.address, peer.ip(), trust)?.to_string();
                         let (stats, dynamic) = c
-                            .register(&h.pool, &h.address)
+                            .register(&h.pool, &address)
                             .map_err(|e| FrameError::BadPayload(e.message))?;
                         drop(c);
-                        tracing::info!(pool = %h.pool, server = %h.address, self_registered = dynamic, "agent connected");
-                        reg.server = Some((h.pool, h.address, stats));
+                        tracing::info!(pool = %h.pool, server = %address, claimed = %h.address, self_registered = dynamic, "agent connected");
+                        reg.server = Some((h.pool, address, stats));
                         reg.dynamic = dynamic;
                         // Past the handshake: the slot goes to the next newcomer.
                         *hello_slot = None;

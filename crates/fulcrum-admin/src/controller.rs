@@ -214,6 +214,12 @@ impl Controller {
         c
     }
 
+    /// Whether `pool` lets an agent register an IP other than its connection's; `None` when
+    /// there is no such pool.
+    pub fn trusts_claimed_address(&self, pool: &str) -> Option<bool> {
+        self.base.pool(pool).map(|p| p.trust_claimed_address)
+    }
+
     /// An agent said hello for `address` in `pool`: returns the server's live stats, and
     /// whether it joined the pool by registering itself.
     pub fn register(

@@ -226,6 +226,8 @@ pub struct Pool {
     pub health: Option<HealthCheck>,
     /// Backends may join this pool through the agent port.
     pub self_register: bool,
+    /// An agent's HELLO may name an IP other than its connection's (NAT, `--advertise`).
+    pub trust_claimed_address: bool,
     /// Poll each server's agent port for HAProxy agent-check text.
     pub agent_pull: Option<AgentPull>,
     pub scale_out: Option<ScaleRule>,
@@ -290,6 +292,7 @@ impl Pool {
             slow_start: Duration::ZERO,
             health: None,
             self_register: false,
+            trust_claimed_address: false,
             agent_pull: None,
             scale_out: None,
             scale_in: None,

@@ -83,7 +83,8 @@ impl Shared {
 struct AgentConfig {
     target: ServerAddr,
     pool: String,
-    /// Empty until the listener is bound: defaults to the bound address.
+    /// `--advertise` as given (empty without it) until the listener is bound; then the HELLO's
+    /// address: the advertised one, or only the bound port.
     address: String,
     key: Vec<u8>,
     interval: Duration,
@@ -110,16 +111,13 @@ pub fn run(args: BackendArgs) -> Result<(), Failure> {
                 Some(p) => read_key(p).map_err(Failure::Config)?,
                 None => return Err(Failure::Config("--agent needs --key-file".into())),
             };
-            // The balancer takes only a literal `ip:port` (it must not resolve names).
-            if let Some(adv) = &args.advertise {
-                match adv.parse::<SocketAddr>() {
-                    Ok(a) if a.port() != 0 => {}
-                    _ => {
-                        return Err(Failure::Config(format!(
-                            "--advertise {adv}: must be ip:port or [ipv6]:port with a nonzero port"
-                        )));
-                    }
-                }
+            // The balancer takes only literal addresses (it must not resolve names).
+            if let Some(adv) = &args.advertise
+                && advertised(adv, 1).is_none()
+            {
+                return Err(Failure::Config(format!(
+                    "--advertise {adv}: must be IP, IP:PORT or [IPv6]:PORT with a nonzero port"
+                )));
             }
             Some(AgentConfig {
                 target,
@@ -135,6 +133,16 @@ pub fn run(args: BackendArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::Runtime(format!("cannot start runtime: {e}")))?;
     rt.block_on(serve(args, listen, agent))
+}
+
+/// `--advertise` as an address: `IP:PORT`, `[IPv6]:PORT`, or an IP alone with the port the
+/// backend listens on. `None` when empty or not one of these.
+fn advertised(text: &str, listening: u16) -> Option<SocketAddr> {
+    let a = match text.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => SocketAddr::new(text.parse::<std::net::IpAddr>().ok()?, listening),
+    };
+    (a.port() != 0).then_some(a)
 }
 
 /// The name is sent as one reply line and in an HTTP header: printable text only.
@@ -200,15 +208,13 @@ async fn serve(
         Server::Udp(s) => tokio::spawn(udp_loop(Arc::new(s), shared.clone())),
     };
     let agent_task = agent.map(|mut a| {
-        if a.address.is_empty() {
-            if local.ip().is_unspecified() {
-                tracing::warn!(
-                    address = %local,
-                    "advertising an unspecified address to the balancer: pass --advertise"
-                );
-            }
-            a.address = local.to_string();
-        }
+        // Without --advertise only the port is sent: the balancer takes the IP this
+        // connection comes from, and refuses a claimed IP of another host unless the pool
+        // sets trust_claimed_address.
+        a.address = match advertised(&a.address, local.port()) {
+            Some(addr) => addr.to_string(),
+            None => format!(":{}", local.port()),
+        };
         tokio::spawn(agent_loop(a, shared.clone(), stop.clone()))
     });
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "fulcrum started");
@@ -684,6 +690,19 @@ mod tests {
         assert!(
             parse_http_head(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n").unwrap().chunked
         );
+    }
+
+    #[test]
+    fn advertised_addresses() {
+        let at = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        assert_eq!(advertised("10.0.0.5", 9001), at("10.0.0.5:9001"));
+        assert_eq!(advertised("10.0.0.5:80", 9001), at("10.0.0.5:80"));
+        assert_eq!(advertised("::1", 9001), at("[::1]:9001"));
+        assert_eq!(advertised("[::1]:80", 9001), at("[::1]:80"));
+        for bad in ["", "host:80", "10.0.0.5:0", "10.0.0.5:x", ":80"] {
+            assert_eq!(advertised(bad, 9001), None, "{bad}");
+        }
+        assert_eq!(advertised("10.0.0.5", 0), None, "port 0 is refused (checked with 1 first)");
     }
 
     #[test]

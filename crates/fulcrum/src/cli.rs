@@ -102,8 +102,10 @@ pub struct BackendArgs {
     /// File holding the agent's pre-shared key (surrounding whitespace is ignored).
     #[arg(long, requires = "agent")]
     pub key_file: Option<PathBuf>,
-    /// Address the balancer should send clients to (default: the bound listen address).
-    #[arg(long, requires = "agent")]
+    /// Address the balancer should send clients to: IP[:PORT] (PORT defaults to the bound
+    /// port). Without it only the port is sent and the balancer takes the IP this backend
+    /// connects from; an IP other than that needs `trust_claimed_address = true` on the pool.
+    #[arg(long, requires = "agent", value_name = "IP[:PORT]")]
     pub advertise: Option<String>,
     /// Time between two load reports to the agent port.
     #[arg(long, value_parser = report_interval, default_value = "1s")]

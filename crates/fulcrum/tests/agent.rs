@@ -26,7 +26,14 @@ struct AgentClient {
 
 impl AgentClient {
     async fn connect(agent: SocketAddr, key: &str) -> AgentClient {
-        let mut s = TcpStream::connect(agent).await.unwrap();
+        AgentClient::connect_from("127.0.0.1", agent, key).await
+    }
+
+    /// Connects from the loopback address `ip` (127.0.0.0/8 is all ours on Linux).
+    async fn connect_from(ip: &str, agent: SocketAddr, key: &str) -> AgentClient {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        let mut s = sock.connect(agent).await.unwrap();
         let mut ch = [0u8; agent::CHALLENGE_LEN];
         s.read_exact(&mut ch).await.unwrap();
         let nonce = agent::parse_challenge(&ch).unwrap();
@@ -40,7 +47,12 @@ impl AgentClient {
     }
 
     async fn hello(&mut self, pool: &str, address: SocketAddr) {
-        let h = Hello { pool: pool.into(), address: address.to_string(), version: 1 };
+        self.hello_as(pool, &address.to_string()).await;
+    }
+
+    /// HELLO with `address` exactly as given (`:port` included).
+    async fn hello_as(&mut self, pool: &str, address: &str) {
+        let h = Hello { pool: pool.into(), address: address.into(), version: 1 };
         self.send(&Message::Hello(h)).await.unwrap();
     }
 
@@ -264,6 +276,80 @@ async fn bad_frames_are_rejected_counted_and_the_daemon_goes_on() {
             == 4
     })
     .await;
+}
+
+/// A backend registers with only its port and gets the IP its agent connection comes from;
+/// one key holder cannot speak for a server on another host (here: drain it) unless the pool
+/// trusts claimed addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_port_registers_the_peer_ip_and_a_foreign_claim_is_refused() {
+    let victim = {
+        let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        Backend::on(l, Mode::Named("victim"))
+    };
+    let joiner = Backend::start(Mode::Named("joiner")).await;
+    let s = start(&toml(
+        "self_register = true",
+        &format!("\"{}\"", victim.addr),
+        "",
+        "report_interval = \"200ms\"\nmissed_reports = 25",
+    ));
+    let mut c = AgentClient::connect(s.agent, KEY).await;
+    c.hello_as("app", &format!(":{}", joiner.port())).await;
+    c.report(0, 0).await;
+    wait_until_async(Duration::from_secs(3), "the joiner at its peer IP", || {
+        addrs(&s).contains(&joiner.addr.to_string())
+    })
+    .await;
+    // From 127.0.0.1, claiming the victim on 127.0.0.2 to drain it: refused, nothing changes.
+    let mut thief = AgentClient::connect(s.agent, KEY).await;
+    thief.hello("app", victim.addr).await;
+    let r = Report { clients: 0, queue: 0, weight: None, state: Some(agent::AgentState::Drain) };
+    let _ = thief.send(&Message::Report(r.clone())).await;
+    let why = thief.closed_with().await.unwrap();
+    assert!(why.contains("trust_claimed_address") && why.contains("127.0.0.2"), "{why}");
+    assert_eq!(metric(&s.api, "fulcrum_agent_rejected_total{reason=\"claimed_address\"}"), 1.0);
+    let agent_states = || {
+        let v = get(&format!("{}/api/v1/pools", s.api));
+        v["pools"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["agent"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(agent_states(), ["up", "up"]);
+    // The victim's own host may speak for it, with its full address or only the port.
+    let mut own = AgentClient::connect_from("127.0.0.2", s.agent, KEY).await;
+    own.hello_as("app", &format!(":{}", victim.port())).await;
+    own.send(&Message::Report(r.clone())).await.unwrap();
+    wait_until_async(Duration::from_secs(3), "the victim's own drain", || {
+        agent_states() == ["drain", "up"]
+    })
+    .await;
+    drop(own);
+    wait_until_async(Duration::from_secs(3), "the drain forgotten with its session", || {
+        agent_states() == ["up", "up"]
+    })
+    .await;
+    drop(c);
+
+    // A pool that trusts claimed addresses (backends behind NAT, --advertise) takes them.
+    let t = start(&toml(
+        "self_register = true\ntrust_claimed_address = true",
+        &format!("\"{}\"", victim.addr),
+        "",
+        "report_interval = \"200ms\"\nmissed_reports = 25",
+    ));
+    let mut c = AgentClient::connect(t.agent, KEY).await;
+    c.hello("app", victim.addr).await;
+    c.send(&Message::Report(r)).await.unwrap();
+    wait_until_async(Duration::from_secs(3), "the trusted claim", || {
+        let v = get(&format!("{}/api/v1/pools", t.api));
+        v["pools"][0]["servers"][0]["agent"] == "drain"
+    })
+    .await;
+    assert_eq!(metric(&t.api, "fulcrum_agent_rejected_total"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ const POOL_KEYS: &[&str] = &[
     "slow_start",
     "health",
     "self_register",
+    "trust_claimed_address",
     "agent_pull",
     "scale_out",
     "scale_in",
@@ -76,6 +77,10 @@ impl Walker<'_> {
         }
         if let Some(v) = t.get("self_register") {
             pool.self_register = self.boolean(v, &format!("{path}.self_register")).unwrap_or(false);
+        }
+        if let Some(v) = t.get("trust_claimed_address") {
+            let key = format!("{path}.trust_claimed_address");
+            pool.trust_claimed_address = self.boolean(v, &key).unwrap_or(false);
         }
         if let Some(v) = t.get("agent_pull") {
             pool.agent_pull = self.agent_pull(v, &format!("{path}.agent_pull"));

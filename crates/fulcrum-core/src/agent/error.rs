@@ -30,6 +30,9 @@ pub enum FrameError {
     UnexpectedKind(u8),
     /// The peer sent an ERROR frame with this reason.
     Remote(String),
+    /// A HELLO claimed an address on another host than the one the connection comes from, in
+    /// a pool that does not trust claimed addresses.
+    ClaimRefused { claimed: std::net::IpAddr, peer: std::net::IpAddr },
 }
 
 impl FrameError {
@@ -44,6 +47,7 @@ impl FrameError {
             FrameError::BadPayload(_) => "bad_payload",
             FrameError::UnexpectedKind(_) => "unexpected_kind",
             FrameError::Remote(_) => "remote",
+            FrameError::ClaimRefused { .. } => "claimed_address",
         }
     }
 }
@@ -63,6 +67,11 @@ impl fmt::Display for FrameError {
             FrameError::BadPayload(why) => write!(f, "bad payload: {}", one_line(why)),
             FrameError::UnexpectedKind(kind) => write!(f, "unexpected frame kind 0x{kind:02x}"),
             FrameError::Remote(why) => write!(f, "peer reported: {}", one_line(why)),
+            FrameError::ClaimRefused { claimed, peer } => write!(
+                f,
+                "address {claimed} is not this connection's {peer} and the pool does not set \
+                 trust_claimed_address (send only the port)"
+            ),
         }
     }
 }
@@ -102,6 +111,7 @@ mod tests {
             FrameError::BadPayload("missing field `clients`".into()),
             FrameError::UnexpectedKind(0x42),
             FrameError::Remote("bye\nnow".into()),
+            FrameError::ClaimRefused { claimed: [10, 0, 0, 2].into(), peer: [10, 0, 0, 1].into() },
         ]
     }
 
@@ -118,7 +128,8 @@ mod tests {
                 "truncated",
                 "bad_payload",
                 "unexpected_kind",
-                "remote"
+                "remote",
+                "claimed_address"
             ]
         );
     }

@@ -3,7 +3,7 @@
 //! [`super::Session::open`] (unknown fields, wrong types and out-of-range values are refused,
 //! so a typo in a backend's agent shows up as an error instead of a silently ignored field).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,8 @@ impl AgentState {
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     pub pool: String,
-    /// `ip:port` or `[v6]:port`, port nonzero; kept as sent.
+    /// `ip:port`, `[v6]:port` or just `:port` (the IP is then the connection's), port nonzero;
+    /// kept as sent. [`registered_address`] gives the address it stands for.
     pub address: String,
     /// Must equal [`VERSION`].
     pub version: u8,
@@ -129,12 +130,54 @@ fn validate_hello(h: &Hello) -> Result<(), FrameError> {
             "pool is longer than {MAX_POOL_LEN} characters"
         )));
     }
+    claim(&h.address).map(|_| ())
+}
+
+/// What a HELLO's `address` claims: a whole address, or only a port on the connection's IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Port(u16),
+    Address(SocketAddr),
+}
+
+/// Reads a HELLO's `address`: `:port`, `ip:port` or `[v6]:port`, port nonzero.
+pub fn claim(address: &str) -> Result<Claim, FrameError> {
+    let port_zero = || FrameError::BadPayload("address has port 0".into());
+    if let Some(port) = address.strip_prefix(':') {
+        // Digits only: u16's parser would also take a leading '+'.
+        return match port.parse::<u16>() {
+            Ok(0) => Err(port_zero()),
+            Ok(p) if port.bytes().all(|b| b.is_ascii_digit()) => Ok(Claim::Port(p)),
+            _ => Err(FrameError::BadPayload("address is not :port, ip:port or [ipv6]:port".into())),
+        };
+    }
     // SocketAddr's grammar is exactly `ip:port` or `[v6]:port` (no host names, which would
     // need a resolver the data plane must not call).
-    match h.address.parse::<SocketAddr>() {
-        Ok(a) if a.port() != 0 => Ok(()),
-        Ok(_) => Err(FrameError::BadPayload("address has port 0".into())),
-        Err(_) => Err(FrameError::BadPayload("address is not ip:port or [ipv6]:port".into())),
+    match address.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(Claim::Address(a)),
+        Ok(_) => Err(port_zero()),
+        Err(_) => {
+            Err(FrameError::BadPayload("address is not :port, ip:port or [ipv6]:port".into()))
+        }
+    }
+}
+
+/// The address a HELLO registers, given the IP its connection comes from. A bare port takes
+/// the peer's IP. A whole address must be on the peer's IP unless the pool trusts claimed
+/// addresses: the key is shared by every backend of a pool, so without this rule any one key
+/// holder could drain, weigh down or redirect another backend by claiming its address. IPv4
+/// peers seen through a dual-stack socket (`::ffff:a.b.c.d`) count as IPv4.
+pub fn registered_address(
+    address: &str,
+    peer: IpAddr,
+    trust_claimed: bool,
+) -> Result<SocketAddr, FrameError> {
+    let peer = peer.to_canonical();
+    match claim(address)? {
+        Claim::Port(port) => Ok(SocketAddr::new(peer, port)),
+        Claim::Address(a) if trust_claimed => Ok(a),
+        Claim::Address(a) if a.ip().to_canonical() == peer => Ok(SocketAddr::new(peer, a.port())),
+        Claim::Address(a) => Err(FrameError::ClaimRefused { claimed: a.ip(), peer }),
     }
 }
 
@@ -205,7 +248,9 @@ mod tests {
             assert_eq!(r.state, Some(want));
             assert_eq!(want.as_str(), state);
         }
-        for addr in ["127.0.0.1:9001", "[::1]:80", "[2001:db8::7]:65535", "0.0.0.0:1"] {
+        for addr in
+            ["127.0.0.1:9001", "[::1]:80", "[2001:db8::7]:65535", "0.0.0.0:1", ":9001", ":1"]
+        {
             assert!(decode_payload(kind::HELLO, hello("app", addr).as_bytes()).is_ok(), "{addr}");
         }
         let long_pool = "é".repeat(MAX_POOL_LEN);
@@ -250,11 +295,48 @@ mod tests {
         assert_eq!(bad(kind::HELLO, &hello("", "1.2.3.4:5")), "pool is empty");
         bad(kind::HELLO, &hello(&"p".repeat(MAX_POOL_LEN + 1), "1.2.3.4:5"));
         assert_eq!(bad(kind::HELLO, &hello("a", "1.2.3.4:0")), "address has port 0");
-        for addr in
-            ["1.2.3.4", "localhost:80", "::1:80", "1.2.3.4:65536", "[::1]", "", " 1.2.3.4:5"]
-        {
+        assert_eq!(bad(kind::HELLO, &hello("a", ":0")), "address has port 0");
+        for addr in [
+            "1.2.3.4",
+            "localhost:80",
+            "::1:80",
+            "1.2.3.4:65536",
+            "[::1]",
+            "",
+            " 1.2.3.4:5",
+            ":",
+            ":+80",
+            ": 80",
+            ":65536",
+            ":80 ",
+        ] {
             bad(kind::HELLO, &hello("a", addr));
         }
+    }
+
+    #[test]
+    fn a_bare_port_takes_the_peer_ip_and_another_ip_needs_trust() {
+        let peer: IpAddr = [10, 0, 0, 7].into();
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(registered_address(":9001", peer, false), Ok(at("10.0.0.7:9001")));
+        assert_eq!(registered_address(":9001", peer, true), Ok(at("10.0.0.7:9001")));
+        assert_eq!(registered_address("10.0.0.7:9001", peer, false), Ok(at("10.0.0.7:9001")));
+        assert_eq!(
+            registered_address("10.0.0.8:9001", peer, false),
+            Err(FrameError::ClaimRefused { claimed: [10, 0, 0, 8].into(), peer })
+        );
+        assert_eq!(registered_address("10.0.0.8:9001", peer, true), Ok(at("10.0.0.8:9001")));
+        // A dual-stack listener sees IPv4 peers as mapped addresses: still the same host.
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(registered_address(":80", mapped, false), Ok(at("10.0.0.7:80")));
+        assert_eq!(registered_address("10.0.0.7:80", mapped, false), Ok(at("10.0.0.7:80")));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(registered_address(":80", v6, false), Ok(at("[2001:db8::1]:80")));
+        assert!(registered_address("[2001:db8::2]:80", v6, false).is_err());
+        assert!(matches!(
+            registered_address("10.0.0.7:0", peer, true),
+            Err(FrameError::BadPayload(_))
+        ));
     }
 
     #[test]

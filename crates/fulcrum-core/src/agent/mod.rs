@@ -27,7 +27,9 @@ pub use frame::{
     Decoder, RawFrame, challenge_bytes, encode_error, encode_message, encode_raw, parse_challenge,
     read_error_frame,
 };
-pub use message::{AgentState, Hello, MAX_POOL_LEN, Message, Report};
+pub use message::{
+    AgentState, Claim, Hello, MAX_POOL_LEN, Message, Report, claim, registered_address,
+};
 pub use session::Session;
 
 /// Protocol version carried in the challenge and in HELLO.
