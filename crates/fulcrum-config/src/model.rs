@@ -236,7 +236,10 @@ pub struct Pool {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPull {
-    pub port: u16,
+    /// The servers' agent port (on each server's IP); `None`: each server's own address.
+    pub port: Option<u16>,
+    /// Written once connected, before the answer is read (e.g. `__clients?\n`).
+    pub send: Option<Vec<u8>>,
     pub interval: Duration,
     pub timeout: Duration,
 }
@@ -251,6 +254,9 @@ pub struct ScaleRule {
     pub command: Option<String>,
     pub webhook: Option<String>,
 }
+
+/// Longest `agent_pull.send`: a question, not an upload.
+pub const MAX_PULL_SEND: usize = 512;
 
 pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
 

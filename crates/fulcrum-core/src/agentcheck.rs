@@ -1,7 +1,8 @@
 //! HAProxy's agent-check text format, for servers polled by the balancer (the pull side of the
 //! agent protocol): one line of words separated by spaces, commas or tabs, such as
 //! `up 75%`, `drain`, `down#maintenance`, `ready,maxconn:30`. Unknown words are ignored, as
-//! HAProxy does; a `#` starts a comment.
+//! HAProxy does; a `#` starts a comment. A bare number is something else: the answer of a
+//! server asked how many clients it has (`__clients?`), see [`parse_pulled`].
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AgentReply {
@@ -44,9 +45,46 @@ pub fn parse(text: &str) -> AgentReply {
     r
 }
 
+/// What a polled server answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pulled {
+    /// A bare number (surrounding whitespace allowed): the clients it serves now, which the
+    /// balancer takes as a load report.
+    Clients(u64),
+    /// Anything else: HAProxy agent-check text.
+    Agent(AgentReply),
+}
+
+/// Reads one polled answer. A number too large for 64 bits is not a count; as agent text it
+/// says nothing.
+pub fn parse_pulled(text: &str) -> Pulled {
+    let t = text.trim_ascii();
+    if !t.is_empty()
+        && t.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(n) = t.parse::<u64>()
+    {
+        return Pulled::Clients(n);
+    }
+    Pulled::Agent(parse(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_numbers_are_client_counts() {
+        assert_eq!(parse_pulled("3"), Pulled::Clients(3));
+        assert_eq!(parse_pulled("12\n"), Pulled::Clients(12));
+        assert_eq!(parse_pulled(" 0\r\n"), Pulled::Clients(0));
+        assert_eq!(parse_pulled("18446744073709551615"), Pulled::Clients(u64::MAX));
+        assert_eq!(parse_pulled("18446744073709551616"), Pulled::Agent(AgentReply::default()));
+        assert_eq!(parse_pulled("+3"), Pulled::Agent(AgentReply::default()));
+        assert_eq!(parse_pulled("3 4"), Pulled::Agent(AgentReply::default()));
+        assert_eq!(parse_pulled(""), Pulled::Agent(AgentReply::default()));
+        assert_eq!(parse_pulled("75%\n"), Pulled::Agent(parse("75%")));
+        assert_eq!(parse_pulled("up 3"), Pulled::Agent(parse("up")));
+    }
 
     #[test]
     fn haproxy_examples() {

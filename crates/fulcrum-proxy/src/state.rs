@@ -471,10 +471,14 @@ impl Snapshot {
                 slow_start: p.slow_start,
                 slow_start_ms: u64::try_from(p.slow_start.as_millis()).unwrap_or(u64::MAX),
                 health: p.health.clone(),
+                // A pulled count is a report too, and must stay fresh until the next poll.
                 report_ttl_ms: config
                     .agent
                     .as_ref()
-                    .map_or(3_000, |a| a.report_ttl().as_millis() as u64),
+                    .map_or(3_000, |a| a.report_ttl().as_millis() as u64)
+                    .max(p.agent_pull.as_ref().map_or(0, |a| {
+                        u64::try_from(a.interval.as_millis()).unwrap_or(u64::MAX).saturating_mul(3)
+                    })),
                 agent_pull: p.agent_pull.clone(),
             }));
         }

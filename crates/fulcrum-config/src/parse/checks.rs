@@ -23,7 +23,7 @@ const HEALTH_KEYS: &[&str] = &[
     "send",
     "expect",
 ];
-const PULL_KEYS: &[&str] = &["port", "interval", "timeout"];
+const PULL_KEYS: &[&str] = &["port", "send", "interval", "timeout"];
 const SCALE_KEYS: &[&str] = &["threshold", "window", "cooldown", "command", "webhook"];
 
 impl Walker<'_> {
@@ -152,14 +152,37 @@ impl Walker<'_> {
         let t = self.table(v, path)?;
         self.check_keys(t, path, PULL_KEYS);
         let port = match t.get("port") {
-            Some(x) => self.integer(x, &format!("{path}.port"), 1, 65_535)? as u16,
-            None => {
-                self.error(v, &format!("{path}.port"), "missing key (the servers' agent port)");
-                return None;
-            }
+            Some(x) => Some(self.integer(x, &format!("{path}.port"), 1, 65_535)? as u16),
+            None => None,
         };
-        let mut p =
-            AgentPull { port, interval: Duration::from_secs(2), timeout: Duration::from_secs(1) };
+        let send = match t.get("send") {
+            Some(x) => {
+                let key = format!("{path}.send");
+                let text = self.string(x, &key)?;
+                if text.is_empty() || text.len() > MAX_PULL_SEND {
+                    self.error(x, &key, format!("must be 1 to {MAX_PULL_SEND} bytes"));
+                    return None;
+                }
+                Some(text.as_bytes().to_vec())
+            }
+            None => None,
+        };
+        // Neither: a silent connect to the service port, waiting for it to speak first.
+        if port.is_none() && send.is_none() {
+            self.error(
+                v,
+                &format!("{path}.port"),
+                "missing key: give `port` (the servers' agent port) or `send` (a question for \
+                 the servers themselves, e.g. \"__clients?\\n\")",
+            );
+            return None;
+        }
+        let mut p = AgentPull {
+            port,
+            send,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+        };
         if let Some(x) = t.get("interval") {
             p.interval = self.nonzero_duration(x, &format!("{path}.interval"))?;
         }
@@ -248,4 +271,59 @@ fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
         return Err(bad());
     }
     Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::parse::parse_str;
+
+    fn pool(extra: &str) -> String {
+        format!("[frontend.w]\nbind = \"9000\"\npool = \"p\"\n[pool.p]\nservers = []\n{extra}\n")
+    }
+
+    fn errors(extra: &str) -> String {
+        match parse_str(&pool(extra), "f.toml") {
+            Ok(_) => String::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
+        }
+    }
+
+    #[test]
+    fn agent_pull_may_ask_the_servers_themselves() {
+        let c = parse_str(
+            &pool(r#"agent_pull = { send = "__clients?\n", interval = "250ms" }"#),
+            "f.toml",
+        )
+        .unwrap();
+        let p = c.pool("p").unwrap().agent_pull.clone().unwrap();
+        assert_eq!((p.port, p.send.as_deref()), (None, Some(&b"__clients?\n"[..])));
+        assert_eq!(p.interval, std::time::Duration::from_millis(250));
+        let c = parse_str(&pool("agent_pull = { port = 9999 }"), "f.toml").unwrap();
+        let p = c.pool("p").unwrap().agent_pull.clone().unwrap();
+        assert_eq!((p.port, p.send), (Some(9999), None));
+    }
+
+    #[test]
+    fn agent_pull_needs_a_port_or_a_question() {
+        let e = errors(r#"agent_pull = { interval = "1s" }"#);
+        assert!(e.contains("f.toml:6") && e.contains("pool.p.agent_pull.port: missing key"), "{e}");
+        let e = errors(r#"agent_pull = { send = "" }"#);
+        assert!(e.contains("pool.p.agent_pull.send: must be 1 to 512 bytes"), "{e}");
+        let e = errors(&format!("agent_pull = {{ send = \"{}\" }}", "x".repeat(513)));
+        assert!(e.contains("pool.p.agent_pull.send: must be 1 to 512 bytes"), "{e}");
+        let e = errors("agent_pull = { send = 5 }");
+        assert!(e.contains("pool.p.agent_pull.send: expected a string"), "{e}");
+    }
+
+    #[test]
+    fn trust_claimed_address_is_a_pool_boolean() {
+        let c = parse_str(&pool("trust_claimed_address = true"), "f.toml").unwrap();
+        assert!(c.pool("p").unwrap().trust_claimed_address);
+        let c = parse_str(&pool(""), "f.toml").unwrap();
+        assert!(!c.pool("p").unwrap().trust_claimed_address, "off unless set");
+        let e = errors("trust_claimed_address = \"yes\"");
+        assert!(e.contains("pool.p.trust_claimed_address: expected true or false"), "{e}");
+    }
 }
