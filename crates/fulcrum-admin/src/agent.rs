@@ -129,7 +129,9 @@ impl Registration {
         // The server's own word no longer holds once it stops talking.
         stats.set_agent_state(fulcrum_proxy::AGENT_UP);
         if self.dynamic {
-            controller.lock().await.deregister(&pool, &address);
+            let write = controller.lock().await.deregister(&pool, &address);
+            // Logged by finish() when it fails; nothing more a leaving session can do.
+            let _ = write.finish().await;
         }
     }
 }

@@ -123,10 +123,19 @@ struct PoolTasks {
     scale_in: Option<fulcrum_config::ScaleRule>,
 }
 
+/// The shared controller, for tasks the controller starts itself (a scale-in drains its
+/// server through it). Filled by [`Controller::into_shared`]; weak, so tasks never keep it.
+pub type ControllerHandle =
+    Arc<std::sync::OnceLock<std::sync::Weak<tokio::sync::Mutex<Controller>>>>;
+
 pub struct Controller {
     /// Self-registered servers by pool: address → sessions holding it. Not persisted: a
     /// backend that registered itself re-registers after a restart.
     dynamic: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Self-registered servers a scale-in drained, by (pool, address): their drain is
+    /// forgotten when they leave, so a new backend on the same address starts in rotation.
+    scaled_in: std::collections::BTreeSet<(String, String)>,
+    handle: ControllerHandle,
     pub scale_log: Arc<crate::scale::ScaleLog>,
     pub agent_stats: Arc<crate::agent::AgentStats>,
     engine: Engine,
@@ -167,6 +176,8 @@ impl Controller {
         let engine = Engine::start(&overlay.apply(&base), opts).map_err(|e| e.0)?;
         let mut c = Controller {
             dynamic: BTreeMap::new(),
+            scaled_in: Default::default(),
+            handle: Arc::default(),
             scale_log: Arc::default(),
             agent_stats: Arc::default(),
             engine,
@@ -183,6 +194,14 @@ impl Controller {
         Ok(c)
     }
 
+    /// Shares the controller between the API, the agent listener and its own tasks.
+    pub fn into_shared(self) -> Arc<tokio::sync::Mutex<Controller>> {
+        let handle = self.handle.clone();
+        let shared = Arc::new(tokio::sync::Mutex::new(self));
+        let _ = handle.set(Arc::downgrade(&shared));
+        shared
+    }
+
     /// The agent listener's settings and key, when `[agent]` is configured.
     pub fn agent_settings(&self) -> Option<fulcrum_config::Agent> {
         self.base.agent.clone()
@@ -195,19 +214,29 @@ impl Controller {
     /// The configuration in force: the config file with the runtime changes applied, plus
     /// the servers that registered themselves.
     pub fn current(&self) -> Config {
-        self.with_dynamic(self.overlay.apply(&self.base))
+        self.with_dynamic(&self.overlay, self.overlay.apply(&self.base))
     }
 
-    fn with_dynamic(&self, mut c: Config) -> Config {
+    /// `c` (the config file with `overlay` applied) plus the self-registered servers, with
+    /// the overlay's changes to them (an API or scale-in drain, a weight) applied too.
+    fn with_dynamic(&self, overlay: &Overlay, mut c: Config) -> Config {
         for pool in &mut c.pools {
             let Some(d) = self.dynamic.get(&pool.name) else { continue };
             if !pool.self_register {
                 continue;
             }
+            let overrides = overlay.pools.get(&pool.name).map(|o| &o.overrides);
             for addr in d.keys() {
                 let Ok(a) = fulcrum_config::parse_dest(addr) else { continue };
                 if !pool.servers.iter().any(|s| s.address == a) {
-                    pool.servers.push(fulcrum_config::Server::new(a));
+                    let mut s = fulcrum_config::Server::new(a);
+                    if let Some(ov) = overrides.and_then(|o| o.get(addr)) {
+                        s.weight = ov.weight.unwrap_or(s.weight);
+                        if let Some(st) = ov.state.as_deref().and_then(|x| x.parse().ok()) {
+                            s.state = st;
+                        }
+                    }
+                    pool.servers.push(s);
                 }
             }
         }
@@ -266,23 +295,48 @@ impl Controller {
     }
 
     /// A self-registered server's session ended: it leaves the pool when no session holds it.
-    pub fn deregister(&mut self, pool: &str, address: &str) {
-        let Ok(a) = fulcrum_config::parse_dest(address) else { return };
+    /// Returns the state-file write owed when a scale-in's drain of it was forgotten.
+    pub fn deregister(&mut self, pool: &str, address: &str) -> StateWrite {
+        let none = StateWrite(None);
+        let Ok(a) = fulcrum_config::parse_dest(address) else { return none };
         let key = a.to_string();
-        let Some(d) = self.dynamic.get_mut(pool) else { return };
-        let Some(n) = d.get_mut(&key) else { return };
+        let Some(d) = self.dynamic.get_mut(pool) else { return none };
+        let Some(n) = d.get_mut(&key) else { return none };
         *n = n.saturating_sub(1);
         if *n > 0 {
-            return;
+            return none;
         }
         d.remove(&key);
-        match self.engine.apply(&self.current()) {
-            Ok(()) => tracing::info!(pool, server = %key, "self-registered server left"),
+        let mut overlay = self.overlay.clone();
+        if self.scaled_in.remove(&(pool.to_string(), key.clone()))
+            && let Some(o) = overlay.pools.get_mut(pool)
+        {
+            o.overrides.remove(&key);
+        }
+        match self.commit(overlay) {
+            Ok(write) => {
+                tracing::info!(pool, server = %key, "self-registered server left");
+                write
+            }
             Err(e) => {
-                tracing::error!(pool, server = %key, error = %e, "cannot remove self-registered server")
+                tracing::error!(pool, server = %key, error = %e.message, "cannot remove self-registered server");
+                none
             }
         }
-        self.restart_health();
+    }
+
+    /// Drains `address` for a scale-in, exactly as the API's drain does. A self-registered
+    /// server's drain lasts only while it stays registered (see [`Controller::deregister`]).
+    pub fn drain_for_scale_in(
+        &mut self,
+        pool: &str,
+        address: &str,
+    ) -> Result<(String, StateWrite), ApiError> {
+        let (key, write) = self.patch_server(pool, address, Some(ServerState::Drain), None)?;
+        if self.dynamic.get(pool).is_some_and(|d| d.contains_key(&key)) {
+            self.scaled_in.insert((pool.to_string(), key.clone()));
+        }
+        Ok((key, write))
     }
 
     pub fn reloads(&self) -> u64 {
@@ -345,13 +399,13 @@ impl Controller {
     /// [`Controller::load_for_reload`].
     pub fn reload_with(&mut self, loaded: Loaded) -> Result<(), ApiError> {
         let Loaded { path, config: new, names } = loaded;
-        self.engine.apply_with(&self.with_dynamic(self.overlay.apply(&new)), names).map_err(
-            |e| ApiError {
+        self.engine
+            .apply_with(&self.with_dynamic(&self.overlay, self.overlay.apply(&new)), names)
+            .map_err(|e| ApiError {
                 status: 400,
                 message: format!("cannot apply config: {e}; the old config keeps serving"),
                 errors: vec![e],
-            },
-        )?;
+            })?;
         self.base = new;
         self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.restart_health();
@@ -416,7 +470,7 @@ impl Controller {
         names: fulcrum_proxy::Names,
     ) -> Result<StateWrite, ApiError> {
         self.engine
-            .apply_with(&self.with_dynamic(overlay.apply(&self.base)), names)
+            .apply_with(&self.with_dynamic(&overlay, overlay.apply(&self.base)), names)
             .map_err(|e| ApiError::new(400, format!("cannot apply: {e}")))?;
         self.overlay = overlay;
         self.restart_health();
@@ -470,12 +524,13 @@ impl Controller {
             if let Some(p) = base
                 && (wanted.scale_out.is_some() || wanted.scale_in.is_some())
             {
-                let t = crate::scale::run(
-                    shared.clone(),
-                    p.clone(),
-                    self.scale_log.clone(),
-                    token.clone(),
-                );
+                let cx = crate::scale::Context {
+                    shared: shared.clone(),
+                    log: self.scale_log.clone(),
+                    controller: self.handle.clone(),
+                    drain_wait: self.base.drain_timeout,
+                };
+                let t = crate::scale::run(p.clone(), cx, token.clone());
                 self.runtime.spawn(t);
             }
             self.tasks.insert(pool.name.clone(), (wanted, token));

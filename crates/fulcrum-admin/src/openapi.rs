@@ -66,6 +66,7 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "Events", "content": { "application/json": { "schema": {
                     "type": "object", "properties": { "events": { "type": "array", "items": { "type": "object", "properties": {
                         "pool": { "type": "string" }, "direction": { "type": "string", "enum": ["scale_out", "scale_in"] },
+                        "server": { "type": "string", "nullable": true, "description": "scale_in: the server drained for the command to stop (FULCRUM_SERVER)" },
                         "load": { "type": "number" }, "servers": { "type": "integer" }, "at_unix_ms": { "type": "integer" },
                         "action": { "type": "string" }, "outcome": { "type": "string" } } } } } } } } },
                     "401": err("Missing or wrong token") } } },

@@ -1,6 +1,6 @@
 //! The scale-out / scale-in signal: fire when a pool's average load per healthy server stays
 //! beyond a threshold for a whole window, at most once per cooldown. Pure: the caller samples
-//! the load and the clock.
+//! the load and the clock. Also which server a scale-in should stop ([`idlest`]).
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -56,9 +56,39 @@ impl Trigger {
     }
 }
 
+/// The server a scale-in names to stop: the least loaded of those in rotation (`Some` load),
+/// the one listed last on a tie (servers added at run time are listed after the config
+/// file's). `None` while fewer than two are in rotation: the signal never drains a pool's
+/// last server.
+pub fn idlest(loads: &[Option<u64>]) -> Option<usize> {
+    if loads.iter().flatten().count() < 2 {
+        return None;
+    }
+    let mut best: Option<(usize, u64)> = None;
+    for (i, load) in loads.iter().enumerate() {
+        if let Some(l) = *load
+            && best.is_none_or(|(_, b)| l <= b)
+        {
+            best = Some((i, l));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idlest_is_the_least_loaded_in_rotation_and_never_the_last_one() {
+        assert_eq!(idlest(&[Some(3), Some(1), Some(2)]), Some(1));
+        assert_eq!(idlest(&[Some(0), Some(4), Some(0)]), Some(2), "the last listed on a tie");
+        assert_eq!(idlest(&[None, Some(5), Some(9)]), Some(1));
+        assert_eq!(idlest(&[Some(0), None, Some(7)]), Some(0), "out of rotation is no candidate");
+        assert_eq!(idlest(&[None, Some(0), None]), None, "the last in rotation stays");
+        assert_eq!(idlest(&[Some(0)]), None);
+        assert_eq!(idlest(&[]), None);
+    }
 
     #[test]
     fn fires_once_per_window_and_cooldown() {

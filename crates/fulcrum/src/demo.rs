@@ -91,7 +91,7 @@ async fn tour(connections: u32) -> Result<(), String> {
         .iter()
         .filter_map(|a| controller.engine().local_addr(a.name()).map(|f| (*a, f)))
         .collect();
-    let controller = Arc::new(Mutex::new(controller));
+    let controller = controller.into_shared();
     let agent_addr =
         start_agent(controller.clone(), stop.clone()).await?.ok_or("no agent listener")?;
     // Only the least-load pool acts on reports; the others balance on their own counts.

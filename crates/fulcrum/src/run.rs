@@ -3,7 +3,6 @@
 //! runtime failures (exit 1).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use fulcrum_admin::{AdminServer, Controller, serve_admin};
 use fulcrum_config::{ADMIN_TOKEN_ENV, Config, Frontend, Pool, Server, parse_dest, parse_listen};
@@ -158,7 +157,7 @@ fn serve(
         let workers = controller.engine().workers();
         let max = controller.engine().shared().limits.max();
         let view = controller.read_view();
-        let controller = Arc::new(Mutex::new(controller));
+        let controller = controller.into_shared();
         let stop_admin = CancellationToken::new();
         let mut admin_task = None;
         if let Some(a) = admin {

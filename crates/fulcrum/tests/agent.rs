@@ -525,6 +525,71 @@ async fn scale_out_fires_once_per_cooldown_and_scale_in_when_load_falls() {
         v["events"].as_array().unwrap().iter().map(|e| e["direction"].as_str().unwrap()).collect();
     assert_eq!(dirs, ["scale_out", "scale_in"]);
     assert_eq!(v["events"][0]["outcome"], "ok");
+    // One server in rotation: a scale-in never drains the last one, so it names none.
+    assert!(v["events"][1]["server"].is_null(), "{v}");
+    assert!(read().contains("scale_in app 1"), "{}", read());
+}
+
+/// A scale-in names the idlest server, drains it through the controller (the API shows it
+/// drained before the command runs) and, for a self-registered one, forgets the drain when it
+/// leaves: the next backend on that address comes in in rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_drains_the_idlest_and_names_it_to_its_command() {
+    let fixed = Backend::start(Mode::Named("fixed")).await;
+    let joiner = Backend::start(Mode::Named("joiner")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("scale.log");
+    // The command records what the API said of the named server while it ran.
+    let cmd = format!("echo \"$FULCRUM_SERVER $FULCRUM_SERVERS\" >> {}", log.display());
+    let extra = format!(
+        "self_register = true\nalgorithm = \"least-load\"\nscale_in = {{ threshold = 2, window = \"300ms\", cooldown = \"30s\", command = '{cmd}' }}"
+    );
+    let s = start(&toml(
+        &extra,
+        &format!("\"{}\"", fixed.addr),
+        "",
+        "report_interval = \"200ms\"\nmissed_reports = 50",
+    ));
+    let state_of = |addr: SocketAddr| {
+        let v = get(&format!("{}/api/v1/pools", s.api));
+        v["pools"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == addr.to_string())
+            .map(|x| x["state"].as_str().unwrap().to_string())
+    };
+    // The fixed server reports 1 client, the joiner 0: the joiner is the idlest.
+    let mut f = AgentClient::connect(s.agent, KEY).await;
+    f.hello("app", fixed.addr).await;
+    f.report(1, 0).await;
+    let mut c = AgentClient::connect(s.agent, KEY).await;
+    c.hello_as("app", &format!(":{}", joiner.port())).await;
+    c.report(0, 0).await;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until_async(Duration::from_secs(5), "scale_in to fire", || !read().is_empty()).await;
+    assert_eq!(read(), format!("{} 2\n", joiner.addr));
+    assert_eq!(state_of(joiner.addr).as_deref(), Some("drain"));
+    assert_eq!(state_of(fixed.addr).as_deref(), Some("up"));
+    let v = get(&format!("{}/api/v1/scale-events", s.api));
+    assert_eq!(v["events"][0]["server"], joiner.addr.to_string(), "{v}");
+    // Drained: new clients go to the fixed server only.
+    for _ in 0..5 {
+        assert_eq!(ask_name(s.d.addr("web")).await.unwrap(), "fixed");
+    }
+    // It stops (BYE) and leaves; a backend registering later at that address is in rotation.
+    c.send(&Message::Bye).await.unwrap();
+    wait_until_async(Duration::from_secs(3), "the joiner to leave", || {
+        state_of(joiner.addr).is_none()
+    })
+    .await;
+    let mut again = AgentClient::connect(s.agent, KEY).await;
+    again.hello_as("app", &format!(":{}", joiner.port())).await;
+    again.report(0, 0).await;
+    wait_until_async(Duration::from_secs(3), "the new joiner, up", || {
+        state_of(joiner.addr).as_deref() == Some("up")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
