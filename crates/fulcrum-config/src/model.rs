@@ -110,6 +110,31 @@ impl Protocol {
             Protocol::DirectoryUdp => "directory-udp",
         }
     }
+
+    /// The transport its sockets use: frontends of different transports may share an
+    /// address and port (DNS over TCP and UDP on port 53), two of the same may not.
+    pub fn transport(self) -> Transport {
+        match self {
+            Protocol::Tcp | Protocol::Directory => Transport::Tcp,
+            Protocol::Udp | Protocol::DirectoryUdp => Transport::Udp,
+        }
+    }
+}
+
+/// A socket's transport, as far as sharing a port goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -692,3 +692,54 @@ async fn hash_based_algorithms_keep_a_client_on_its_server_across_sessions() {
     let distinct: std::collections::HashSet<_> = rotating.iter().collect();
     assert_eq!(distinct.len(), 3, "round-robin should rotate sessions: {rotating:?}");
 }
+
+/// DNS over both transports on one address: a `tcp` and a `udp` frontend with the same
+/// `bind` in front of a real dnsmasq; `dig +tcp` and `dig` through that address both answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_over_tcp_and_udp_on_one_port() {
+    let server = tokio::task::block_in_place(Dnsmasq::start);
+    // The port must be free for both transports when fulcrum binds it; another test may take
+    // it between the probe and the bind, so a few ports are tried.
+    let mut attempt = 0;
+    let (d, port) = loop {
+        attempt += 1;
+        let port = free_tcp_and_udp_port();
+        let config = format!(
+            r#"
+[frontend.dns_tcp]
+bind = "127.0.0.1:{port}"
+protocol = "tcp"
+pool = "dns"
+
+[frontend.dns_udp]
+bind = "127.0.0.1:{port}"
+protocol = "udp"
+pool = "dns"
+
+[pool.dns]
+servers = ["{}"]
+"#,
+            server.addr()
+        );
+        match Daemon::try_run_config(&config) {
+            Some(d) => break (d, port),
+            None if attempt < 5 => continue,
+            None => panic!("fulcrum did not start on a shared TCP+UDP port in 5 tries"),
+        }
+    };
+    assert_eq!(d.addr("dns_tcp").port(), port);
+    assert_eq!(d.addr("dns_udp").port(), port);
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let (udp, tcp) = tokio::task::block_in_place(|| {
+        let udp = dig(front, "www.test.example", "A");
+        let out = Command::new("dig")
+            .arg("@127.0.0.1")
+            .args(["-p", &port.to_string(), "www.test.example", "A", "+tcp", "+short"])
+            .args(["+tries=3", "+time=2"])
+            .output()
+            .expect("dig");
+        (udp, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    assert_eq!(udp, "10.0.0.1", "dig over UDP");
+    assert_eq!(tcp, "10.0.0.1", "dig +tcp");
+}

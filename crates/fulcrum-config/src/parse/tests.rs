@@ -320,3 +320,28 @@ fn fanout_bad_match_durations_and_send_timeout_are_located() {
     let errs = bad("send_timeout = \"soon\"\n", "");
     assert!(errs.contains("frontend.a.send_timeout"), "{errs}");
 }
+
+#[test]
+fn a_tcp_and_a_udp_frontend_may_share_a_port_two_of_one_transport_may_not() {
+    let pool = "[pool.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    let both = format!(
+        "[frontend.dns_tcp]\nbind = \"127.0.0.1:5353\"\nprotocol = \"tcp\"\npool = \"app\"\n\
+         [frontend.dns_udp]\nbind = \"127.0.0.1:5353\"\nprotocol = \"udp\"\npool = \"app\"\n\
+         [frontend.dir]\nbind = \"127.0.0.1:7000\"\nprotocol = \"directory\"\npool = \"app\"\n\
+         [frontend.dir_udp]\nbind = \"127.0.0.1:7000\"\nprotocol = \"directory-udp\"\npool = \"app\"\n{pool}"
+    );
+    assert_eq!(errors(&both), Vec::<String>::new());
+    // A TCP proxy and a directory are both TCP: one port cannot tell them apart.
+    let clash = format!(
+        "[frontend.a]\nbind = \"127.0.0.1:5353\"\nprotocol = \"tcp\"\npool = \"app\"\n\
+         [frontend.b]\nbind = \"127.0.0.1:5353\"\nprotocol = \"directory\"\npool = \"app\"\n{pool}"
+    );
+    let e = errors(&clash);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("frontend.b.bind") && e[0].contains("another TCP frontend"), "{e:?}");
+    let clash = format!(
+        "[frontend.a]\nbind = \"127.0.0.1:5353\"\nprotocol = \"udp\"\npool = \"app\"\n\
+         [frontend.b]\nbind = \"127.0.0.1:5353\"\nprotocol = \"udp\"\npool = \"app\"\n{pool}"
+    );
+    assert!(errors(&clash).iter().any(|e| e.contains("another UDP frontend")));
+}

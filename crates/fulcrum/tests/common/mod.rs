@@ -64,8 +64,24 @@ impl Daemon {
         Daemon::spawn_with_prefix(&[], args)
     }
 
+    /// Like [`Daemon::run_config`], but `None` when the daemon exits before it has started
+    /// (a port taken between choosing it and binding it, for tests that must fix a port).
+    pub fn try_run_config(toml: &str) -> Option<Daemon> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut d = Daemon::try_spawn(&[], &["run", "--config", path.to_str().unwrap()]).ok()?;
+        d._dir = Some(dir);
+        Some(d)
+    }
+
     /// Like [`Daemon::spawn`], run through a wrapper command such as `prlimit ... --`.
     pub fn spawn_with_prefix(prefix: &[&str], args: &[&str]) -> Daemon {
+        Daemon::try_spawn(prefix, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the daemon; `Err` with its output when it exits before it has started.
+    pub fn try_spawn(prefix: &[&str], args: &[&str]) -> Result<Daemon, String> {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -106,7 +122,7 @@ impl Daemon {
                 break;
             }
             if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("fulcrum exited early ({st}): {:?}", raw.lock().unwrap());
+                return Err(format!("fulcrum exited early ({st}): {:?}", raw.lock().unwrap()));
             }
             assert!(Instant::now() < end, "fulcrum did not start: {:?}", raw.lock().unwrap());
             std::thread::sleep(Duration::from_millis(10));
@@ -118,7 +134,7 @@ impl Daemon {
                 d.addrs.insert(name, addr);
             }
         }
-        d
+        Ok(d)
     }
 
     pub fn addr(&self, frontend: &str) -> SocketAddr {
