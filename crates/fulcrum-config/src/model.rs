@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fulcrum_core::balance::Algorithm;
 use fulcrum_core::eject::EjectPolicy;
+pub use fulcrum_core::framing::Framing;
 
 use crate::addr::{ListenAddr, ServerAddr};
 
@@ -157,6 +158,11 @@ pub struct Frontend {
     /// UDP: most sessions one client address may hold at once.
     pub max_sessions_per_source: usize,
     pub mode: Mode,
+    /// Line protocols (TCP fan-out, hedge, directory): how client bytes become requests.
+    pub framing: Framing,
+    /// Line protocols: a request equal to this closes the client's connection (and its server
+    /// connections) without being forwarded.
+    pub quit: Option<String>,
 }
 
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -231,6 +237,8 @@ impl Frontend {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             max_connections: None,
+            framing: Framing::Line,
+            quit: None,
         }
     }
 }

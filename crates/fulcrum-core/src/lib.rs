@@ -9,6 +9,7 @@ pub mod balance;
 pub mod blame;
 pub mod eject;
 pub mod fanout;
+pub mod framing;
 pub mod health;
 pub mod scale;
 pub mod udp;

@@ -345,3 +345,48 @@ fn a_tcp_and_a_udp_frontend_may_share_a_port_two_of_one_transport_may_not() {
     );
     assert!(errors(&clash).iter().any(|e| e.contains("another UDP frontend")));
 }
+
+#[test]
+fn framing_and_quit_belong_to_line_protocols() {
+    let pool = "[pool.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    let fan = format!(
+        "[frontend.lookup]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmode = \"fanout\"\n\
+         framing = \"message\"\nquit = \"done\"\n{pool}"
+    );
+    let c = parse_str(&fan, "f.toml").unwrap();
+    assert_eq!(c.frontends[0].framing, Framing::Message);
+    assert_eq!(c.frontends[0].quit.as_deref(), Some("done"));
+    let dir = format!(
+        "[frontend.d]\nbind = \"127.0.0.1:0\"\nprotocol = \"directory\"\npool = \"app\"\nquit = \"QUIT\"\n{pool}"
+    );
+    let c = parse_str(&dir, "f.toml").unwrap();
+    assert_eq!(
+        (c.frontends[0].framing, c.frontends[0].quit.as_deref()),
+        (Framing::Line, Some("QUIT"))
+    );
+    // A proxied stream has no requests to frame.
+    let proxy =
+        format!("[frontend.p]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nquit = \"done\"\n{pool}");
+    let e = errors(&proxy);
+    assert!(
+        e.iter().any(|e| e.contains("frontend.p.quit") && e.contains("only line protocols")),
+        "{e:?}"
+    );
+    let udp = format!(
+        "[frontend.u]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nmode = \"fanout\"\npool = \"app\"\nframing = \"message\"\n{pool}"
+    );
+    assert!(errors(&udp).iter().any(|e| e.contains("frontend.u.framing")));
+    let bad = format!(
+        "[frontend.l]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmode = \"fanout\"\nframing = \"datagram\"\n{pool}"
+    );
+    assert!(errors(&bad).iter().any(|e| e.contains("unknown framing \"datagram\"")));
+    let pipelined = format!(
+        "[frontend.l]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmode = \"fanout\"\nframing = \"message\"\n\
+         [frontend.l.fanout]\nmatch = \"first-word\"\n{pool}"
+    );
+    assert!(errors(&pipelined).iter().any(|e| e.contains("first-word")));
+    let empty = format!(
+        "[frontend.l]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmode = \"fanout\"\nquit = \"\"\n{pool}"
+    );
+    assert!(errors(&empty).iter().any(|e| e.contains("frontend.l.quit")));
+}

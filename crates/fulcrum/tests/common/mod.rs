@@ -365,3 +365,52 @@ pub fn metric(api: &str, prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A plain-Python program (stdlib sockets, the way the founding systems' users wrote their
+/// clients and servers), run with `python3`; killed on drop.
+pub struct Py {
+    pub child: Child,
+    pub out: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Py {
+    /// Runs `source` with `args`; its stdout is read line by line through [`Py::line`].
+    pub fn run(source: &str, args: &[&str]) -> Py {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prog.py");
+        std::fs::write(&path, source).unwrap();
+        let mut child = Command::new("python3")
+            .arg("-u")
+            .arg(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 is missing: apt-get install python3 (.ci/run does)");
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        Py { child, out, _dir: dir }
+    }
+
+    /// The next line it prints; panics when it ends first. Bounded by the program's own
+    /// timeouts (every script here sets socket timeouts).
+    pub fn line(&mut self) -> String {
+        match self.out.next() {
+            Some(Ok(l)) => l,
+            other => panic!("python program ended without a line: {other:?}"),
+        }
+    }
+
+    /// Every line it prints until it exits.
+    pub fn rest(&mut self) -> Vec<String> {
+        self.out.by_ref().map_while(Result::ok).collect()
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
