@@ -158,6 +158,10 @@ pub struct Frontend {
     /// UDP: most sessions one client address may hold at once.
     pub max_sessions_per_source: usize,
     pub mode: Mode,
+    /// UDP proxy: `true` (default) keeps a session (one server) per client address; `false`
+    /// picks a server for every datagram, and `session_timeout` is how long a datagram's
+    /// answer is waited for.
+    pub sessions: bool,
     /// Line protocols (TCP fan-out, hedge, directory): how client bytes become requests.
     pub framing: Framing,
     /// Line protocols: a request equal to this closes the client's connection (and its server
@@ -166,6 +170,9 @@ pub struct Frontend {
 }
 
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// `sessions = false`: how long a datagram's answer is waited for unless `session_timeout`
+/// says otherwise (each waiting datagram holds a socket and a slot of the in-flight table).
+pub const DEFAULT_DATAGRAM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_MAX_SESSIONS_PER_SOURCE: usize = 1_024;
 
@@ -237,6 +244,7 @@ impl Frontend {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             max_connections: None,
+            sessions: true,
             framing: Framing::Line,
             quit: None,
         }

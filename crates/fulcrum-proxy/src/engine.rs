@@ -86,6 +86,7 @@ impl Bound {
             && b.session_timeout == f.session_timeout
             && b.max_sessions == f.max_sessions
             && b.max_sessions_per_source == f.max_sessions_per_source
+            && b.sessions == f.sessions
     }
 
     /// Whether the sockets themselves can serve `f` (same address and protocol), so that a
@@ -363,7 +364,7 @@ fn worker(
                                 Service::DirectoryUdp => {
                                     tokio::spawn(crate::directory::serve_udp(sh, ctx, u, t))
                                 }
-                                Service::UdpFanout => {
+                                Service::UdpFanout | Service::UdpDatagram => {
                                     tokio::spawn(crate::fanout::serve_udp(sh, ctx, u, t))
                                 }
                                 // The UDP proxy; a TCP service never gets a UDP socket.
@@ -589,7 +590,10 @@ fn serve_here(
             Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
             Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
             // A UDP service never gets a TCP connection.
-            Service::UdpProxy | Service::UdpFanout | Service::DirectoryUdp => drop(ledger),
+            Service::UdpProxy
+            | Service::UdpFanout
+            | Service::UdpDatagram
+            | Service::DirectoryUdp => drop(ledger),
         }
     });
 }

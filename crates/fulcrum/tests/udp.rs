@@ -743,3 +743,42 @@ servers = ["{}"]
     assert_eq!(udp, "10.0.0.1", "dig over UDP");
     assert_eq!(tcp, "10.0.0.1", "dig +tcp");
 }
+
+/// `sessions = false`: every datagram picks a server. 3,000 datagrams from ONE client socket
+/// (a session-keeping frontend would send all of them to one server) spread 1,000 ± 50 per
+/// server under round robin, and each answer comes back to the client through the frontend's
+/// address with its own request in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_sessions_every_datagram_is_balanced() {
+    let echoes = [Echo::start("a").await, Echo::start("b").await, Echo::start("c").await];
+    let list = echoes.iter().map(|e| format!("\"{}\"", e.addr)).collect::<Vec<_>>().join(", ");
+    let d = Daemon::run_config(&format!(
+        r#"
+workers = 2
+[frontend.q]
+bind = "127.0.0.1:0"
+protocol = "udp"
+sessions = false
+session_timeout = "2s"
+pool = "app"
+
+[pool.app]
+algorithm = "round-robin"
+servers = [{list}]
+"#
+    ));
+    let front = d.addr("q");
+    let u = client(front).await;
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for i in 0..3_000 {
+        // `ask` checks the answer carries this very request.
+        let name = ask(&u, &format!("req-{i}"), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no answer to datagram {i}"));
+        *per.entry(name).or_default() += 1;
+    }
+    assert_eq!(per.len(), 3, "{per:?}");
+    for (name, n) in &per {
+        assert!((950..=1050).contains(n), "server {name} got {n} of 3,000: {per:?}");
+    }
+}

@@ -24,6 +24,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "fanout",
     "framing",
     "quit",
+    "sessions",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -185,6 +186,27 @@ impl Walker<'_> {
                 .map(|n| n as usize);
         }
         ok &= self.line_protocol(t, path, &mut f);
+        if let Some(x) = t.get("sessions") {
+            let key = format!("{path}.sessions");
+            match self.boolean(x, &key) {
+                Some(b) if f.protocol == Protocol::Udp && f.mode == Mode::Proxy => {
+                    f.sessions = b;
+                    if !b && t.get("session_timeout").is_none() {
+                        f.session_timeout = DEFAULT_DATAGRAM_TIMEOUT;
+                    }
+                }
+                Some(_) => {
+                    self.error(
+                        x,
+                        &key,
+                        "only a udp frontend in proxy mode keeps sessions \
+                         (fan-out already sends every datagram on its own)",
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
         ok.then_some(f)
     }
 

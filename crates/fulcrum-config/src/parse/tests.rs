@@ -390,3 +390,19 @@ fn framing_and_quit_belong_to_line_protocols() {
     );
     assert!(errors(&empty).iter().any(|e| e.contains("frontend.l.quit")));
 }
+
+#[test]
+fn sessions_false_is_for_udp_proxies_and_shortens_the_wait() {
+    let pool = "[pool.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    let c = parse_str(
+        &format!("[frontend.q]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nsessions = false\npool = \"app\"\n{pool}"),
+        "f.toml",
+    )
+    .unwrap();
+    assert!(!c.frontends[0].sessions);
+    assert_eq!(c.frontends[0].session_timeout, DEFAULT_DATAGRAM_TIMEOUT);
+    let e = errors(&format!(
+        "[frontend.t]\nbind = \"127.0.0.1:0\"\nsessions = false\npool = \"app\"\n{pool}"
+    ));
+    assert!(e.iter().any(|e| e.contains("frontend.t.sessions")), "{e:?}");
+}
