@@ -175,24 +175,6 @@ impl Dnsmasq {
     }
 }
 
-/// A port free for both a TCP listener and a UDP socket. dnsmasq binds both, and its TCP bind
-/// fails on a port that still has TIME_WAIT connections (the tests leave thousands in the
-/// ephemeral range): the TCP socket here is bound without `SO_REUSEADDR`, so the kernel offers
-/// only a port with no TCP socket on it at all.
-fn free_tcp_and_udp_port() -> u16 {
-    use socket2::{Domain, Socket, Type};
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    for _ in 0..100 {
-        let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        tcp.bind(&any.into()).unwrap();
-        let port = tcp.local_addr().unwrap().as_socket().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP in 100 tries");
-}
-
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -698,13 +680,8 @@ async fn hash_based_algorithms_keep_a_client_on_its_server_across_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_over_tcp_and_udp_on_one_port() {
     let server = tokio::task::block_in_place(Dnsmasq::start);
-    // The port must be free for both transports when fulcrum binds it; another test may take
-    // it between the probe and the bind, so a few ports are tried.
-    let mut attempt = 0;
-    let (d, port) = loop {
-        attempt += 1;
-        let port = free_tcp_and_udp_port();
-        let config = format!(
+    let (d, port) = run_on_shared_port(|port| {
+        format!(
             r#"
 [frontend.dns_tcp]
 bind = "127.0.0.1:{port}"
@@ -720,13 +697,8 @@ pool = "dns"
 servers = ["{}"]
 "#,
             server.addr()
-        );
-        match Daemon::try_run_config(&config) {
-            Some(d) => break (d, port),
-            None if attempt < 5 => continue,
-            None => panic!("fulcrum did not start on a shared TCP+UDP port in 5 tries"),
-        }
-    };
+        )
+    });
     assert_eq!(d.addr("dns_tcp").port(), port);
     assert_eq!(d.addr("dns_udp").port(), port);
     let front = SocketAddr::from(([127, 0, 0, 1], port));

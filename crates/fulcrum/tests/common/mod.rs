@@ -414,3 +414,34 @@ impl Drop for Py {
         let _ = self.child.wait();
     }
 }
+
+/// A port free for both a TCP listener and a UDP socket. dnsmasq binds both, and its TCP bind
+/// fails on a port that still has TIME_WAIT connections (the tests leave thousands in the
+/// ephemeral range): the TCP socket here is bound without `SO_REUSEADDR`, so the kernel offers
+/// only a port with no TCP socket on it at all.
+pub fn free_tcp_and_udp_port() -> u16 {
+    use socket2::{Domain, Socket, Type};
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    for _ in 0..100 {
+        let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        tcp.bind(&any.into()).unwrap();
+        let port = tcp.local_addr().unwrap().as_socket().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP in 100 tries");
+}
+
+/// Starts the daemon with `config(port)` for a port free for TCP and UDP (frontends of both
+/// transports sharing it). Another process may take the port between the probe and the bind:
+/// then another port is tried, up to 5.
+pub fn run_on_shared_port(config: impl Fn(u16) -> String) -> (Daemon, u16) {
+    for _ in 0..5 {
+        let port = free_tcp_and_udp_port();
+        if let Some(d) = Daemon::try_run_config(&config(port)) {
+            return (d, port);
+        }
+    }
+    panic!("fulcrum did not start on a shared TCP+UDP port in 5 tries");
+}
