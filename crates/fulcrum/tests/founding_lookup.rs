@@ -110,8 +110,8 @@ servers = ["127.0.0.1:{lp}", "127.0.0.1:{rp}"]
     }
 }
 
-/// The same frontend keys on line-framed clients: `quit` closes a line client too, after
-/// the answers it already has, and a directory frontend honours it as well.
+/// The same frontend keys on line-framed clients: `quit` closes a line client too, and a
+/// directory frontend honours both keys (after the answers to the requests before `quit`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quit_closes_line_clients_of_fanout_and_directory_without_forwarding() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,6 +134,13 @@ protocol = "directory"
 pool = "tables"
 quit = "QUIT"
 
+[frontend.dir_msg]
+bind = "127.0.0.1:0"
+protocol = "directory"
+pool = "tables"
+framing = "message"
+quit = "done"
+
 [pool.tables]
 servers = ["127.0.0.1:{tp}"]
 "#
@@ -152,6 +159,15 @@ servers = ["127.0.0.1:{tp}"]
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap().unwrap();
     assert_eq!(String::from_utf8(got).unwrap(), format!("127.0.0.1:{tp}\n"));
+
+    // A message client of the directory: a bare `PICK`, a bare answer, `done` closes.
+    let mut s = tokio::net::TcpStream::connect(d.addr("dir_msg")).await.unwrap();
+    s.write_all(b"PICK").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("127.0.0.1:{tp}"));
+    s.write_all(b"done").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(n, 0, "closed without an answer, got {:?}", &buf[..n]);
     drop(d);
     let _ = table.child.kill();
     let seen = tokio::task::block_in_place(|| table.rest());

@@ -6,8 +6,10 @@
 //!
 //! * `mod.rs` (this file): settings, choosing the servers ([`choose`]), bookkeeping shared by
 //!   both protocols.
-//! * `udp.rs`: one datagram is one request, a fresh connected socket per server asked.
-//! * `tcp.rs`: one line is one request, many per client connection, answered in order.
+//! * `udp.rs`: one datagram is one request, a fresh connected socket per server asked (also
+//!   the UDP proxy without sessions: one server asked per datagram).
+//! * `tcp.rs`: one line is one request, many per client connection, answered in order (or,
+//!   with `framing = "message"`, one read is one request, one at a time).
 //! * `upstream.rs`: TCP server connections: one request at a time (default) or pipelined and
 //!   matched by first word (`match = "first-word"`).
 

@@ -1,5 +1,6 @@
 //! TCP fan-out and hedge, the client side: one line is one request, many per connection,
-//! pipelined. Requests of one client connection run concurrently in the connection's task;
+//! pipelined (with `framing = "message"`: one read is one request, and the client is not read
+//! again until it is answered; the rule is `fulcrum-core::framing`). Requests of one client connection run concurrently in the connection's task;
 //! every request gets exactly one answer line (the winner's, `on_timeout`, or an empty line),
 //! written in request order (a [`Reorder`] buffer). At most [`PIPELINE_DEPTH`] requests may
 //! be unanswered before the client stops being read, and at most [`OUT_LIMIT`] bytes of
