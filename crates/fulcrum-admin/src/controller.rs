@@ -358,16 +358,21 @@ impl Controller {
         pool: &str,
         address: &str,
         weight: u32,
+        max_connections: Option<u32>,
         names: fulcrum_proxy::Names,
     ) -> Result<(String, StateWrite), ApiError> {
         let mut o = self.overlay.clone();
         let key = o.add_server(&self.current(), pool, address, weight)?;
+        if let Some(max) = max_connections {
+            let after = self.with_dynamic(o.apply(&self.base));
+            o.set_max_connections(&after, pool, &key, max)?;
+        }
         // A self-registered server added through the API becomes a permanent member.
         if let Some(d) = self.dynamic.get_mut(pool) {
             d.remove(&key);
         }
         let write = self.commit_with(o, names)?;
-        tracing::info!(pool, server = %key, weight, "server added");
+        tracing::info!(pool, server = %key, weight, max_connections, "server added");
         Ok((key, write))
     }
 

@@ -271,7 +271,24 @@ pub struct Pool {
     pub agent_pull: Option<AgentPull>,
     pub scale_out: Option<ScaleRule>,
     pub scale_in: Option<ScaleRule>,
+    /// Clients finding every server at its `max_connections` wait here; `None`: refused at once.
+    pub queue: Option<QueueSettings>,
 }
+
+/// `queue = { size, timeout }`: HAProxy's per-backend queue and `timeout queue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Most clients waiting at once; further ones are refused.
+    pub size: usize,
+    /// A client waiting this long is refused.
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_QUEUE_SIZE: usize = 1_000;
+pub const MAX_QUEUE_SIZE: usize = 1_000_000;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest per-server `max_connections`.
+pub const MAX_SERVER_CONNECTIONS: u32 = 10_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPull {
@@ -334,6 +351,7 @@ impl Pool {
             agent_pull: None,
             scale_out: None,
             scale_in: None,
+            queue: None,
         }
     }
 }
@@ -343,11 +361,13 @@ pub struct Server {
     pub address: ServerAddr,
     pub weight: u32,
     pub state: ServerState,
+    /// Most proxied client connections (TCP connections, UDP sessions) open to it at once.
+    pub max_connections: Option<u32>,
 }
 
 impl Server {
     pub fn new(address: ServerAddr) -> Self {
-        Self { address, weight: 1, state: ServerState::Up }
+        Self { address, weight: 1, state: ServerState::Up, max_connections: None }
     }
 }
 

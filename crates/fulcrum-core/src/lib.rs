@@ -11,5 +11,6 @@ pub mod eject;
 pub mod fanout;
 pub mod framing;
 pub mod health;
+pub mod queue;
 pub mod scale;
 pub mod udp;

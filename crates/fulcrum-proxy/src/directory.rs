@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fulcrum_core::balance::{Tried, hash_ip};
+use fulcrum_core::balance::hash_ip;
 use fulcrum_core::framing::{Framing, is_quit, take_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -51,7 +51,7 @@ pub fn answer(snapshot: &Snapshot, frontend: &str, line: &[u8], peer: SocketAddr
         },
         _ => return "ERR unknown request (expected PICK or PICK <pool>)".into(),
     };
-    let picked = pool.admit(hash_ip(peer.ip()), &Tried::new(), &[]);
+    let picked = pool.admit_directory(hash_ip(peer.ip()));
     match picked.and_then(|i| pool.servers.get(i)) {
         Some(s) => {
             s.stats.on_assigned();

@@ -27,7 +27,7 @@ use crate::context::{Peer, Sock, WorkerCmd};
 use crate::ledger::{Ledger, TCP_DESCRIPTORS, release_tcp_slots};
 use crate::listener::{bind_group, bind_udp_group, is_resource_error};
 use crate::ratelog::RateLimit;
-use crate::state::{Names, Snapshot, StatsRegistry};
+use crate::state::{Names, QueueRegistry, Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
 
 /// Settings that are not part of the config file's routing model.
@@ -106,6 +106,7 @@ pub struct Engine {
     /// Host names resolved for the current config, reused by later changes.
     names: Names,
     registry: StatsRegistry,
+    queues: QueueRegistry,
     frontend_stats: HashMap<String, Arc<FrontendStats>>,
     generation: AtomicU64,
     workers: usize,
@@ -153,6 +154,7 @@ impl Engine {
             bound: Vec::new(),
             names: Names::new(),
             registry: StatsRegistry::new(),
+            queues: QueueRegistry::new(),
             frontend_stats: HashMap::new(),
             generation: AtomicU64::new(0),
             workers,
@@ -176,8 +178,13 @@ impl Engine {
     pub fn apply_with(&mut self, config: &Config, fresh: Names) -> Result<(), String> {
         let mut names = self.names.clone();
         names.extend(fresh);
-        let snapshot =
-            Snapshot::build(config, &mut self.registry, &self.frontend_stats, &mut names)?;
+        let snapshot = Snapshot::build(
+            config,
+            &mut self.registry,
+            &mut self.queues,
+            &self.frontend_stats,
+            &mut names,
+        )?;
         // Bind what is new or moved before touching anything; a frontend whose address and
         // protocol are unchanged keeps its sockets (new descriptors of them) even when its
         // other settings changed, so no handshake in a backlog is ever reset by a reload.
@@ -228,6 +235,10 @@ impl Engine {
             fresh.push((f.name.clone(), b, to_workers));
         }
         self.shared.state.store(Arc::new(snapshot));
+        // A change may have made room (servers added, caps raised): waiting clients look.
+        for q in self.queues.values() {
+            q.wake_head();
+        }
         self.shared.access_log.store(config.access_log, Ordering::Relaxed);
         // New accept loops first, then the old ones close: on every worker some loop is
         // always on the socket, and the socket itself never closes while it is kept.
@@ -261,6 +272,7 @@ impl Engine {
                 .any(|p| &p.name == pool && p.servers.iter().any(|s| &s.address.to_string() == key))
         });
         self.frontend_stats.retain(|name, _| config.frontends.iter().any(|f| &f.name == name));
+        self.queues.retain(|name, _| config.pools.iter().any(|p| &p.name == name));
         names.retain(|key, _| {
             config.pools.iter().flat_map(|p| &p.servers).any(|s| &s.address.to_string() == key)
         });

@@ -406,3 +406,56 @@ fn sessions_false_is_for_udp_proxies_and_shortens_the_wait() {
     ));
     assert!(e.iter().any(|e| e.contains("frontend.t.sessions")), "{e:?}");
 }
+
+#[test]
+fn server_caps_and_queue_parse_and_are_checked() {
+    let text = r#"
+[frontend.f]
+bind = "127.0.0.1:1"
+pool = "p"
+[pool.p]
+servers = [{ address = "127.0.0.1:10", max_connections = 1 }, "127.0.0.1:11"]
+queue = { size = 20, timeout = "750ms" }
+[pool.q]
+servers = []
+queue = {}
+"#;
+    let c = parse_str(text, "f.toml").unwrap();
+    let p = c.pool("p").unwrap();
+    assert_eq!(p.servers[0].max_connections, Some(1));
+    assert_eq!(p.servers[1].max_connections, None);
+    assert_eq!(
+        p.queue,
+        Some(QueueSettings { size: 20, timeout: std::time::Duration::from_millis(750) })
+    );
+    assert_eq!(
+        c.pool("q").unwrap().queue,
+        Some(QueueSettings { size: DEFAULT_QUEUE_SIZE, timeout: DEFAULT_QUEUE_TIMEOUT })
+    );
+    assert_eq!(parse_str(GOOD, "f.toml").unwrap().pools[0].queue, None, "no queue unless set");
+    let errs = errors(
+        r#"
+[frontend.f]
+bind = "127.0.0.1:1"
+pool = "p"
+[pool.p]
+servers = [{ address = "127.0.0.1:10", max_connections = 0 }, { address = "127.0.0.1:11", max_connections = "x" }]
+queue = { size = 0, timeout = "0s", depth = 3 }
+"#,
+    )
+    .join("\n");
+    for needle in [
+        "pool.p.servers[0].max_connections: 0 is out of range (1-10000000)",
+        "pool.p.servers[1].max_connections: expected an integer",
+        "pool.p.queue.size: 0 is out of range (1-1000000)",
+        "pool.p.queue.timeout:",
+        "pool.p.queue.depth: unknown key",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in\n{errs}");
+    }
+    assert!(
+        errors("[frontend.f]\nbind = \"1\"\npool = \"p\"\n[pool.p]\nservers = []\nqueue = 5\n")
+            .join("\n")
+            .contains("pool.p.queue: expected a table")
+    );
+}
