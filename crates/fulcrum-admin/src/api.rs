@@ -240,6 +240,8 @@ async fn list_pools(State(s): State<Shared>) -> axum::Json<Value> {
                         "connections_total": sv.stats.connections_total.load(Ordering::Relaxed),
                         "connect_failures": sv.stats.connect_failures.load(Ordering::Relaxed),
                         "agent": sv.stats.agent_state_name(),
+                        "max_connections": sv.cap(p.agent_maxconn_ttl_ms, now),
+                        "configured_max_connections": sv.max_connections,
                         // Slow start × agent weight, as the balancer applies it now.
                         "share_percent": f64::from(sv.stats.share(p.slow_start_ms, now)) * 100.0
                             / f64::from(fulcrum_core::balance::SHARE_ONE),
@@ -258,6 +260,11 @@ async fn list_pools(State(s): State<Shared>) -> axum::Json<Value> {
                     fulcrum_config::HealthKind::SendExpect { .. } => "send-expect",
                     fulcrum_config::HealthKind::UdpSendExpect { .. } => "udp-send-expect",
                 }),
+                "queue": (p.queue.size() > 0).then(|| json!({
+                    "size": p.queue.size(),
+                    "timeout_ms": p.queue.timeout().as_millis() as u64,
+                })),
+                "queue_length": p.queue.len(),
                 "servers": servers,
             })
         })
@@ -271,6 +278,8 @@ struct AddServer {
     address: String,
     #[serde(default = "one")]
     weight: u32,
+    #[serde(default)]
+    max_connections: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -293,12 +302,20 @@ async fn add_server(
     let names = tokio::task::spawn_blocking(move || crate::controller::resolve_address(&address))
         .await
         .unwrap_or_default();
-    let (key, write) =
-        s.controller.lock().await.add_server(&pool, &req.address, req.weight, names)?;
+    let (key, write) = s.controller.lock().await.add_server(
+        &pool,
+        &req.address,
+        req.weight,
+        req.max_connections,
+        names,
+    )?;
     write.finish().await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({ "pool": pool, "address": key, "weight": req.weight })),
+        axum::Json(json!({
+            "pool": pool, "address": key, "weight": req.weight,
+            "max_connections": req.max_connections,
+        })),
     )
         .into_response())
 }

@@ -235,6 +235,9 @@ impl Controller {
                         if let Some(st) = ov.state.as_deref().and_then(|x| x.parse().ok()) {
                             s.state = st;
                         }
+                        if ov.max_connections.is_some() {
+                            s.max_connections = ov.max_connections;
+                        }
                     }
                     pool.servers.push(s);
                 }
@@ -418,16 +421,21 @@ impl Controller {
         pool: &str,
         address: &str,
         weight: u32,
+        max_connections: Option<u32>,
         names: fulcrum_proxy::Names,
     ) -> Result<(String, StateWrite), ApiError> {
         let mut o = self.overlay.clone();
         let key = o.add_server(&self.current(), pool, address, weight)?;
+        if let Some(max) = max_connections {
+            let after = self.with_dynamic(&o, o.apply(&self.base));
+            o.set_max_connections(&after, pool, &key, max)?;
+        }
         // A self-registered server added through the API becomes a permanent member.
         if let Some(d) = self.dynamic.get_mut(pool) {
             d.remove(&key);
         }
         let write = self.commit_with(o, names)?;
-        tracing::info!(pool, server = %key, weight, "server added");
+        tracing::info!(pool, server = %key, weight, max_connections, "server added");
         Ok((key, write))
     }
 

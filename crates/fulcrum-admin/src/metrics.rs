@@ -185,6 +185,59 @@ impl Collector for Scrape {
         }
         family(
             &mut enc,
+            "fulcrum_server_max_connections",
+            "The server's connection cap in force (agent maxconn or configured); capped servers only.",
+            MetricType::Gauge,
+            s.pools
+                .iter()
+                .flat_map(|p| {
+                    p.servers.iter().filter_map(move |sv| {
+                        let cap = sv.cap(p.agent_maxconn_ttl_ms, self.now_ms)?;
+                        Some((
+                            vec![("pool", p.name.clone()), ("server", sv.key.clone())],
+                            gauge(cap),
+                        ))
+                    })
+                })
+                .collect(),
+        )?;
+        let pl = |p: &fulcrum_proxy::PoolState| vec![("pool", p.name.clone())];
+        family(
+            &mut enc,
+            "fulcrum_pool_queue_length",
+            "Clients waiting in the pool's queue for a server below its cap.",
+            MetricType::Gauge,
+            s.pools.iter().map(|p| (pl(p), gauge(p.queue.len() as u64))).collect(),
+        )?;
+        family(
+            &mut enc,
+            "fulcrum_pool_queued",
+            "Clients that joined the pool's queue.",
+            MetricType::Counter,
+            s.pools.iter().map(|p| (pl(p), counter(ld(&p.queue.queued)))).collect(),
+        )?;
+        let mut refused = Vec::new();
+        for p in &s.pools {
+            for (reason, c) in [
+                ("servers_full", &p.queue.refused_servers_full),
+                ("queue_full", &p.queue.refused_queue_full),
+                ("queue_timeout", &p.queue.refused_queue_timeout),
+            ] {
+                refused.push((
+                    vec![("pool", p.name.clone()), ("reason", reason.to_string())],
+                    counter(ld(c)),
+                ));
+            }
+        }
+        family(
+            &mut enc,
+            "fulcrum_pool_refused",
+            "Clients refused because every server was at its cap: no queue (servers_full), the queue full, or the queue timeout.",
+            MetricType::Counter,
+            refused,
+        )?;
+        family(
+            &mut enc,
             "fulcrum_connections_active",
             "Proxied connections open now, all frontends.",
             MetricType::Gauge,

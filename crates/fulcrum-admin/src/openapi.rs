@@ -27,14 +27,20 @@ pub fn document() -> Value {
                     "address": { "type": "string" }, "state": { "type": "string", "enum": ["up", "drain", "maint"] },
                     "health": { "type": "string", "enum": ["up", "down"] }, "ejected": { "type": "boolean" },
                     "weight": { "type": "integer" }, "active_connections": { "type": "integer" },
-                    "connections_total": { "type": "integer" }, "connect_failures": { "type": "integer" } } },
+                    "connections_total": { "type": "integer" }, "connect_failures": { "type": "integer" },
+                    "max_connections": { "type": "integer", "nullable": true, "description": "The cap in force: the agent's fresh maxconn:N, else the configured one; null for none" },
+                    "configured_max_connections": { "type": "integer", "nullable": true } } },
                 "Pool": { "type": "object", "properties": {
                     "name": { "type": "string" }, "algorithm": { "type": "string" },
                     "health_check": { "type": "string", "nullable": true },
+                    "queue": { "type": "object", "nullable": true, "description": "null when the pool has no queue", "properties": {
+                        "size": { "type": "integer" }, "timeout_ms": { "type": "integer" } } },
+                    "queue_length": { "type": "integer", "description": "clients waiting for a server below its cap" },
                     "servers": { "type": "array", "items": { "$ref": "#/components/schemas/Server" } } } },
                 "NewServer": { "type": "object", "required": ["address"], "additionalProperties": false, "properties": {
                     "address": { "type": "string", "example": "127.0.0.1:9004" },
-                    "weight": { "type": "integer", "minimum": 0, "maximum": 10000, "default": 1 } } },
+                    "weight": { "type": "integer", "minimum": 0, "maximum": 10000, "default": 1 },
+                    "max_connections": { "type": "integer", "minimum": 1, "maximum": 10000000, "description": "cap of proxied client connections (none when absent)" } } },
                 "ServerChange": { "type": "object", "additionalProperties": false, "properties": {
                     "state": { "type": "string", "enum": ["up", "drain", "maint"] },
                     "weight": { "type": "integer", "minimum": 0, "maximum": 10000 } } }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fulcrum_core::balance::Algorithm;
 use fulcrum_core::eject::EjectPolicy;
+pub use fulcrum_core::framing::Framing;
 
 use crate::addr::{ListenAddr, ServerAddr};
 
@@ -110,6 +111,31 @@ impl Protocol {
             Protocol::DirectoryUdp => "directory-udp",
         }
     }
+
+    /// The transport its sockets use: frontends of different transports may share an
+    /// address and port (DNS over TCP and UDP on port 53), two of the same may not.
+    pub fn transport(self) -> Transport {
+        match self {
+            Protocol::Tcp | Protocol::Directory => Transport::Tcp,
+            Protocol::Udp | Protocol::DirectoryUdp => Transport::Udp,
+        }
+    }
+}
+
+/// A socket's transport, as far as sharing a port goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,9 +158,21 @@ pub struct Frontend {
     /// UDP: most sessions one client address may hold at once.
     pub max_sessions_per_source: usize,
     pub mode: Mode,
+    /// UDP proxy: `true` (default) keeps a session (one server) per client address; `false`
+    /// picks a server for every datagram, and `session_timeout` is how long a datagram's
+    /// answer is waited for.
+    pub sessions: bool,
+    /// Line protocols (TCP fan-out, hedge, directory): how client bytes become requests.
+    pub framing: Framing,
+    /// Line protocols: a request equal to this closes the client's connection (and its server
+    /// connections) without being forwarded.
+    pub quit: Option<String>,
 }
 
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// `sessions = false`: how long a datagram's answer is waited for unless `session_timeout`
+/// says otherwise (each waiting datagram holds a socket and a slot of the in-flight table).
+pub const DEFAULT_DATAGRAM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_MAX_SESSIONS_PER_SOURCE: usize = 1_024;
 
@@ -206,6 +244,9 @@ impl Frontend {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             max_connections: None,
+            sessions: true,
+            framing: Framing::Line,
+            quit: None,
         }
     }
 }
@@ -232,7 +273,24 @@ pub struct Pool {
     pub agent_pull: Option<AgentPull>,
     pub scale_out: Option<ScaleRule>,
     pub scale_in: Option<ScaleRule>,
+    /// Clients finding every server at its `max_connections` wait here; `None`: refused at once.
+    pub queue: Option<QueueSettings>,
 }
+
+/// `queue = { size, timeout }`: HAProxy's per-backend queue and `timeout queue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Most clients waiting at once; further ones are refused.
+    pub size: usize,
+    /// A client waiting this long is refused.
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_QUEUE_SIZE: usize = 1_000;
+pub const MAX_QUEUE_SIZE: usize = 1_000_000;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest per-server `max_connections`.
+pub const MAX_SERVER_CONNECTIONS: u32 = 10_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPull {
@@ -302,6 +360,7 @@ impl Pool {
             agent_pull: None,
             scale_out: None,
             scale_in: None,
+            queue: None,
         }
     }
 }
@@ -311,11 +370,13 @@ pub struct Server {
     pub address: ServerAddr,
     pub weight: u32,
     pub state: ServerState,
+    /// Most proxied client connections (TCP connections, UDP sessions) open to it at once.
+    pub max_connections: Option<u32>,
 }
 
 impl Server {
     pub fn new(address: ServerAddr) -> Self {
-        Self { address, weight: 1, state: ServerState::Up }
+        Self { address, weight: 1, state: ServerState::Up, max_connections: None }
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::parse_dest;
-use crate::model::{Config, MAX_WEIGHT, Server, ServerState};
+use crate::model::{Config, MAX_SERVER_CONNECTIONS, MAX_WEIGHT, Server, ServerState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +54,9 @@ pub struct ServerOverride {
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// The server's cap of proxied connections (given when it was added through the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +110,9 @@ impl Overlay {
                     if let Some(st) = ov.state.as_deref().and_then(|x| x.parse().ok()) {
                         s.state = st;
                     }
+                    if ov.max_connections.is_some() {
+                        s.max_connections = ov.max_connections;
+                    }
                 }
             }
         }
@@ -139,6 +145,25 @@ impl Overlay {
         o.added.insert(key.clone(), weight);
         // A server re-added after removal starts afresh.
         o.overrides.remove(&key);
+        Ok(key)
+    }
+
+    /// Caps `address` of `pool` at `max` proxied connections (after [`Overlay::add_server`]).
+    pub fn set_max_connections(
+        &mut self,
+        current: &Config,
+        pool: &str,
+        address: &str,
+        max: u32,
+    ) -> Result<String, ChangeError> {
+        if !(1..=MAX_SERVER_CONNECTIONS).contains(&max) {
+            return Err(ChangeError::Invalid(format!(
+                "max_connections: {max} is out of range (1-{MAX_SERVER_CONNECTIONS})"
+            )));
+        }
+        let key = self.find(current, pool, address)?;
+        let o = self.pools.entry(pool.to_string()).or_default();
+        o.overrides.entry(key.clone()).or_default().max_connections = Some(max);
         Ok(key)
     }
 
@@ -232,6 +257,12 @@ mod tests {
             (ServerState::Drain, 5)
         );
         assert_eq!(c.pools[0].servers[1].weight, 7);
+        o.set_max_connections(&o.apply(&b), "p", "127.0.0.1:12", 3).unwrap();
+        assert_eq!(o.apply(&b).pools[0].servers[1].max_connections, Some(3));
+        assert!(matches!(
+            o.set_max_connections(&o.apply(&b), "p", "127.0.0.1:12", 0),
+            Err(ChangeError::Invalid(_))
+        ));
         let again = Overlay::from_json(&o.to_json()).unwrap();
         assert_eq!(again, o);
         // Removing an added server forgets it; re-adding a removed one brings it back.

@@ -108,17 +108,23 @@ impl Walker<'_> {
         match doc.get("frontend") {
             Some(v) => {
                 if let Some(t) = self.table(v, "frontend") {
-                    let mut binds: HashSet<std::net::SocketAddr> = HashSet::new();
+                    let mut binds: HashSet<(crate::model::Transport, std::net::SocketAddr)> =
+                        HashSet::new();
                     for (name, fv) in t.iter() {
                         let path = format!("frontend.{}", name.get_ref());
                         self.check_name(name, &path);
                         if let Some(f) = self.frontend(name.get_ref(), fv, &path, &c) {
-                            if f.bind.port() != 0 && !binds.insert(f.bind) {
+                            let transport = f.protocol.transport();
+                            if f.bind.port() != 0 && !binds.insert((transport, f.bind)) {
                                 let bind = f.bind;
                                 self.error(
                                     fv,
                                     &format!("{path}.bind"),
-                                    format!("{bind} is already bound by another frontend"),
+                                    format!(
+                                        "{bind} is already bound by another {} frontend \
+                                         (a TCP and a UDP frontend may share it)",
+                                        transport.name()
+                                    ),
                                 );
                             }
                             c.frontends.push(f);

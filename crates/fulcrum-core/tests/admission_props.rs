@@ -1,7 +1,8 @@
 //! The admission step (`Balancer::admit`), for every algorithm: it answers a server whenever
 //! one may take the client (eligible, or in panic mode merely not refused by the operator or
 //! the health checks), never one already tried or of weight 0, and shares (slow start, agent
-//! weight) change how often a server is chosen, never whether a client is served.
+//! weight) change how often a server is chosen, never whether a client is served. A server at
+//! its connection cap is never chosen, in any stage (shares relaxed, panic mode included).
 
 use fulcrum_core::balance::{
     Algorithm, Balancer, LoadView, PickInput, SHARE_ONE, ServerSpec, Tried, mix,
@@ -9,13 +10,15 @@ use fulcrum_core::balance::{
 use proptest::prelude::*;
 
 /// A pool in vectors: `eligible` is the normal verdict, `ejected` servers are usable only in
-/// panic mode, `share` is each server's part of its weight.
+/// panic mode, `share` is each server's part of its weight, `room` is false for a server at
+/// its connection cap.
 #[derive(Debug, Clone)]
 struct View {
     eligible: Vec<bool>,
     ejected: Vec<bool>,
     share: Vec<u32>,
     active: Vec<u64>,
+    room: Vec<bool>,
 }
 
 impl LoadView for View {
@@ -33,6 +36,9 @@ impl LoadView for View {
     }
     fn share(&self, i: usize) -> u32 {
         self.share[i]
+    }
+    fn has_room(&self, i: usize) -> bool {
+        self.room[i]
     }
 }
 
@@ -59,16 +65,18 @@ fn pool(max: usize) -> impl Strategy<Value = (Vec<u32>, View)> {
             prop::collection::vec(prop::bool::weighted(0.3), n),
             prop::collection::vec(share(), n),
             prop::collection::vec(0u64..50, n),
+            prop::collection::vec(prop::bool::weighted(0.8), n),
         )
-            .prop_map(|(weights, eligible, ejected, share, active)| {
-                (weights, View { eligible, ejected, share, active })
+            .prop_map(|(weights, eligible, ejected, share, active, room)| {
+                (weights, View { eligible, ejected, share, active, room })
             })
     })
 }
 
 /// Whether some server not in `tried` may be admitted at all.
 fn some_admissible(weights: &[u32], view: &View, tried: &Tried) -> bool {
-    (0..weights.len()).any(|i| weights[i] > 0 && view.eligible[i] && !tried.contains(i))
+    (0..weights.len())
+        .any(|i| weights[i] > 0 && view.eligible[i] && view.room[i] && !tried.contains(i))
 }
 
 proptest! {
@@ -94,8 +102,9 @@ proptest! {
                         prop_assert!(weights[i] > 0, "{algorithm}: weight-0 server {i}");
                         prop_assert!(view.eligible[i], "{algorithm}: refused server {i}");
                         prop_assert!(!tried.contains(i), "{algorithm}: tried server {i}");
+                        prop_assert!(view.room[i], "{algorithm}: server {i} at its cap");
                         let any_strict = (0..weights.len()).any(|j| {
-                            weights[j] > 0 && view.eligible(j) && !tried.contains(j)
+                            weights[j] > 0 && view.eligible(j) && view.room[j] && !tried.contains(j)
                         });
                         prop_assert!(
                             !any_strict || view.eligible(i),
@@ -125,6 +134,7 @@ fn retries_walk_the_whole_pool_at_low_shares() {
             ejected: vec![false; n],
             share: vec![SHARE_ONE / 10; n],
             active: vec![0; n],
+            room: vec![true; n],
         };
         for algorithm in Algorithm::ALL {
             let b = build(algorithm, &keys, &weights);
@@ -158,6 +168,7 @@ fn low_share_scales_a_servers_part() {
         ejected: vec![false; n],
         share: vec![SHARE_ONE / 10, SHARE_ONE, SHARE_ONE, SHARE_ONE],
         active: vec![0; n],
+        room: vec![true; n],
     };
     for algorithm in [
         Algorithm::RoundRobin,
@@ -202,12 +213,54 @@ fn panic_mode_uses_ejected_servers_only_when_nothing_else_is_left() {
         ejected: vec![true, false, true],
         share: vec![SHARE_ONE; 3],
         active: vec![0; 3],
+        room: vec![true; 3],
     };
     for algorithm in Algorithm::ALL {
         let b = build(algorithm, &keys, &[1, 1, 1]);
         for r in 0..50 {
             let got = b.admit(&PickInput { hash: r, rand: mix(r) }, &view, &Tried::new());
             assert!(matches!(got, Some(0 | 2)), "{algorithm}: {got:?}");
+        }
+    }
+}
+
+/// The cap in every stage: servers at low shares (stage 2), ejected ones (panic mode), and a
+/// least-loaded one that is full. Only servers with room are ever chosen, and with none left
+/// the client is refused (the data plane then queues it or closes it).
+#[test]
+fn a_full_server_is_never_chosen_in_any_stage() {
+    let keys = keys(4);
+    let weights = [1, 1, 1, 1];
+    let stages = [
+        // Stage 1: everything fine but the caps.
+        (vec![false; 4], vec![SHARE_ONE; 4]),
+        // Stage 2: every share low, so only the full-share retry finds a server.
+        (vec![false; 4], vec![SHARE_ONE / 20; 4]),
+        // Panic mode: every server ejected.
+        (vec![true; 4], vec![SHARE_ONE; 4]),
+    ];
+    for (ejected, share) in stages {
+        let mut view = View {
+            eligible: vec![true; 4],
+            ejected: ejected.clone(),
+            share: share.clone(),
+            // The full ones are the least loaded: least-connections would want them.
+            active: vec![0, 0, 9, 9],
+            room: vec![false, false, true, true],
+        };
+        for algorithm in Algorithm::ALL {
+            let b = build(algorithm, &keys, &weights);
+            for r in 0..200u64 {
+                let input = PickInput { hash: mix(r ^ 0x77), rand: mix(r) };
+                let got = b.admit(&input, &view, &Tried::new());
+                assert!(matches!(got, Some(2 | 3)), "{algorithm}, ejected {ejected:?}: {got:?}");
+            }
+        }
+        view.room = vec![false; 4];
+        for algorithm in Algorithm::ALL {
+            let b = build(algorithm, &keys, &weights);
+            let got = b.admit(&PickInput { hash: 1, rand: 2 }, &view, &Tried::new());
+            assert_eq!(got, None, "{algorithm}: every server full");
         }
     }
 }

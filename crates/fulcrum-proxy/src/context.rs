@@ -30,6 +30,9 @@ pub enum Service {
     UdpProxy,
     /// `udp` with `mode = "fanout"` or `"hedge"`.
     UdpFanout,
+    /// `udp` with `sessions = false`: a server picked for every datagram; the fan-out
+    /// machinery with one server asked (fanout/udp.rs).
+    UdpDatagram,
     /// `directory-udp`: one `PICK` per datagram.
     DirectoryUdp,
 }
@@ -41,6 +44,7 @@ impl Service {
             (Protocol::DirectoryUdp, _) => Service::DirectoryUdp,
             (Protocol::Tcp, Mode::Proxy) => Service::TcpProxy,
             (Protocol::Tcp, _) => Service::TcpFanout,
+            (Protocol::Udp, Mode::Proxy) if !f.sessions => Service::UdpDatagram,
             (Protocol::Udp, Mode::Proxy) => Service::UdpProxy,
             (Protocol::Udp, _) => Service::UdpFanout,
         }
@@ -54,6 +58,7 @@ impl Service {
             Service::Directory => "directory",
             Service::UdpProxy => "udp",
             Service::UdpFanout => "udp-fanout",
+            Service::UdpDatagram => "udp-datagram",
             Service::DirectoryUdp => "directory-udp",
         }
     }

@@ -120,6 +120,8 @@ struct Dir<'a> {
     /// the client to take bytes, for the `send_timeout` watchdog. Touched only when a write
     /// would block.
     stalled: Option<&'a AtomicU64>,
+    /// Set when a write towards the server failed and this direction ended quietly.
+    server_write_failed: &'a AtomicBool,
 }
 
 impl Dir<'_> {
@@ -190,7 +192,12 @@ impl Dir<'_> {
     /// blame is decided there (`fulcrum_core::blame::stream_failed`). Towards the client a
     /// failed write ends the pair at once: nobody is left to read.
     fn dst_failed(&self) -> Result<(), Outcome> {
-        if self.dst_fails == Outcome::ServerError { Ok(()) } else { Err(self.dst_fails) }
+        if self.dst_fails == Outcome::ServerError {
+            self.server_write_failed.store(true, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(self.dst_fails)
+        }
     }
 
     /// EOF from the source: pass the half-close on.
@@ -280,6 +287,7 @@ pub async fn proxy(
     let activity = AtomicU64::new(now_ms());
     let one_ended = AtomicBool::new(false);
     let stalled = AtomicU64::new(0);
+    let server_write_failed = AtomicBool::new(false);
     let (c, s) = (Outcome::ClientError, Outcome::ServerError);
     let up = Dir {
         src: client,
@@ -291,6 +299,7 @@ pub async fn proxy(
         src_fails: c,
         dst_fails: s,
         stalled: None,
+        server_write_failed: &server_write_failed,
     };
     let down = Dir {
         src: server,
@@ -302,6 +311,7 @@ pub async fn proxy(
         src_fails: s,
         dst_fails: c,
         stalled: Some(&stalled),
+        server_write_failed: &server_write_failed,
     };
     // The first error in either direction ends both: a reset side cannot take more bytes.
     let both = async {
@@ -332,15 +342,18 @@ pub async fn proxy(
             wait = Duration::from_millis((idle_ms - quiet).min(to_send).max(1));
         }
     };
-    let outcome = tokio::select! {
+    let mut outcome = tokio::select! {
         o = both => o,
         o = watchdog => o,
     };
-    Copied {
-        outcome,
-        bytes_in: bytes_in.load(Ordering::Relaxed),
-        bytes_out: bytes_out.load(Ordering::Relaxed),
+    let bytes_out = bytes_out.load(Ordering::Relaxed);
+    // A server that resets before answering is seen by whichever direction touches it first:
+    // when the upload's write took the reset, the download reads a plain EOF afterwards (the
+    // error is reported once). Without a byte back that is the same failure as a reset read.
+    if outcome == Outcome::Done && bytes_out == 0 && server_write_failed.load(Ordering::Relaxed) {
+        outcome = Outcome::ServerError;
     }
+    Copied { outcome, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out }
 }
 
 #[cfg(test)]

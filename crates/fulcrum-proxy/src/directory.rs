@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fulcrum_core::balance::{Tried, hash_ip};
+use fulcrum_core::balance::hash_ip;
+use fulcrum_core::framing::{Framing, is_quit, take_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -29,8 +30,10 @@ const UDP_QUEUE: usize = 4096;
 
 static UDP_DROP_LOG: RateLimit = RateLimit::new(1_000);
 
-/// The answer to one request line (without the newline).
+/// The answer to one request (a line without its line end, or a datagram or message, which
+/// may end in one).
 pub fn answer(snapshot: &Snapshot, frontend: &str, line: &[u8], peer: SocketAddr) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Ok(text) = std::str::from_utf8(line) else { return "ERR request is not UTF-8".into() };
     let mut words = text.split_ascii_whitespace();
@@ -48,7 +51,7 @@ pub fn answer(snapshot: &Snapshot, frontend: &str, line: &[u8], peer: SocketAddr
         },
         _ => return "ERR unknown request (expected PICK or PICK <pool>)".into(),
     };
-    let picked = pool.admit(hash_ip(peer.ip()), &Tried::new(), &[]);
+    let picked = pool.admit_directory(hash_ip(peer.ip()));
     match picked.and_then(|i| pool.servers.get(i)) {
         Some(s) => {
             s.stats.on_assigned();
@@ -59,7 +62,8 @@ pub fn answer(snapshot: &Snapshot, frontend: &str, line: &[u8], peer: SocketAddr
     }
 }
 
-/// Serves `PICK` lines on one TCP connection until the client closes or idles out.
+/// Serves `PICK` requests on one TCP connection (lines, or one message per read with
+/// `framing = "message"`) until the client closes, idles out or sends the `quit` word.
 pub async fn serve_tcp(mut ledger: Ledger, mut s: TcpStream) {
     let shared = ledger.shared().clone();
     let ctx = ledger.ctx().clone();
@@ -72,10 +76,12 @@ pub async fn serve_tcp(mut ledger: Ledger, mut s: TcpStream) {
         .map_or((Duration::from_secs(300), Duration::from_secs(30)), |f| {
             (f.idle_timeout, f.send_timeout)
         });
+    let framing = ctx.frontend.framing;
+    let quit = ctx.frontend.quit.as_deref().map(str::as_bytes);
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 1024];
     let mut out = String::new();
-    ledger.outcome = loop {
+    ledger.outcome = 'conn: loop {
         let n = match tokio::time::timeout(idle, s.read(&mut chunk)).await {
             Ok(Ok(0)) => break "done",
             Ok(Err(_)) => break "client-error",
@@ -84,15 +90,24 @@ pub async fn serve_tcp(mut ledger: Ledger, mut s: TcpStream) {
         };
         ledger.bytes_in += n as u64;
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        // Answer every complete line in what arrived (requests may be coalesced or split).
+        // Answer every complete request in what arrived (lines may be coalesced or split).
         out.clear();
         let snapshot = shared.state.load();
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            out.push_str(&answer(&snapshot, &ctx.name, &line[..line.len() - 1], peer));
-            out.push('\n');
+        let mut quitting = false;
+        while let Some(req) = take_request(framing, &mut buf, false) {
+            if is_quit(&req, quit) {
+                quitting = true;
+                break;
+            }
+            out.push_str(&answer(&snapshot, &ctx.name, &req, peer));
+            if framing == Framing::Line {
+                out.push('\n');
+            }
         }
         drop(snapshot);
+        if quitting && out.is_empty() {
+            break 'conn "quit";
+        }
         if buf.len() > MAX_LINE {
             let _ = tokio::time::timeout(send_timeout, s.write_all(b"ERR request line too long\n"))
                 .await;
@@ -109,6 +124,10 @@ pub async fn serve_tcp(mut ledger: Ledger, mut s: TcpStream) {
                 }
             }
             ledger.bytes_out += out.len() as u64;
+        }
+        if quitting {
+            // The answers to the requests before it are sent; nothing after it is read.
+            break "quit";
         }
     };
 }

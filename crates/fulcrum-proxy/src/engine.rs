@@ -27,7 +27,7 @@ use crate::context::{Peer, Sock, WorkerCmd};
 use crate::ledger::{Ledger, TCP_DESCRIPTORS, release_tcp_slots};
 use crate::listener::{bind_group, bind_udp_group, is_resource_error};
 use crate::ratelog::RateLimit;
-use crate::state::{Names, Snapshot, StatsRegistry};
+use crate::state::{Names, QueueRegistry, Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
 
 /// Settings that are not part of the config file's routing model.
@@ -86,6 +86,7 @@ impl Bound {
             && b.session_timeout == f.session_timeout
             && b.max_sessions == f.max_sessions
             && b.max_sessions_per_source == f.max_sessions_per_source
+            && b.sessions == f.sessions
     }
 
     /// Whether the sockets themselves can serve `f` (same address and protocol), so that a
@@ -105,6 +106,7 @@ pub struct Engine {
     /// Host names resolved for the current config, reused by later changes.
     names: Names,
     registry: StatsRegistry,
+    queues: QueueRegistry,
     frontend_stats: HashMap<String, Arc<FrontendStats>>,
     generation: AtomicU64,
     workers: usize,
@@ -152,6 +154,7 @@ impl Engine {
             bound: Vec::new(),
             names: Names::new(),
             registry: StatsRegistry::new(),
+            queues: QueueRegistry::new(),
             frontend_stats: HashMap::new(),
             generation: AtomicU64::new(0),
             workers,
@@ -175,8 +178,13 @@ impl Engine {
     pub fn apply_with(&mut self, config: &Config, fresh: Names) -> Result<(), String> {
         let mut names = self.names.clone();
         names.extend(fresh);
-        let snapshot =
-            Snapshot::build(config, &mut self.registry, &self.frontend_stats, &mut names)?;
+        let snapshot = Snapshot::build(
+            config,
+            &mut self.registry,
+            &mut self.queues,
+            &self.frontend_stats,
+            &mut names,
+        )?;
         // Bind what is new or moved before touching anything; a frontend whose address and
         // protocol are unchanged keeps its sockets (new descriptors of them) even when its
         // other settings changed, so no handshake in a backlog is ever reset by a reload.
@@ -227,6 +235,10 @@ impl Engine {
             fresh.push((f.name.clone(), b, to_workers));
         }
         self.shared.state.store(Arc::new(snapshot));
+        // A change may have made room (servers added, caps raised): waiting clients look.
+        for q in self.queues.values() {
+            q.wake_head();
+        }
         self.shared.access_log.store(config.access_log, Ordering::Relaxed);
         // New accept loops first, then the old ones close: on every worker some loop is
         // always on the socket, and the socket itself never closes while it is kept.
@@ -260,6 +272,7 @@ impl Engine {
                 .any(|p| &p.name == pool && p.servers.iter().any(|s| &s.address.to_string() == key))
         });
         self.frontend_stats.retain(|name, _| config.frontends.iter().any(|f| &f.name == name));
+        self.queues.retain(|name, _| config.pools.iter().any(|p| &p.name == name));
         names.retain(|key, _| {
             config.pools.iter().flat_map(|p| &p.servers).any(|s| &s.address.to_string() == key)
         });
@@ -363,7 +376,7 @@ fn worker(
                                 Service::DirectoryUdp => {
                                     tokio::spawn(crate::directory::serve_udp(sh, ctx, u, t))
                                 }
-                                Service::UdpFanout => {
+                                Service::UdpFanout | Service::UdpDatagram => {
                                     tokio::spawn(crate::fanout::serve_udp(sh, ctx, u, t))
                                 }
                                 // The UDP proxy; a TCP service never gets a UDP socket.
@@ -589,7 +602,10 @@ fn serve_here(
             Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
             Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
             // A UDP service never gets a TCP connection.
-            Service::UdpProxy | Service::UdpFanout | Service::DirectoryUdp => drop(ledger),
+            Service::UdpProxy
+            | Service::UdpFanout
+            | Service::UdpDatagram
+            | Service::DirectoryUdp => drop(ledger),
         }
     });
 }

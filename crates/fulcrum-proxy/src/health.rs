@@ -142,6 +142,7 @@ mod tests {
         Snapshot::build(
             config,
             &mut StatsRegistry::new(),
+            &mut Default::default(),
             &Default::default(),
             &mut Default::default(),
         )

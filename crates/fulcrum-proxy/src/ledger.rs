@@ -151,6 +151,7 @@ impl Drop for Ledger {
         let f = &self.ctx.stats;
         if let Some(s) = &self.server {
             s.stats.active.fetch_sub(1, Ordering::Relaxed);
+            s.pool.slot_freed();
             s.stats.on_released();
             s.stats.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
             s.stats.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);

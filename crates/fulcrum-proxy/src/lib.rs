@@ -17,6 +17,7 @@ mod listener;
 mod park;
 mod probe;
 mod pull;
+mod queue;
 mod ratelog;
 mod splice;
 mod state;
@@ -29,6 +30,7 @@ pub use context::{AcceptCtx, Service, Shared, SpliceMode};
 pub use engine::{Engine, EngineOptions, StartError};
 pub use health::run_pool_checks;
 pub use pull::run_agent_pull;
+pub use queue::PoolQueue;
 pub use ratelog::RateLimit;
 pub use state::{
     AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, Names, PoolState, ServerEntry, ServerStats,

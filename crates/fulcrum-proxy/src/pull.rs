@@ -85,6 +85,7 @@ pub async fn run_agent_pull(shared: Arc<Shared>, pool: String, stop: Cancellatio
                         }
                         s.stats.set_agent_state(new);
                     }
+                    s.stats.set_agent_maxconn(reply.maxconn, crate::clock::now_ms());
                     if let Some(pct) = reply.weight_pct {
                         s.stats.set_agent_weight_pct(pct.max(1));
                     }

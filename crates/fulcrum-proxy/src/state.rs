@@ -12,6 +12,7 @@ use fulcrum_config::{AgentPull, Config, HealthCheck, ServerAddr, ServerState};
 use fulcrum_core::balance::{Balancer, LoadView, Metric, PickInput, SHARE_ONE, ServerSpec, Tried};
 use fulcrum_core::eject::{EjectPolicy, FailureOutcome, is_ejected};
 
+use crate::queue::PoolQueue;
 use crate::stats::FrontendStats;
 
 /// Live numbers of one server. Written by every worker, hence atomics, aligned to a cache
@@ -47,6 +48,9 @@ pub struct ServerStats {
     agent_state: AtomicU8,
     /// Weight percentage from a pull agent ("75%"); 0 means none given (full weight).
     agent_weight_pct: AtomicU32,
+    /// `maxconn:N` from a pull agent (0: none given) and when it was said (process clock ms).
+    agent_maxconn: AtomicU32,
+    agent_maxconn_at_ms: AtomicU64,
 }
 
 pub const AGENT_UP: u8 = 0;
@@ -146,6 +150,36 @@ impl ServerStats {
             AGENT_DRAIN => "drain",
             AGENT_DOWN => "down",
             _ => "up",
+        }
+    }
+
+    /// Records the pull agent's `maxconn:N` from its latest reply (`None` or 0: it asks for no
+    /// cap, so the configured `max_connections` applies).
+    pub fn set_agent_maxconn(&self, maxconn: Option<u32>, now_ms: u64) {
+        self.agent_maxconn.store(maxconn.unwrap_or(0), Ordering::Relaxed);
+        self.agent_maxconn_at_ms.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// The agent's `maxconn` if it was said within `ttl_ms`.
+    pub fn agent_maxconn(&self, ttl_ms: u64, now_ms: u64) -> Option<u32> {
+        let n = self.agent_maxconn.load(Ordering::Relaxed);
+        let at = self.agent_maxconn_at_ms.load(Ordering::Relaxed);
+        (n > 0 && now_ms.saturating_sub(at) <= ttl_ms).then_some(n)
+    }
+
+    /// Takes one of the server's connection slots: counts the client in `active`, unless a
+    /// `cap` is given and reached. Check and increment are one atomic step, so workers racing
+    /// for the last slot never take it twice.
+    pub fn try_take_slot(&self, cap: Option<u64>) -> bool {
+        match cap {
+            None => {
+                self.active.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(cap) => self
+                .active
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| (a < cap).then_some(a + 1))
+                .is_ok(),
         }
     }
 
@@ -283,10 +317,17 @@ pub struct ServerEntry {
     pub addr: SocketAddr,
     pub weight: u32,
     pub state: ServerState,
+    /// The configured cap of proxied client connections (`max_connections`).
+    pub max_connections: Option<u32>,
     pub stats: Arc<ServerStats>,
 }
 
 impl ServerEntry {
+    /// The cap in force: the agent's fresh `maxconn:N` over the configured `max_connections`.
+    pub fn cap(&self, agent_ttl_ms: u64, now_ms: u64) -> Option<u64> {
+        self.stats.agent_maxconn(agent_ttl_ms, now_ms).or(self.max_connections).map(u64::from)
+    }
+
     /// Whether the operator and the health checks both allow new connections.
     pub fn in_rotation(&self) -> bool {
         self.state == ServerState::Up
@@ -303,15 +344,73 @@ impl PoolState {
     /// weights inside the algorithm, and panic mode is the last stage; see
     /// [`Balancer::admit`]. `None` only when no server may take the client at all.
     pub fn admit(&self, client_hash: u64, tried: &Tried, exclude: &[usize]) -> Option<usize> {
-        let view = PoolView {
+        let caps = if self.capped { CapBy::Active } else { CapBy::None };
+        let input = PickInput { hash: client_hash, rand: fastrand::u64(..) };
+        self.balancer.admit(&input, &self.view(exclude, caps), tried)
+    }
+
+    /// [`PoolState::admit`] for a directory answer: a server's load is what the directory
+    /// counts (its report plus answers since, or its open connections), compared with its
+    /// cap. Nothing is reserved: a directory hands out addresses, not connections.
+    pub fn admit_directory(&self, client_hash: u64) -> Option<usize> {
+        let caps = if self.capped { CapBy::Load } else { CapBy::None };
+        let input = PickInput { hash: client_hash, rand: fastrand::u64(..) };
+        self.balancer.admit(&input, &self.view(&[], caps), &Tried::new())
+    }
+
+    fn view<'a>(&'a self, exclude: &'a [usize], caps: CapBy) -> PoolView<'a> {
+        PoolView {
             servers: &self.servers,
             now_ms: crate::clock::now_ms(),
             report_ttl_ms: self.report_ttl_ms,
             slow_start_ms: self.slow_start_ms,
             exclude,
-        };
-        let input = PickInput { hash: client_hash, rand: fastrand::u64(..) };
-        self.balancer.admit(&input, &view, tried)
+            caps,
+            agent_maxconn_ttl_ms: self.agent_maxconn_ttl_ms,
+        }
+    }
+
+    /// Admits a client and takes a slot on its server (its `active` count includes the
+    /// client from here on). A server another worker filled between the pick and the slot
+    /// counts as tried, and the pick is made again.
+    pub fn take_slot(&self, client_hash: u64, tried: &mut Tried) -> Result<usize, NoSlot> {
+        loop {
+            let Some(i) = self.admit(client_hash, tried, &[]) else {
+                return Err(if self.any_full(tried) { NoSlot::Full } else { NoSlot::NoServer });
+            };
+            let Some(s) = self.servers.get(i) else { return Err(NoSlot::NoServer) };
+            let cap = if self.capped {
+                s.cap(self.agent_maxconn_ttl_ms, crate::clock::now_ms())
+            } else {
+                None
+            };
+            if s.stats.try_take_slot(cap) {
+                return Ok(i);
+            }
+            // Bounded: each lost race fills one place of the fixed-size set.
+            if !tried.insert(i) {
+                return Err(NoSlot::Full);
+            }
+        }
+    }
+
+    /// Whether a server not in `tried` would take the client but for its cap.
+    fn any_full(&self, tried: &Tried) -> bool {
+        if !self.capped {
+            return false;
+        }
+        let view = self.view(&[], CapBy::Active);
+        (0..self.servers.len()).any(|i| {
+            self.servers[i].weight > 0
+                && view.eligible_in_panic(i)
+                && !tried.contains(i)
+                && !view.has_room(i)
+        })
+    }
+
+    /// A server slot of this pool was given back: the first waiting client looks.
+    pub fn slot_freed(&self) {
+        self.queue.wake_head();
     }
 
     /// Whether one more server may be ejected without passing `max_ejection_percent`.
@@ -337,6 +436,33 @@ pub struct PoolState {
     pub health: Option<HealthCheck>,
     pub report_ttl_ms: u64,
     pub agent_pull: Option<AgentPull>,
+    /// Some server may have a cap (a configured `max_connections`, or an agent that may say
+    /// `maxconn:N`); when false, picks skip the cap check entirely.
+    pub capped: bool,
+    /// How long a pull agent's `maxconn:N` holds without a new reply (0: no pull agent).
+    pub agent_maxconn_ttl_ms: u64,
+    /// Clients waiting for a slot; shared with the pool's earlier and later snapshots.
+    pub queue: Arc<PoolQueue>,
+}
+
+/// Why [`PoolState::take_slot`] found no server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// None may take clients at all.
+    NoServer,
+    /// Some would, but each is at its cap.
+    Full,
+}
+
+/// How a view judges a server's room under its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapBy {
+    /// No server of the pool has a cap.
+    None,
+    /// Open proxied connections and sessions (`active`) against the cap.
+    Active,
+    /// The load a directory counts ([`Metric::Load`]) against the cap.
+    Load,
 }
 
 /// The pool as the balancer sees it at one instant (built by [`PoolState::admit`]).
@@ -348,6 +474,8 @@ pub struct PoolView<'a> {
     pub slow_start_ms: u64,
     /// Servers this request already has, beyond what `Tried` holds (a fan-out asking many).
     pub exclude: &'a [usize],
+    pub caps: CapBy,
+    pub agent_maxconn_ttl_ms: u64,
 }
 
 impl LoadView for PoolView<'_> {
@@ -371,6 +499,17 @@ impl LoadView for PoolView<'_> {
     }
     fn active(&self, i: usize) -> u64 {
         self.servers.get(i).map_or(0, |s| s.stats.active.load(Ordering::Relaxed))
+    }
+    fn has_room(&self, i: usize) -> bool {
+        let load = match self.caps {
+            CapBy::None => return true,
+            CapBy::Active => self.active(i),
+            CapBy::Load => self.metric(i, Metric::Load),
+        };
+        self.servers
+            .get(i)
+            .and_then(|s| s.cap(self.agent_maxconn_ttl_ms, self.now_ms))
+            .is_none_or(|cap| load < cap)
     }
     /// A fresh report plus what was assigned since, but never less than the connections the
     /// balancer itself has open to the server: a report is up to a report interval old, and
@@ -421,6 +560,9 @@ pub struct Snapshot {
 /// Per-server stats by (pool, server key), kept by the control plane across snapshots.
 pub type StatsRegistry = HashMap<(String, String), Arc<ServerStats>>;
 
+/// Each pool's waiting line by pool name, kept by the control plane across snapshots.
+pub type QueueRegistry = HashMap<String, Arc<PoolQueue>>;
+
 impl Snapshot {
     pub fn frontend(&self, name: &str) -> Option<&FrontendState> {
         self.frontends.iter().find(|f| &*f.name == name)
@@ -436,6 +578,7 @@ impl Snapshot {
     pub fn build(
         config: &Config,
         registry: &mut StatsRegistry,
+        queues: &mut QueueRegistry,
         frontend_stats: &HashMap<String, Arc<FrontendStats>>,
         names: &mut Names,
     ) -> Result<Snapshot, String> {
@@ -454,11 +597,24 @@ impl Snapshot {
                     }
                 };
                 let stats = registry.entry((p.name.clone(), key.clone())).or_default().clone();
-                servers.push(ServerEntry { key, addr, weight: s.weight, state: s.state, stats });
+                servers.push(ServerEntry {
+                    key,
+                    addr,
+                    weight: s.weight,
+                    state: s.state,
+                    max_connections: s.max_connections,
+                    stats,
+                });
             }
             let specs: Vec<ServerSpec<'_>> =
                 servers.iter().map(|s| ServerSpec { key: &s.key, weight: s.weight }).collect();
             let balancer = Balancer::new(p.algorithm, &specs);
+            let queue = queues.entry(p.name.clone()).or_default().clone();
+            queue.configure(p.queue);
+            // Three polls missed (and the last one's timeout) before the agent's cap lapses.
+            let agent_maxconn_ttl_ms = p.agent_pull.as_ref().map_or(0, |a| {
+                u64::try_from((a.interval * 3 + a.timeout).as_millis()).unwrap_or(u64::MAX)
+            });
             pools.push(Arc::new(PoolState {
                 name: p.name.clone(),
                 algorithm: p.algorithm,
@@ -480,6 +636,10 @@ impl Snapshot {
                         u64::try_from(a.interval.as_millis()).unwrap_or(u64::MAX).saturating_mul(3)
                     })),
                 agent_pull: p.agent_pull.clone(),
+                capped: agent_maxconn_ttl_ms > 0
+                    || p.servers.iter().any(|s| s.max_connections.is_some()),
+                agent_maxconn_ttl_ms,
+                queue,
             }));
         }
         let mut frontends = Vec::with_capacity(config.frontends.len());
@@ -528,7 +688,7 @@ fn resolve(a: &ServerAddr) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fulcrum_core::balance::{Algorithm, Balancer};
+    use fulcrum_core::balance::{Algorithm, Balancer, ServerSpec};
 
     fn pool(n: usize, max_percent: u32) -> PoolState {
         let servers = (0..n)
@@ -537,6 +697,7 @@ mod tests {
                 addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                 weight: 1,
                 state: ServerState::Up,
+                max_connections: None,
                 stats: Arc::default(),
             })
             .collect();
@@ -554,6 +715,9 @@ mod tests {
             health: None,
             report_ttl_ms: 1_000,
             agent_pull: None,
+            capped: false,
+            agent_maxconn_ttl_ms: 0,
+            queue: Arc::default(),
         }
     }
 
@@ -604,6 +768,8 @@ mod tests {
             report_ttl_ms: p.report_ttl_ms,
             slow_start_ms: 0,
             exclude: &[],
+            caps: CapBy::None,
+            agent_maxconn_ttl_ms: 0,
         };
         let s = &p.servers[0].stats;
         s.on_report(5, 2, 1_000);
@@ -631,11 +797,91 @@ mod tests {
     }
 
     #[test]
+    fn slots_never_exceed_the_cap_across_threads() {
+        let stats = Arc::new(ServerStats::default());
+        let inside = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (stats, inside) = (stats.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    let mut taken = 0u32;
+                    for _ in 0..50_000 {
+                        if stats.try_take_slot(Some(2)) {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            let active = stats.active.load(Ordering::Relaxed);
+                            assert!(now <= 2 && active <= 2, "{now} holders, active {active}");
+                            // Held a moment, so the others race for the slot meanwhile.
+                            std::thread::yield_now();
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            stats.active.fetch_sub(1, Ordering::Relaxed);
+                            taken += 1;
+                        }
+                    }
+                    taken
+                })
+            })
+            .collect();
+        let taken: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(taken > 0);
+        assert_eq!(stats.active.load(Ordering::Relaxed), 0);
+        assert!(stats.try_take_slot(None) && stats.try_take_slot(None), "no cap: always");
+    }
+
+    #[test]
+    fn caps_hold_in_admission_and_directory_load_counts() {
+        let mut p = pool(2, 50);
+        p.balancer = Balancer::new(
+            Algorithm::RoundRobin,
+            &[ServerSpec { key: "a", weight: 1 }, ServerSpec { key: "b", weight: 1 }],
+        );
+        p.servers[0].max_connections = Some(1);
+        p.capped = true;
+        let mut tried = Tried::new();
+        // Server 0 takes one client, then only server 1 (uncapped) is picked.
+        let mut on = [0u32; 2];
+        for _ in 0..10 {
+            let i = p.take_slot(0, &mut Tried::new()).unwrap();
+            on[i] += 1;
+        }
+        assert_eq!(on, [1, 9]);
+        // Server 1 down: server 0 is full, so the pool is full (a queue would wait), not empty.
+        p.servers[1].stats.set_health(false, 1);
+        assert_eq!(p.take_slot(0, &mut tried), Err(NoSlot::Full));
+        p.servers[0].stats.set_health(false, 1);
+        assert_eq!(p.take_slot(0, &mut tried), Err(NoSlot::NoServer));
+        p.servers[0].stats.set_health(true, 1);
+        p.servers[1].stats.set_health(true, 1);
+        // The agent's maxconn overrides the configured cap while fresh.
+        let now = crate::clock::now_ms();
+        p.agent_maxconn_ttl_ms = 10_000;
+        p.servers[0].stats.set_agent_maxconn(Some(3), now);
+        assert_eq!(p.servers[0].cap(p.agent_maxconn_ttl_ms, now), Some(3));
+        assert_eq!(p.servers[0].cap(p.agent_maxconn_ttl_ms, now + 20_000), Some(1), "stale");
+        p.servers[0].stats.set_agent_maxconn(None, now);
+        assert_eq!(p.servers[0].cap(p.agent_maxconn_ttl_ms, now), Some(1));
+        // A directory compares its own count (a fresh report plus answers since) with the
+        // cap: server 0 reports one client, so a directory never names it.
+        p.servers[0].stats.active.store(0, Ordering::Relaxed);
+        p.report_ttl_ms = 10_000;
+        p.servers[0].stats.on_report(1, 0, now);
+        for _ in 0..10 {
+            assert_eq!(p.admit_directory(7), Some(1));
+        }
+        assert!(p.take_slot(0, &mut Tried::new()).is_ok(), "no connection open: a proxy may");
+    }
+
+    #[test]
     fn host_names_resolved_ahead_are_used_without_a_lookup() {
         let text = "[frontend.f]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nservers = [\"backend.invalid:8080\", \"127.0.0.1:9\"]\n";
         let config = fulcrum_config::parse_str(text, "t.toml").unwrap();
         let build = |names: &mut Names| {
-            Snapshot::build(&config, &mut StatsRegistry::new(), &HashMap::new(), names)
+            Snapshot::build(
+                &config,
+                &mut StatsRegistry::new(),
+                &mut QueueRegistry::new(),
+                &HashMap::new(),
+                names,
+            )
         };
         // `.invalid` never resolves (RFC 2606): building must look it up, and fails.
         assert!(build(&mut Names::new()).is_err());

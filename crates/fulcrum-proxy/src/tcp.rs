@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 use crate::clock::now_ms;
 use crate::copy::{Copied, Outcome, proxy};
 use crate::ledger::{Ledger, Picked};
+use crate::queue::{Refusal, take_or_wait};
 use crate::ratelog::RateLimit;
-use crate::state::PoolState;
+use crate::state::{NoSlot, PoolState};
 
 static NO_SERVER_LOG: RateLimit = RateLimit::new(1_000);
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
@@ -29,16 +30,20 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
         (pool.clone(), fe.idle_timeout, fe.send_timeout)
     };
     let peer = ledger.client();
-    let Some((server, upstream)) = connect(&pool, peer).await else {
-        ledger.ctx().stats.no_server.fetch_add(1, Ordering::Relaxed);
-        if let Some(skipped) = NO_SERVER_LOG.allow(now_ms()) {
-            tracing::warn!(
-                frontend = %ledger.ctx().name, pool = %pool.name, client = %peer, skipped,
-                "no server available: client closed"
-            );
+    let (server, upstream) = match connect(&pool, peer).await {
+        Ok(c) => c,
+        Err(refusal) => {
+            ledger.ctx().stats.no_server.fetch_add(1, Ordering::Relaxed);
+            if let Some(skipped) = NO_SERVER_LOG.allow(now_ms()) {
+                tracing::warn!(
+                    frontend = %ledger.ctx().name, pool = %pool.name, client = %peer, skipped,
+                    reason = refusal.outcome(), queued = pool.queue.len(),
+                    "no server available: client closed"
+                );
+            }
+            ledger.outcome = refusal.outcome();
+            return;
         }
-        ledger.outcome = "no-server";
-        return;
     };
     let index = server.index;
     ledger.hold(server);
@@ -71,30 +76,41 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
 }
 
 /// Connects to a server of `pool`, trying at most `1 + retries` distinct servers. The
-/// returned server's `active` count includes this connection.
-async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, TcpStream)> {
+/// returned server's `active` count includes this connection. When every server is at its
+/// cap, the first attempt waits in the pool's queue (if it has one); a retry does not (the
+/// client already had its turn), it is refused like any client finding no server.
+async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Result<(Picked, TcpStream), Refusal> {
     let client_hash = hash_ip(peer.ip());
     let mut tried = Tried::new();
     // Config caps retries so that every attempt fits in `Tried`.
     let attempts = (pool.retries as usize + 1).min(MAX_ATTEMPTS);
-    for _ in 0..attempts {
-        let index = pool.admit(client_hash, &tried, &[])?;
+    for attempt in 0..attempts {
+        // The slot is taken with the pick (counted in `active` from the start of the
+        // connect, so least-connections sees it at once, and a cap holds across workers).
+        let taken = if attempt == 0 {
+            take_or_wait(pool, client_hash, &mut tried).await
+        } else {
+            pool.take_slot(client_hash, &mut tried).map_err(|e| match e {
+                NoSlot::NoServer => Refusal::NoServer,
+                NoSlot::Full => Refusal::ServersFull,
+            })
+        };
+        let index = taken?;
         tried.insert(index);
-        let server = pool.servers.get(index)?;
-        // Counted from the start of the connect, so least-connections sees it at once.
-        server.stats.active.fetch_add(1, Ordering::Relaxed);
+        let Some(server) = pool.servers.get(index) else { return Err(Refusal::NoServer) };
         let started = std::time::Instant::now();
         let res = tokio::time::timeout(pool.connect_timeout, crate::connect::connect(server.addr));
         let err = match res.await {
             Ok(Ok(stream)) => {
                 server.stats.on_connected(started.elapsed());
                 server.stats.on_assigned();
-                return Some((Picked { pool: pool.clone(), index }, stream));
+                return Ok((Picked { pool: pool.clone(), index }, stream));
             }
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
+        pool.slot_freed();
         let now = now_ms();
         let ejected = connect_failed(err.raw_os_error()).counts_against_server()
             && server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
@@ -105,5 +121,5 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Option<(Picked, Tcp
             );
         }
     }
-    None
+    Err(Refusal::NoServer)
 }

@@ -31,7 +31,7 @@ use crate::clock::now_ms;
 use crate::context::{AcceptCtx, Shared};
 use crate::ledger::{Ledger, Picked, release_udp_session};
 use crate::ratelog::RateLimit;
-use crate::state::PoolState;
+use crate::state::{NoSlot, PoolState};
 use crate::stats::FrontendStats;
 
 /// Largest UDP payload (IPv6 jumbograms aside); a datagram is never cut short.
@@ -418,8 +418,17 @@ fn open(
         }
         return None;
     }
+    // The server's slot is taken with the pick (`active` counts the session from here), so a
+    // cap holds across workers; a session never waits in the pool's queue (a datagram cannot).
     let picked = pool.as_ref().and_then(|p| {
-        let i = pick(p, client)?;
+        let i = match take_slot(p, client) {
+            Ok(i) => i,
+            Err(NoSlot::Full) => {
+                p.queue.refused_servers_full.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Err(NoSlot::NoServer) => return None,
+        };
         Some((p, i, p.servers.get(i)?))
     });
     let Some((pool, index, server)) = picked else {
@@ -439,6 +448,8 @@ fn open(
         Ok(u) => Arc::new(u),
         Err(e) => {
             release_udp_session(shared, ctx);
+            server.stats.active.fetch_sub(1, Ordering::Relaxed);
+            pool.slot_freed();
             stats.udp_drops_send_error.fetch_add(1, Ordering::Relaxed);
             if let Some(skipped) = SOCKET_LOG.allow(now_ms()) {
                 tracing::warn!(
@@ -451,7 +462,6 @@ fn open(
     };
     // From here the ledger owns the session slot and the server's count.
     let mut ledger = Ledger::udp_session(shared.clone(), ctx.clone(), client);
-    server.stats.active.fetch_add(1, Ordering::Relaxed);
     server.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     server.stats.on_assigned();
     stats.udp_sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -508,11 +518,11 @@ fn acquire(shared: &Shared, ctx: &AcceptCtx) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The server for a new session: the pool's admission step, as for a TCP connection, without
-/// the connect (UDP has none to fail). The client IP's hash is the input, so hashing
-/// algorithms keep a client on its server across sessions.
-fn pick(pool: &PoolState, client: SocketAddr) -> Option<usize> {
-    pool.admit(hash_ip(client.ip()), &Tried::new(), &[])
+/// The server for a new session, with its slot taken: the pool's admission step, as for a
+/// TCP connection, without the connect (UDP has none to fail). The client IP's hash is the
+/// input, so hashing algorithms keep a client on its server across sessions.
+fn take_slot(pool: &PoolState, client: SocketAddr) -> Result<usize, NoSlot> {
+    pool.take_slot(hash_ip(client.ip()), &mut Tried::new())
 }
 
 /// A socket connected to `server`: the kernel then delivers only that server's datagrams to

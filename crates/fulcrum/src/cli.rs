@@ -185,6 +185,16 @@ pub struct ForwardArgs {
     /// Limit of concurrently proxied connections (default: from the open-file limit).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Most clients each DEST serves at once (its `max_connections`); the rest wait in line
+    /// with --queue, or are refused.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_per_server: Option<u32>,
+    /// Clients that may wait in line when every DEST is full (default: none wait).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub queue: Option<u64>,
+    /// How long a client may wait in line.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub queue_timeout: Duration,
     /// Time open connections get to finish after SIGTERM.
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub drain_timeout: Duration,

@@ -60,11 +60,18 @@ pub fn forward_config(a: &ForwardArgs) -> Result<Config, String> {
         if servers.iter().any(|s| s.address == addr) {
             return Err(format!("DEST {d}: {addr} is given twice"));
         }
-        servers.push(Server::new(addr));
+        servers.push(Server { max_connections: a.max_per_server, ..Server::new(addr) });
     }
     let mut pool = Pool::new("forward", algorithm, servers);
     pool.connect_timeout = a.connect_timeout;
     pool.retries = a.retries;
+    if a.queue_timeout.is_zero() {
+        return Err("--queue-timeout: must be more than 0".into());
+    }
+    pool.queue = a.queue.map(|size| fulcrum_config::QueueSettings {
+        size: size as usize,
+        timeout: a.queue_timeout,
+    });
     let mut fe = Frontend::new("forward", listen, "forward");
     fe.idle_timeout = a.idle_timeout;
     Ok(Config {

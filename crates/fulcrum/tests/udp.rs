@@ -175,24 +175,6 @@ impl Dnsmasq {
     }
 }
 
-/// A port free for both a TCP listener and a UDP socket. dnsmasq binds both, and its TCP bind
-/// fails on a port that still has TIME_WAIT connections (the tests leave thousands in the
-/// ephemeral range): the TCP socket here is bound without `SO_REUSEADDR`, so the kernel offers
-/// only a port with no TCP socket on it at all.
-fn free_tcp_and_udp_port() -> u16 {
-    use socket2::{Domain, Socket, Type};
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    for _ in 0..100 {
-        let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        tcp.bind(&any.into()).unwrap();
-        let port = tcp.local_addr().unwrap().as_socket().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP in 100 tries");
-}
-
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -691,4 +673,84 @@ async fn hash_based_algorithms_keep_a_client_on_its_server_across_sessions() {
     assert!(hashed.iter().all(|n| n == &hashed[0]), "maglev moved a client: {hashed:?}");
     let distinct: std::collections::HashSet<_> = rotating.iter().collect();
     assert_eq!(distinct.len(), 3, "round-robin should rotate sessions: {rotating:?}");
+}
+
+/// DNS over both transports on one address: a `tcp` and a `udp` frontend with the same
+/// `bind` in front of a real dnsmasq; `dig +tcp` and `dig` through that address both answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_over_tcp_and_udp_on_one_port() {
+    let server = tokio::task::block_in_place(Dnsmasq::start);
+    let (d, port) = run_on_shared_port(|port| {
+        format!(
+            r#"
+[frontend.dns_tcp]
+bind = "127.0.0.1:{port}"
+protocol = "tcp"
+pool = "dns"
+
+[frontend.dns_udp]
+bind = "127.0.0.1:{port}"
+protocol = "udp"
+pool = "dns"
+
+[pool.dns]
+servers = ["{}"]
+"#,
+            server.addr()
+        )
+    });
+    assert_eq!(d.addr("dns_tcp").port(), port);
+    assert_eq!(d.addr("dns_udp").port(), port);
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let (udp, tcp) = tokio::task::block_in_place(|| {
+        let udp = dig(front, "www.test.example", "A");
+        let out = Command::new("dig")
+            .arg("@127.0.0.1")
+            .args(["-p", &port.to_string(), "www.test.example", "A", "+tcp", "+short"])
+            .args(["+tries=3", "+time=2"])
+            .output()
+            .expect("dig");
+        (udp, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    assert_eq!(udp, "10.0.0.1", "dig over UDP");
+    assert_eq!(tcp, "10.0.0.1", "dig +tcp");
+}
+
+/// `sessions = false`: every datagram picks a server. 3,000 datagrams from ONE client socket
+/// (a session-keeping frontend would send all of them to one server) spread 1,000 ± 50 per
+/// server under round robin, and each answer comes back to the client through the frontend's
+/// address with its own request in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_sessions_every_datagram_is_balanced() {
+    let echoes = [Echo::start("a").await, Echo::start("b").await, Echo::start("c").await];
+    let list = echoes.iter().map(|e| format!("\"{}\"", e.addr)).collect::<Vec<_>>().join(", ");
+    let d = Daemon::run_config(&format!(
+        r#"
+workers = 2
+[frontend.q]
+bind = "127.0.0.1:0"
+protocol = "udp"
+sessions = false
+session_timeout = "2s"
+pool = "app"
+
+[pool.app]
+algorithm = "round-robin"
+servers = [{list}]
+"#
+    ));
+    let front = d.addr("q");
+    let u = client(front).await;
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for i in 0..3_000 {
+        // `ask` checks the answer carries this very request.
+        let name = ask(&u, &format!("req-{i}"), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no answer to datagram {i}"));
+        *per.entry(name).or_default() += 1;
+    }
+    assert_eq!(per.len(), 3, "{per:?}");
+    for (name, n) in &per {
+        assert!((950..=1050).contains(n), "server {name} got {n} of 3,000: {per:?}");
+    }
 }

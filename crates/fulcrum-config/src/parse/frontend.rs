@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use toml::de::DeTable;
+
 use super::{Value, Walker};
 use crate::addr::parse_listen;
 use crate::model::*;
@@ -20,6 +22,9 @@ const FRONTEND_KEYS: &[&str] = &[
     "mode",
     "delay",
     "fanout",
+    "framing",
+    "quit",
+    "sessions",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -180,7 +185,93 @@ impl Walker<'_> {
                 .integer(mv, &format!("{path}.max_connections"), 1, 10_000_000)
                 .map(|n| n as usize);
         }
+        ok &= self.line_protocol(t, path, &mut f);
+        if let Some(x) = t.get("sessions") {
+            let key = format!("{path}.sessions");
+            match self.boolean(x, &key) {
+                Some(b) if f.protocol == Protocol::Udp && f.mode == Mode::Proxy => {
+                    f.sessions = b;
+                    if !b && t.get("session_timeout").is_none() {
+                        f.session_timeout = DEFAULT_DATAGRAM_TIMEOUT;
+                    }
+                }
+                Some(_) => {
+                    self.error(
+                        x,
+                        &key,
+                        "only a udp frontend in proxy mode keeps sessions \
+                         (fan-out already sends every datagram on its own)",
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
         ok.then_some(f)
+    }
+
+    /// `framing` and `quit`, the keys of the line protocols (TCP fan-out, hedge, directory).
+    /// False when they are set where no line protocol reads them, or badly.
+    fn line_protocol(&mut self, t: &DeTable<'_>, path: &str, f: &mut Frontend) -> bool {
+        let lines = match f.protocol {
+            Protocol::Directory => true,
+            Protocol::Tcp => f.mode != Mode::Proxy,
+            Protocol::Udp | Protocol::DirectoryUdp => false,
+        };
+        let mut ok = true;
+        for key in ["framing", "quit"] {
+            if let Some(x) = t.get(key)
+                && !lines
+            {
+                self.error(
+                    x,
+                    &format!("{path}.{key}"),
+                    "only line protocols read it: a tcp frontend in fanout or hedge mode, \
+                     or a directory frontend (a datagram is already one request)",
+                );
+                ok = false;
+            }
+        }
+        if let Some(x) = t.get("framing") {
+            let key = format!("{path}.framing");
+            match self.string(x, &key) {
+                Some("line") => f.framing = Framing::Line,
+                Some("message") => f.framing = Framing::Message,
+                Some(other) => {
+                    self.error(
+                        x,
+                        &key,
+                        format!("unknown framing \"{other}\" (expected: line, message)"),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+            if let Mode::Fanout(fan) | Mode::Hedge(fan) = &f.mode
+                && f.framing == Framing::Message
+                && fan.matching == AnswerMatch::FirstWord
+            {
+                self.error(
+                    x,
+                    &key,
+                    "framing = \"message\" carries one request at a time per connection: \
+                     it cannot be combined with fanout.match = \"first-word\"",
+                );
+                ok = false;
+            }
+        }
+        if let Some(x) = t.get("quit") {
+            let key = format!("{path}.quit");
+            match self.string(x, &key) {
+                Some(q) if q.is_empty() || q.contains(['\n', '\r']) => {
+                    self.error(x, &key, "must be a non-empty word without line breaks");
+                    ok = false;
+                }
+                Some(q) => f.quit = Some(q.to_string()),
+                None => ok = false,
+            }
+        }
+        ok
     }
 
     pub(super) fn fanout(&mut self, v: &Value<'_>, path: &str) -> Fanout {

@@ -1,5 +1,6 @@
 //! `[pool.NAME]` tables: algorithm, connect timeout and retries, slow start, self-registration,
-//! the `eject` policy and the `servers` list (addresses and weights). The per-pool tasks' tables
+//! the `eject` policy, the `queue` of clients waiting for a server below its cap, and the
+//! `servers` list (addresses, weights, `max_connections`). The per-pool tasks' tables
 //! (`health`, `agent_pull`, `scale_out`/`scale_in`) are read by `checks.rs`.
 
 use fulcrum_core::balance::Algorithm;
@@ -24,9 +25,11 @@ const POOL_KEYS: &[&str] = &[
     "agent_pull",
     "scale_out",
     "scale_in",
+    "queue",
 ];
+const QUEUE_KEYS: &[&str] = &["size", "timeout"];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
-const SERVER_KEYS: &[&str] = &["address", "weight"];
+const SERVER_KEYS: &[&str] = &["address", "weight", "max_connections"];
 
 impl Walker<'_> {
     pub(super) fn pool(&mut self, name: &str, v: &Value<'_>, path: &str) -> Option<Pool> {
@@ -91,7 +94,26 @@ impl Walker<'_> {
         if let Some(v) = t.get("scale_in") {
             pool.scale_in = self.scale(v, &format!("{path}.scale_in"));
         }
+        if let Some(v) = t.get("queue") {
+            pool.queue = self.queue(v, &format!("{path}.queue"));
+        }
         Some(pool)
+    }
+
+    fn queue(&mut self, v: &Value<'_>, path: &str) -> Option<QueueSettings> {
+        let t = self.table(v, path)?;
+        self.check_keys(t, path, QUEUE_KEYS);
+        let size = match t.get("size") {
+            Some(sv) => self
+                .integer(sv, &format!("{path}.size"), 1, MAX_QUEUE_SIZE as u64)
+                .map(|n| n as usize),
+            None => Some(DEFAULT_QUEUE_SIZE),
+        };
+        let timeout = match t.get("timeout") {
+            Some(tv) => self.nonzero_duration(tv, &format!("{path}.timeout")),
+            None => Some(DEFAULT_QUEUE_TIMEOUT),
+        };
+        Some(QueueSettings { size: size?, timeout: timeout? })
     }
 
     pub(super) fn eject(&mut self, v: &Value<'_>, path: &str) -> EjectPolicy {
@@ -150,11 +172,27 @@ impl Walker<'_> {
                             .map(|n| n as u32),
                         None => Some(1),
                     };
-                    addr.zip(weight).map(|(address, weight)| Server {
-                        address,
-                        weight,
-                        state: ServerState::Up,
-                    })
+                    // Some(None): no cap; None: an invalid one (already reported).
+                    let max_connections = match t.get("max_connections") {
+                        Some(mv) => self
+                            .integer(
+                                mv,
+                                &format!("{key}.max_connections"),
+                                1,
+                                u64::from(MAX_SERVER_CONNECTIONS),
+                            )
+                            .map(|n| Some(n as u32)),
+                        None => Some(None),
+                    };
+                    match (addr, weight, max_connections) {
+                        (Some(address), Some(weight), Some(max_connections)) => Some(Server {
+                            address,
+                            weight,
+                            state: ServerState::Up,
+                            max_connections,
+                        }),
+                        _ => None,
+                    }
                 }
                 other => {
                     self.error(item, &key, format!("expected an address string or {{ address = ..., weight = ... }}, found {}", other.type_str()));

@@ -320,3 +320,142 @@ fn fanout_bad_match_durations_and_send_timeout_are_located() {
     let errs = bad("send_timeout = \"soon\"\n", "");
     assert!(errs.contains("frontend.a.send_timeout"), "{errs}");
 }
+
+#[test]
+fn a_tcp_and_a_udp_frontend_may_share_a_port_two_of_one_transport_may_not() {
+    let pool = "[pool.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    let both = format!(
+        "[frontend.dns_tcp]\nbind = \"127.0.0.1:5353\"\nprotocol = \"tcp\"\npool = \"app\"\n\
+         [frontend.dns_udp]\nbind = \"127.0.0.1:5353\"\nprotocol = \"udp\"\npool = \"app\"\n\
+         [frontend.dir]\nbind = \"127.0.0.1:7000\"\nprotocol = \"directory\"\npool = \"app\"\n\
+         [frontend.dir_udp]\nbind = \"127.0.0.1:7000\"\nprotocol = \"directory-udp\"\npool = \"app\"\n{pool}"
+    );
+    assert_eq!(errors(&both), Vec::<String>::new());
+    // A TCP proxy and a directory are both TCP: one port cannot tell them apart.
+    let clash = format!(
+        "[frontend.a]\nbind = \"127.0.0.1:5353\"\nprotocol = \"tcp\"\npool = \"app\"\n\
+         [frontend.b]\nbind = \"127.0.0.1:5353\"\nprotocol = \"directory\"\npool = \"app\"\n{pool}"
+    );
+    let e = errors(&clash);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("frontend.b.bind") && e[0].contains("another TCP frontend"), "{e:?}");
+    let clash = format!(
+        "[frontend.a]\nbind = \"127.0.0.1:5353\"\nprotocol = \"udp\"\npool = \"app\"\n\
+         [frontend.b]\nbind = \"127.0.0.1:5353\"\nprotocol = \"udp\"\npool = \"app\"\n{pool}"
+    );
+    assert!(errors(&clash).iter().any(|e| e.contains("another UDP frontend")));
+}
+
+#[test]
+fn framing_and_quit_belong_to_line_protocols() {
+    let pool = "[pool.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    let fan = format!(
+        "[frontend.lookup]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmode = \"fanout\"\n\
+         framing = \"message\"\nquit = \"done\"\n{pool}"
+    );
+    let c = parse_str(&fan, "f.toml").unwrap();
+    assert_eq!(c.frontends[0].framing, Framing::Message);
+    assert_eq!(c.frontends[0].quit.as_deref(), Some("done"));
+    let dir = format!(
+        "[frontend.d]\nbind = \"127.0.0.1:0\"\nprotocol = \"directory\"\npool = \"app\"\nquit = \"QUIT\"\n{pool}"
+    );
+    let c = parse_str(&dir, "f.toml").unwrap();
+    assert_eq!(
+        (c.frontends[0].framing, c.frontends[0].quit.as_deref()),
+        (Framing::Line, Some("QUIT"))
+    );
+    // A proxied stream has no requests to frame.
+    let proxy =
+        format!("[frontend.p]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nquit = \"done\"\n{pool}");
+    let e = errors(&proxy);
+    assert!(
+        e.iter().any(|e| e.contains("frontend.p.quit") && e.contains("only line protocols")),
+        "{e:?}"
+    );
+    let udp = format!(
+        "[frontend.u]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nmode = \"fanout\"\npool = \"app\"\nframing = \"message\"\n{pool}"
+    );
+    assert!(errors(&udp).iter().any(|e| e.contains("frontend.u.framing")));
+    let bad = format!(
+        "[frontend.l]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmode = \"fanout\"\nframing = \"datagram\"\n{pool}"
+    );
+    assert!(errors(&bad).iter().any(|e| e.contains("unknown framing \"datagram\"")));
+    let pipelined = format!(
+        "[frontend.l]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmode = \"fanout\"\nframing = \"message\"\n\
+         [frontend.l.fanout]\nmatch = \"first-word\"\n{pool}"
+    );
+    assert!(errors(&pipelined).iter().any(|e| e.contains("first-word")));
+    let empty = format!(
+        "[frontend.l]\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmode = \"fanout\"\nquit = \"\"\n{pool}"
+    );
+    assert!(errors(&empty).iter().any(|e| e.contains("frontend.l.quit")));
+}
+
+#[test]
+fn sessions_false_is_for_udp_proxies_and_shortens_the_wait() {
+    let pool = "[pool.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    let c = parse_str(
+        &format!("[frontend.q]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nsessions = false\npool = \"app\"\n{pool}"),
+        "f.toml",
+    )
+    .unwrap();
+    assert!(!c.frontends[0].sessions);
+    assert_eq!(c.frontends[0].session_timeout, DEFAULT_DATAGRAM_TIMEOUT);
+    let e = errors(&format!(
+        "[frontend.t]\nbind = \"127.0.0.1:0\"\nsessions = false\npool = \"app\"\n{pool}"
+    ));
+    assert!(e.iter().any(|e| e.contains("frontend.t.sessions")), "{e:?}");
+}
+
+#[test]
+fn server_caps_and_queue_parse_and_are_checked() {
+    let text = r#"
+[frontend.f]
+bind = "127.0.0.1:1"
+pool = "p"
+[pool.p]
+servers = [{ address = "127.0.0.1:10", max_connections = 1 }, "127.0.0.1:11"]
+queue = { size = 20, timeout = "750ms" }
+[pool.q]
+servers = []
+queue = {}
+"#;
+    let c = parse_str(text, "f.toml").unwrap();
+    let p = c.pool("p").unwrap();
+    assert_eq!(p.servers[0].max_connections, Some(1));
+    assert_eq!(p.servers[1].max_connections, None);
+    assert_eq!(
+        p.queue,
+        Some(QueueSettings { size: 20, timeout: std::time::Duration::from_millis(750) })
+    );
+    assert_eq!(
+        c.pool("q").unwrap().queue,
+        Some(QueueSettings { size: DEFAULT_QUEUE_SIZE, timeout: DEFAULT_QUEUE_TIMEOUT })
+    );
+    assert_eq!(parse_str(GOOD, "f.toml").unwrap().pools[0].queue, None, "no queue unless set");
+    let errs = errors(
+        r#"
+[frontend.f]
+bind = "127.0.0.1:1"
+pool = "p"
+[pool.p]
+servers = [{ address = "127.0.0.1:10", max_connections = 0 }, { address = "127.0.0.1:11", max_connections = "x" }]
+queue = { size = 0, timeout = "0s", depth = 3 }
+"#,
+    )
+    .join("\n");
+    for needle in [
+        "pool.p.servers[0].max_connections: 0 is out of range (1-10000000)",
+        "pool.p.servers[1].max_connections: expected an integer",
+        "pool.p.queue.size: 0 is out of range (1-1000000)",
+        "pool.p.queue.timeout:",
+        "pool.p.queue.depth: unknown key",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in\n{errs}");
+    }
+    assert!(
+        errors("[frontend.f]\nbind = \"1\"\npool = \"p\"\n[pool.p]\nservers = []\nqueue = 5\n")
+            .join("\n")
+            .contains("pool.p.queue: expected a table")
+    );
+}

@@ -65,6 +65,14 @@ pub trait LoadView {
     fn eligible_in_panic(&self, i: usize) -> bool {
         self.eligible(i)
     }
+    /// Whether server `i` is below its connection cap (`max_connections`, or its agent's
+    /// `maxconn:N`). Unlike eligibility, no stage relaxes it: a full server is never picked,
+    /// not in panic mode either, since sending a client to it breaks the promise the cap
+    /// makes to the server. The caller that takes the slot reserves it atomically; this is
+    /// the balancer's view of it.
+    fn has_room(&self, _i: usize) -> bool {
+        true
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -279,7 +287,8 @@ impl Balancer {
     ///    all scaled down by their agents still serves;
     /// 3. panic mode: passively ejected servers too.
     ///
-    /// Stage 1 is the only one a healthy pool ever runs: the others cost nothing then.
+    /// Stage 1 is the only one a healthy pool ever runs: the others cost nothing then. A
+    /// server at its cap ([`LoadView::has_room`]) is skipped in every stage.
     pub fn admit(&self, input: &PickInput, view: &impl LoadView, tried: &Tried) -> Option<usize> {
         if let Some(i) = self.pick(input, view, tried) {
             return Some(i);
@@ -315,12 +324,16 @@ impl<V: LoadView> LoadView for Stage<'_, V> {
     fn metric(&self, i: usize, metric: Metric) -> u64 {
         self.view.metric(i, metric)
     }
+    // Forwarded, never defaulted: a stage that forgot the cap would pick full servers.
+    fn has_room(&self, i: usize) -> bool {
+        self.view.has_room(i)
+    }
 }
 
 /// Whether `i` may be returned by a pick.
 #[inline]
 pub(crate) fn usable(view: &impl LoadView, tried: &Tried, i: usize) -> bool {
-    view.eligible(i) && !tried.contains(i)
+    view.eligible(i) && !tried.contains(i) && view.has_room(i)
 }
 
 /// Maps a uniform word onto `0..n` with a multiply instead of a 64-bit division (Lemire's

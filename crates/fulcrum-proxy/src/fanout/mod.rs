@@ -6,8 +6,10 @@
 //!
 //! * `mod.rs` (this file): settings, choosing the servers ([`choose`]), bookkeeping shared by
 //!   both protocols.
-//! * `udp.rs`: one datagram is one request, a fresh connected socket per server asked.
-//! * `tcp.rs`: one line is one request, many per client connection, answered in order.
+//! * `udp.rs`: one datagram is one request, a fresh connected socket per server asked (also
+//!   the UDP proxy without sessions: one server asked per datagram).
+//! * `tcp.rs`: one line is one request, many per client connection, answered in order (or,
+//!   with `framing = "message"`, one read is one request, one at a time).
 //! * `upstream.rs`: TCP server connections: one request at a time (default) or pipelined and
 //!   matched by first word (`match = "first-word"`).
 
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fulcrum_config::{AnswerMatch, Mode};
+use fulcrum_config::{AnswerMatch, Frontend, Mode, Protocol};
 use fulcrum_core::balance::Tried;
 use fulcrum_core::blame::connect_failed;
 use fulcrum_core::fanout::{Race, Step, acceptable};
@@ -64,6 +66,22 @@ struct Settings {
 }
 
 impl Settings {
+    /// The settings of frontend `f`: its `[fanout]` table, or for a UDP proxy without
+    /// sessions one server per datagram, its answer awaited for `session_timeout`.
+    fn of_frontend(f: &Frontend) -> Option<Settings> {
+        if f.protocol == Protocol::Udp && f.mode == Mode::Proxy && !f.sessions {
+            return Some(Settings {
+                timeout: f.session_timeout,
+                on_timeout: None,
+                reject: None,
+                servers: Some(1),
+                hedge: None,
+                matching: AnswerMatch::OneAtATime,
+            });
+        }
+        Settings::of(&f.mode)
+    }
+
     fn of(mode: &Mode) -> Option<Settings> {
         let (f, hedge) = match mode {
             Mode::Fanout(f) => (f, None),

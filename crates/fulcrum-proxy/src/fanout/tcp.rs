@@ -1,5 +1,6 @@
 //! TCP fan-out and hedge, the client side: one line is one request, many per connection,
-//! pipelined. Requests of one client connection run concurrently in the connection's task;
+//! pipelined (with `framing = "message"`: one read is one request, and the client is not read
+//! again until it is answered; the rule is `fulcrum-core::framing`). Requests of one client connection run concurrently in the connection's task;
 //! every request gets exactly one answer line (the winner's, `on_timeout`, or an empty line),
 //! written in request order (a [`Reorder`] buffer). At most [`PIPELINE_DEPTH`] requests may
 //! be unanswered before the client stops being read, and at most [`OUT_LIMIT`] bytes of
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use fulcrum_config::AnswerMatch;
 use fulcrum_core::balance::hash_ip;
 use fulcrum_core::fanout::{Race, Reorder, Step};
+use fulcrum_core::framing::{Framing, is_quit, take_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -72,10 +74,21 @@ pub(super) struct Session {
     /// `match = "first-word"`: the pipelined connection task of each server.
     pipes: Vec<Option<PipeHandle>>,
     events: mpsc::Sender<UpEvent>,
+    framing: Framing,
 }
 
 impl Session {
-    /// Starts a request for `line` (with its newline).
+    /// What ends an answer on its way to the client: a newline for lines, nothing for
+    /// messages (an answer is relayed exactly as the server's one read gave it).
+    fn frame(&self, mut answer: Vec<u8>) -> Vec<u8> {
+        if self.framing == Framing::Line {
+            answer.push(b'\n');
+        }
+        answer
+    }
+
+    /// Starts a request for `line` (what servers are sent: a line with its newline, or a
+    /// message as it came).
     fn start(&mut self, line: Vec<u8>) {
         self.stats.fanout_requests.fetch_add(1, Ordering::Relaxed);
         let seq = self.order.issue();
@@ -125,24 +138,25 @@ impl Session {
                 }
                 Step::Relay => {
                     self.stats.fanout_answered.fetch_add(1, Ordering::Relaxed);
-                    let mut line = winner.take().unwrap_or_default();
-                    line.push(b'\n');
+                    let line = self.frame(winner.take().unwrap_or_default());
                     self.order.complete(seq, line);
                     return;
                 }
                 Step::TimedOut => {
                     self.stats.fanout_timeouts.fetch_add(1, Ordering::Relaxed);
                     // Every request gets one line: without `on_timeout` an empty one, so a
-                    // client matching answers by position never shifts.
-                    let mut line = self.settings.on_timeout.as_deref().unwrap_or_default().to_vec();
-                    line.push(b'\n');
+                    // client matching answers by position never shifts. A message client
+                    // gets `on_timeout` as written, or nothing.
+                    let text = self.settings.on_timeout.as_deref().unwrap_or_default().to_vec();
+                    let line = self.frame(text);
                     self.order.complete(seq, line);
                     return;
                 }
                 Step::Over => {
                     // Not reached (a request leaves `reqs` when it ends), but its slot must
                     // never stay empty: that would stall every later answer.
-                    self.order.complete(seq, b"\n".to_vec());
+                    let line = self.frame(Vec::new());
+                    self.order.complete(seq, line);
                     return;
                 }
             }
@@ -158,6 +172,7 @@ impl Session {
                 let conn =
                     self.idle.get_mut(index).and_then(|v| upstream::take_idle(v, &self.stats));
                 let job = upstream::Exchange {
+                    framing: self.framing,
                     shared: self.shared.clone(),
                     pool: self.pool.clone(),
                     index,
@@ -244,8 +259,9 @@ impl Session {
     }
 }
 
-/// Serves one client connection of a TCP fan-out or hedge frontend: newline-delimited
-/// requests, answered one line each, in request order.
+/// Serves one client connection of a TCP fan-out or hedge frontend: requests framed by the
+/// frontend's `framing` (lines by default, answered one line each, in request order; or one
+/// message at a time), until the client closes or sends the frontend's `quit` word.
 pub async fn serve_tcp(mut ledger: Ledger, s: TcpStream) {
     let (shared, ctx, peer) = (ledger.shared().clone(), ledger.ctx().clone(), ledger.client());
     let Some(settings) = Settings::of(&ctx.frontend.mode) else { return };
@@ -275,9 +291,19 @@ pub async fn serve_tcp(mut ledger: Ledger, s: TcpStream) {
         order: Reorder::new(),
         timers: BinaryHeap::new(),
         events,
+        framing: ctx.frontend.framing,
+    };
+    let framing = ctx.frontend.framing;
+    let quit = ctx.frontend.quit.as_deref().map(str::as_bytes);
+    // A message-framed client is read only while none of its requests is unanswered (one
+    // read is one request: reading on would merge or split its messages).
+    let depth = match framing {
+        Framing::Line => PIPELINE_DEPTH,
+        Framing::Message => 1,
     };
     let mut inbuf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 4096];
+    // One read is one message: the buffer is the largest message, 64 KiB.
+    let mut chunk = vec![0u8; if framing == Framing::Message { MAX_LINE } else { 4096 }];
     // Answers released in order and not yet taken by the client: `out[sent..]`.
     let mut out: Vec<u8> = Vec::new();
     let mut sent = 0usize;
@@ -285,19 +311,19 @@ pub async fn serve_tcp(mut ledger: Ledger, s: TcpStream) {
     let mut stalled: Option<Instant> = None;
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut eof = false;
-    let outcome = loop {
-        // Start the complete lines already read, as far as the pipeline allows.
-        while sess.order.in_flight() < PIPELINE_DEPTH && out.len() - sent < OUT_LIMIT {
-            if let Some(pos) = inbuf.iter().position(|&b| b == b'\n') {
-                sess.start(inbuf.drain(..=pos).collect());
-            } else if eof && !inbuf.is_empty() {
-                // A last line without its newline is still a request.
-                let mut line = std::mem::take(&mut inbuf);
-                line.push(b'\n');
-                sess.start(line);
-            } else {
-                break;
+    let outcome = 'conn: loop {
+        // Start the complete requests already read, as far as the pipeline allows.
+        while sess.order.in_flight() < depth && out.len() - sent < OUT_LIMIT {
+            let Some(mut req) = take_request(framing, &mut inbuf, eof) else { break };
+            if is_quit(&req, quit) {
+                // Not forwarded; the client and every server connection of this session
+                // close now, answers still pending included.
+                break 'conn "quit";
             }
+            if framing == Framing::Line {
+                req.push(b'\n');
+            }
+            sess.start(req);
         }
         // Queue the answers that are next in order.
         while let Some(a) = sess.order.pop() {
@@ -314,8 +340,7 @@ pub async fn serve_tcp(mut ledger: Ledger, s: TcpStream) {
         } else if stalled.is_none() {
             stalled = Some(Instant::now());
         }
-        let reading =
-            !eof && sess.order.in_flight() < PIPELINE_DEPTH && out.len() - sent < OUT_LIMIT;
+        let reading = !eof && sess.order.in_flight() < depth && out.len() - sent < OUT_LIMIT;
         let waiting = sess.order.in_flight() > 0;
         let wake = sess.next_wake();
         let send_by = stalled.map(|t| t + send_timeout);
@@ -351,7 +376,7 @@ pub async fn serve_tcp(mut ledger: Ledger, s: TcpStream) {
                 Ok(n) => {
                     inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
                     bytes_in += n as u64;
-                    if inbuf.len() > MAX_LINE && !inbuf.contains(&b'\n') {
+                    if framing == Framing::Line && inbuf.len() > MAX_LINE && !inbuf.contains(&b'\n') {
                         // Answer what was asked, then close.
                         stats.fanout_dropped.fetch_add(1, Ordering::Relaxed);
                         if let Some(skipped) = CLIENT_LOG.allow(now_ms()) {

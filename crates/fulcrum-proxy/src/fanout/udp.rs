@@ -1,4 +1,5 @@
-//! UDP fan-out and hedge: one datagram is one request. Each request runs in its own task on
+//! UDP fan-out and hedge, and the UDP proxy without sessions (`sessions = false`, one server
+//! asked per datagram): one datagram is one request. Each request runs in its own task on
 //! the worker, with a fresh connected upstream socket per server asked, so an answer can only
 //! ever belong to the request whose socket it arrived on (a pooled socket could still receive
 //! a late answer to its previous request). At most [`UDP_IN_FLIGHT`] requests per worker;
@@ -41,7 +42,7 @@ pub async fn serve_udp(
     sock: UdpSocket,
     stop: CancellationToken,
 ) {
-    let Some(settings) = Settings::of(&ctx.frontend.mode) else {
+    let Some(settings) = Settings::of_frontend(&ctx.frontend) else {
         stop.cancelled().await;
         return;
     };

@@ -25,6 +25,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fulcrum_core::fanout::{OneAnswer, WordTable, one_answer};
+use fulcrum_core::framing::Framing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -100,6 +101,7 @@ impl Drop for Guard {
 
 /// One request for one server on a connection of its own.
 pub(super) struct Exchange {
+    pub framing: Framing,
     pub shared: Arc<Shared>,
     pub pool: Arc<PoolState>,
     pub index: usize,
@@ -115,11 +117,12 @@ pub(super) struct Exchange {
 
 /// Runs one exchange and reports it. Aborted by the session when the request ends first.
 pub(super) async fn exchange(job: Exchange) {
-    let Exchange { shared, pool, index, seq, line, conn, deadline, stats, events } = job;
+    let Exchange { framing, shared, pool, index, seq, line, conn, deadline, stats, events } = job;
     let Some(server) = pool.servers.get(index) else { return };
     let _out = Outstanding::new(&server.stats);
     let at = tokio::time::Instant::from_std(deadline);
-    let r = tokio::time::timeout_at(at, exchange_io(&shared, &pool, index, &line, conn)).await;
+    let r =
+        tokio::time::timeout_at(at, exchange_io(framing, &shared, &pool, index, &line, conn)).await;
     let (answer, conn) = match r {
         Ok(Ok((answer, conn))) => (Some(answer), conn),
         Ok(Err(e)) => {
@@ -138,6 +141,7 @@ pub(super) async fn exchange(job: Exchange) {
 /// Writes the line and reads its one answer line. A reused connection the server had closed
 /// meanwhile (nothing came back) is replaced by a fresh one, once.
 async fn exchange_io(
+    framing: Framing,
     shared: &Arc<Shared>,
     pool: &PoolState,
     index: usize,
@@ -146,7 +150,7 @@ async fn exchange_io(
 ) -> io::Result<(Vec<u8>, Option<Idle>)> {
     if let Some(Idle(s)) = conn {
         let mut g = Guard(Some(s));
-        match round(pool, index, &mut g, line).await {
+        match round(framing, pool, index, &mut g, line).await {
             Ok(r) => return Ok(r),
             Err(Round::Stale) => {}
             Err(Round::Failed(e)) => return Err(e),
@@ -154,7 +158,7 @@ async fn exchange_io(
     }
     let c = connect(shared, pool, index).await?;
     let mut g = Guard(Some(c));
-    match round(pool, index, &mut g, line).await {
+    match round(framing, pool, index, &mut g, line).await {
         Ok(r) => Ok(r),
         Err(Round::Stale) => Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -171,8 +175,12 @@ enum Round {
 }
 
 /// One request and its answer on the connection in `g`. On a clean answer (one line, nothing
-/// after it) the connection is taken out of the guard and returned.
+/// after it) the connection is taken out of the guard and returned. With message framing the
+/// answer is what the first read returns (and whatever else had already arrived with it, up
+/// to [`MAX_LINE`]); bytes that come later are caught when the connection is next taken
+/// ([`take_idle`] drops a connection with anything to read).
 async fn round(
+    framing: Framing,
     pool: &PoolState,
     index: usize,
     g: &mut Guard,
@@ -209,6 +217,28 @@ async fn round(
             server.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if framing == Framing::Message {
+            // What the server wrote at once may span more than one chunk: take what is
+            // already here, without waiting for more.
+            while buf.len() < MAX_LINE {
+                match s.try_read(&mut chunk) {
+                    Ok(n) if n > 0 => {
+                        if let Some(server) = pool.servers.get(index) {
+                            server.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    }
+                    _ => break,
+                }
+            }
+            if buf.len() > MAX_LINE {
+                return Err(Round::Failed(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "answer message too long",
+                )));
+            }
+            return Ok((buf, g.0.take().map(Idle)));
+        }
         match one_answer(&buf, MAX_LINE) {
             OneAnswer::Incomplete => {}
             OneAnswer::TooLong => {

@@ -64,8 +64,24 @@ impl Daemon {
         Daemon::spawn_with_prefix(&[], args)
     }
 
+    /// Like [`Daemon::run_config`], but `None` when the daemon exits before it has started
+    /// (a port taken between choosing it and binding it, for tests that must fix a port).
+    pub fn try_run_config(toml: &str) -> Option<Daemon> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut d = Daemon::try_spawn(&[], &["run", "--config", path.to_str().unwrap()]).ok()?;
+        d._dir = Some(dir);
+        Some(d)
+    }
+
     /// Like [`Daemon::spawn`], run through a wrapper command such as `prlimit ... --`.
     pub fn spawn_with_prefix(prefix: &[&str], args: &[&str]) -> Daemon {
+        Daemon::try_spawn(prefix, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the daemon; `Err` with its output when it exits before it has started.
+    pub fn try_spawn(prefix: &[&str], args: &[&str]) -> Result<Daemon, String> {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -106,7 +122,7 @@ impl Daemon {
                 break;
             }
             if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("fulcrum exited early ({st}): {:?}", raw.lock().unwrap());
+                return Err(format!("fulcrum exited early ({st}): {:?}", raw.lock().unwrap()));
             }
             assert!(Instant::now() < end, "fulcrum did not start: {:?}", raw.lock().unwrap());
             std::thread::sleep(Duration::from_millis(10));
@@ -118,7 +134,7 @@ impl Daemon {
                 d.addrs.insert(name, addr);
             }
         }
-        d
+        Ok(d)
     }
 
     pub fn addr(&self, frontend: &str) -> SocketAddr {
@@ -348,4 +364,84 @@ pub fn metric(api: &str, prefix: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A plain-Python program (stdlib sockets, the way the founding systems' users wrote their
+/// clients and servers), run with `python3`; killed on drop.
+pub struct Py {
+    pub child: Child,
+    pub out: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Py {
+    /// Runs `source` with `args`; its stdout is read line by line through [`Py::line`].
+    pub fn run(source: &str, args: &[&str]) -> Py {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prog.py");
+        std::fs::write(&path, source).unwrap();
+        let mut child = Command::new("python3")
+            .arg("-u")
+            .arg(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 is missing: apt-get install python3 (.ci/run does)");
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        Py { child, out, _dir: dir }
+    }
+
+    /// The next line it prints; panics when it ends first. Bounded by the program's own
+    /// timeouts (every script here sets socket timeouts).
+    pub fn line(&mut self) -> String {
+        match self.out.next() {
+            Some(Ok(l)) => l,
+            other => panic!("python program ended without a line: {other:?}"),
+        }
+    }
+
+    /// Every line it prints until it exits.
+    pub fn rest(&mut self) -> Vec<String> {
+        self.out.by_ref().map_while(Result::ok).collect()
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free for both a TCP listener and a UDP socket. dnsmasq binds both, and its TCP bind
+/// fails on a port that still has TIME_WAIT connections (the tests leave thousands in the
+/// ephemeral range): the TCP socket here is bound without `SO_REUSEADDR`, so the kernel offers
+/// only a port with no TCP socket on it at all.
+pub fn free_tcp_and_udp_port() -> u16 {
+    use socket2::{Domain, Socket, Type};
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    for _ in 0..100 {
+        let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        tcp.bind(&any.into()).unwrap();
+        let port = tcp.local_addr().unwrap().as_socket().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP in 100 tries");
+}
+
+/// Starts the daemon with `config(port)` for a port free for TCP and UDP (frontends of both
+/// transports sharing it). Another process may take the port between the probe and the bind:
+/// then another port is tried, up to 5.
+pub fn run_on_shared_port(config: impl Fn(u16) -> String) -> (Daemon, u16) {
+    for _ in 0..5 {
+        let port = free_tcp_and_udp_port();
+        if let Some(d) = Daemon::try_run_config(&config(port)) {
+            return (d, port);
+        }
+    }
+    panic!("fulcrum did not start on a shared TCP+UDP port in 5 tries");
 }
