@@ -36,7 +36,22 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     pub admin: Option<Admin>,
     pub agent: Option<Agent>,
+    /// Name servers for server host names, instead of the system's (`/etc/resolv.conf`).
+    pub resolver: Option<Resolver>,
 }
+
+/// `[resolver]`: where server host names are looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// Name servers (`IP:PORT`), asked over UDP and TCP, in order.
+    pub servers: Vec<std::net::SocketAddr>,
+}
+
+/// How long a looked-up server address is kept at most before it is looked up again (the
+/// record's TTL, when shorter, comes first).
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+/// No name is looked up more often than this, whatever its TTL.
+pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The agent listener: backends dial it and push their load (docs/agent-protocol.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +95,7 @@ impl Default for Config {
             state_file: None,
             admin: None,
             agent: None,
+            resolver: None,
         }
     }
 }
@@ -230,6 +246,8 @@ pub struct Pool {
     pub agent_pull: Option<AgentPull>,
     pub scale_out: Option<ScaleRule>,
     pub scale_in: Option<ScaleRule>,
+    /// Servers given by host name are looked up again at their TTL, at the latest after this.
+    pub resolve_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +311,7 @@ impl Pool {
             agent_pull: None,
             scale_out: None,
             scale_in: None,
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
         }
     }
 }

@@ -10,5 +10,6 @@ pub mod blame;
 pub mod eject;
 pub mod fanout;
 pub mod health;
+pub mod resolve;
 pub mod scale;
 pub mod udp;

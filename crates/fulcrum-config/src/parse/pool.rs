@@ -23,6 +23,7 @@ const POOL_KEYS: &[&str] = &[
     "agent_pull",
     "scale_out",
     "scale_in",
+    "resolve_interval",
 ];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
 const SERVER_KEYS: &[&str] = &["address", "weight"];
@@ -85,6 +86,22 @@ impl Walker<'_> {
         }
         if let Some(v) = t.get("scale_in") {
             pool.scale_in = self.scale(v, &format!("{path}.scale_in"));
+        }
+        if let Some(v) = t.get("resolve_interval") {
+            let key = format!("{path}.resolve_interval");
+            match self.duration(v, &key) {
+                // Faster than this is a lookup storm, not fresher addresses.
+                Some(d) if d < MIN_RESOLVE_INTERVAL => self.error(
+                    v,
+                    &key,
+                    format!(
+                        "must be at least {}",
+                        humantime::format_duration(MIN_RESOLVE_INTERVAL)
+                    ),
+                ),
+                Some(d) => pool.resolve_interval = d,
+                None => {}
+            }
         }
         Some(pool)
     }
