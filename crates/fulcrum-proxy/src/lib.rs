@@ -18,6 +18,7 @@ mod park;
 mod probe;
 mod pull;
 mod ratelog;
+mod resolve;
 mod splice;
 mod state;
 mod stats;
@@ -30,6 +31,7 @@ pub use engine::{Engine, EngineOptions, StartError};
 pub use health::run_pool_checks;
 pub use pull::run_agent_pull;
 pub use ratelog::RateLimit;
+pub use resolve::{Answer, LOOKUP_TIMEOUT, NameSet, NameUse, Resolver, lookup_blocking};
 pub use state::{
     AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, Names, PoolState, ServerEntry, ServerStats,
     Snapshot, resolve_names,
