@@ -6,6 +6,7 @@
 //! new addresses, open ones keep theirs. A failed lookup keeps the last good addresses; it is
 //! counted and logged, at most once a minute per name.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +48,8 @@ async fn run(
     let mut resolver: Option<(Option<fulcrum_config::Resolver>, Resolver)> = None;
     // At most one lookup per name at a time (the schedule marks names being asked), so this
     // is bounded by the names in the config.
-    let mut lookups: JoinSet<(String, Result<Answer, String>)> = JoinSet::new();
+    let mut lookups: JoinSet<Result<Answer, String>> = JoinSet::new();
+    let mut asking: HashMap<tokio::task::Id, String> = HashMap::new();
     loop {
         let set = names.borrow_and_update().clone();
         let resolver = match &mut resolver {
@@ -68,10 +70,9 @@ async fn run(
         );
         for host in schedule.take_due(now) {
             let r = resolver.clone();
-            lookups.spawn(async move {
-                let a = r.lookup(&host).await;
-                (host, a)
-            });
+            let h = host.clone();
+            let task = lookups.spawn(async move { r.lookup(&h).await });
+            asking.insert(task.id(), host);
         }
         // Nothing due: wake for changes and answers only.
         let wait = schedule
@@ -80,8 +81,13 @@ async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             r = names.changed() => if r.is_err() { return },
-            Some(done) = lookups.join_next(), if !lookups.is_empty() => {
-                let Ok((host, answer)) = done else { continue };
+            Some(done) = lookups.join_next_with_id(), if !lookups.is_empty() => {
+                let (id, answer) = match done {
+                    Ok((id, a)) => (id, a),
+                    // A lookup that panicked is a failed lookup, so the name is asked again.
+                    Err(e) => (e.id(), Err(format!("lookup task failed: {e}"))),
+                };
+                let Some(host) = asking.remove(&id) else { continue };
                 on_answer(&controller, &mut schedule, &set, &stats, &host, answer).await;
             }
             _ = tokio::time::sleep(wait) => {}
