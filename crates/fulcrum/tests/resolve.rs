@@ -272,4 +272,20 @@ async fn two_addresses_are_two_servers_and_a_failed_lookup_keeps_them() {
     })
     .await;
     assert_eq!(d.count("name lookup failed; its servers keep their last addresses"), 1);
+
+    // A reload while the name server is down keeps the addresses too.
+    let status = tokio::task::block_in_place(|| {
+        let r = ureq::post(&format!("{api}/api/v1/reload"))
+            .header("Content-Type", "application/json")
+            .send("{}")
+            .unwrap();
+        r.status()
+    });
+    assert_eq!(status, 200);
+    assert!(d.find("name lookup failed on reload; keeping its last addresses").is_some());
+    let mut names = Vec::new();
+    for _ in 0..10 {
+        names.push(ask_name(front).await.unwrap());
+    }
+    assert_eq!(spread(&names), (5, 5), "both addresses kept after the reload: {names:?}");
 }
