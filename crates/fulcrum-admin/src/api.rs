@@ -299,9 +299,12 @@ async fn add_server(
     let req: AddServer = body(&bytes)?;
     // A host name is looked up before the lock is taken, off the control thread.
     let address = req.address.clone();
-    let names = tokio::task::spawn_blocking(move || crate::controller::resolve_address(&address))
-        .await
-        .unwrap_or_default();
+    let settings = s.controller.lock().await.resolver_settings();
+    let names = tokio::task::spawn_blocking(move || {
+        crate::controller::resolve_address(&address, settings.as_ref())
+    })
+    .await
+    .unwrap_or_default();
     let (key, write) = s.controller.lock().await.add_server(
         &pool,
         &req.address,

@@ -80,17 +80,25 @@ impl StateWrite {
     }
 }
 
-/// Resolves `address` (a server as the API names it) when it is a host name, for
-/// [`Controller::add_server`]. Blocking: run it on a blocking thread. An address that does not
-/// parse or resolve yields no name here; the change then reports the error itself.
-pub fn resolve_address(address: &str) -> fulcrum_proxy::Names {
+/// Resolves `address` (a server as the API names it) when it is a host name, with the
+/// config's `[resolver]` (`settings`), for [`Controller::add_server`]. Blocking: run it on a
+/// blocking thread. An address that does not parse or resolve yields no name here; the change
+/// then reports the error itself.
+pub fn resolve_address(
+    address: &str,
+    settings: Option<&fulcrum_config::Resolver>,
+) -> fulcrum_proxy::Names {
     let mut names = fulcrum_proxy::Names::new();
     if let Ok(a) = fulcrum_config::parse_dest(address)
         && a.socket().is_none()
-        && let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(a.host.as_str(), a.port))
-        && let Some(first) = addrs.next()
+        && let Some(Ok(answer)) =
+            fulcrum_proxy::lookup_blocking(settings, std::slice::from_ref(&a.host)).pop()
     {
-        names.insert(a.to_string(), first);
+        let mut list: Vec<std::net::SocketAddr> =
+            answer.addrs.iter().map(|&ip| std::net::SocketAddr::new(ip, a.port)).collect();
+        list.sort_unstable();
+        list.dedup();
+        names.insert(a.to_string(), list);
     }
     names
 }
@@ -100,6 +108,8 @@ pub struct Loaded {
     path: PathBuf,
     config: Config,
     names: fulcrum_proxy::Names,
+    /// Names whose lookup failed: `(host:port, error)`.
+    failed: Vec<(String, String)>,
 }
 
 /// Reloads the config file with the slow half (reading, resolving names) on a blocking
@@ -138,6 +148,7 @@ pub struct Controller {
     handle: ControllerHandle,
     pub scale_log: Arc<crate::scale::ScaleLog>,
     pub agent_stats: Arc<crate::agent::AgentStats>,
+    pub resolve_stats: Arc<crate::resolver::ResolveStats>,
     engine: Engine,
     config_path: Option<PathBuf>,
     base: Config,
@@ -160,6 +171,7 @@ pub struct ReadView {
     pub agent_stats: Arc<crate::agent::AgentStats>,
     pub scale_log: Arc<crate::scale::ScaleLog>,
     pub reloads: Arc<std::sync::atomic::AtomicU64>,
+    pub resolve_stats: Arc<crate::resolver::ResolveStats>,
 }
 
 impl Controller {
@@ -180,6 +192,7 @@ impl Controller {
             handle: Arc::default(),
             scale_log: Arc::default(),
             agent_stats: Arc::default(),
+            resolve_stats: Arc::default(),
             engine,
             config_path,
             base,
@@ -289,9 +302,11 @@ impl Controller {
             ));
         };
         let snapshot = self.engine.snapshot();
+        // A server given by host name is keyed `host:port#ip`: its first address answers.
+        let named = format!("{key}#");
         let stats = snapshot
             .pool(pool)
-            .and_then(|p| p.servers.iter().find(|s| s.key == key))
+            .and_then(|p| p.servers.iter().find(|s| s.key == key || s.key.starts_with(&named)))
             .map(|s| s.stats.clone())
             .ok_or_else(|| ApiError::new(500, format!("{key} missing after registration")))?;
         Ok((stats, dynamic))
@@ -353,6 +368,7 @@ impl Controller {
             agent_stats: self.agent_stats.clone(),
             scale_log: self.scale_log.clone(),
             reloads: self.reloads.clone(),
+            resolve_stats: self.resolve_stats.clone(),
         }
     }
 
@@ -384,12 +400,8 @@ impl Controller {
                 errors,
             }
         })?;
-        let names = fulcrum_proxy::resolve_names(&config).map_err(|e| ApiError {
-            status: 400,
-            message: format!("cannot apply config: {e}; the old config keeps serving"),
-            errors: vec![e],
-        })?;
-        Ok(Loaded { path, config, names })
+        let (names, failed) = fulcrum_proxy::resolve_names(&config);
+        Ok(Loaded { path, config, names, failed })
     }
 
     /// Reloads on this thread (file I/O and DNS included).
@@ -401,7 +413,19 @@ impl Controller {
     /// The quick half of a reload: applies a config read and resolved by
     /// [`Controller::load_for_reload`].
     pub fn reload_with(&mut self, loaded: Loaded) -> Result<(), ApiError> {
-        let Loaded { path, config: new, names } = loaded;
+        let Loaded { path, config: new, names, failed } = loaded;
+        // A name that failed keeps the addresses the engine has for it; a new one fails the
+        // reload (nothing to route to).
+        for (key, e) in &failed {
+            if !self.engine.names().contains_key(key) {
+                return Err(ApiError {
+                    status: 400,
+                    message: format!("cannot apply config: {e}; the old config keeps serving"),
+                    errors: vec![e.clone()],
+                });
+            }
+            tracing::warn!(server = %key, error = %e, "name lookup failed on reload; keeping its last addresses");
+        }
         self.engine
             .apply_with(&self.with_dynamic(&self.overlay, self.overlay.apply(&new)), names)
             .map_err(|e| ApiError {
@@ -414,6 +438,19 @@ impl Controller {
         self.restart_health();
         tracing::info!(file = %path.display(), "configuration reloaded");
         Ok(())
+    }
+
+    /// Applies addresses the resolver task found for host names (`host:port` → addresses):
+    /// a server change like any other, open connections keep theirs.
+    pub fn refresh_names(&mut self, names: fulcrum_proxy::Names) -> Result<(), String> {
+        self.engine.apply_with(&self.current(), names)?;
+        self.restart_health();
+        Ok(())
+    }
+
+    /// The config's `[resolver]`, for looking names up before taking the lock.
+    pub fn resolver_settings(&self) -> Option<fulcrum_config::Resolver> {
+        self.base.resolver.clone()
     }
 
     pub fn add_server(

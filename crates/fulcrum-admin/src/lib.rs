@@ -9,6 +9,7 @@ mod api;
 mod controller;
 mod metrics;
 mod openapi;
+mod resolver;
 mod scale;
 mod statefile;
 
@@ -17,4 +18,5 @@ pub use api::{AdminServer, serve_admin};
 pub use controller::{ApiError, Controller, Loaded, ReadView, reload_off_thread};
 pub use metrics::render as render_metrics;
 pub use openapi::document as openapi_document;
+pub use resolver::{ResolveStats, start_resolver};
 pub use scale::{ScaleEvent, ScaleLog};

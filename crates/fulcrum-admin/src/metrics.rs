@@ -23,6 +23,7 @@ struct Scrape {
     reloads: u64,
     now_ms: u64,
     agent: Arc<crate::agent::AgentStats>,
+    resolve: Arc<crate::resolver::ResolveStats>,
     scale: Vec<(String, &'static str, u64)>,
 }
 
@@ -257,6 +258,27 @@ impl Collector for Scrape {
             MetricType::Counter,
             vec![(Vec::new(), counter(self.reloads))],
         )?;
+        for (name, help, c) in [
+            ("fulcrum_resolve_lookups", "Lookups of server host names.", &self.resolve.lookups),
+            (
+                "fulcrum_resolve_failures",
+                "Failed lookups of server host names (the last good addresses were kept).",
+                &self.resolve.failures,
+            ),
+            (
+                "fulcrum_resolve_changes",
+                "Server host names whose addresses changed and were applied.",
+                &self.resolve.changes,
+            ),
+        ] {
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Counter,
+                vec![(Vec::new(), counter(load(c)))],
+            )?;
+        }
         let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let mut reported = Vec::new();
         for p in &s.pools {
@@ -472,6 +494,7 @@ pub fn render(v: &ReadView) -> String {
         reloads: v.reloads.load(Ordering::Relaxed),
         now_ms: fulcrum_proxy::now_ms(),
         agent: v.agent_stats.clone(),
+        resolve: v.resolve_stats.clone(),
         scale: v.scale_log.counts(),
     }));
     let mut out = String::new();

@@ -37,7 +37,22 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     pub admin: Option<Admin>,
     pub agent: Option<Agent>,
+    /// Name servers for server host names, instead of the system's (`/etc/resolv.conf`).
+    pub resolver: Option<Resolver>,
 }
+
+/// `[resolver]`: where server host names are looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// Name servers (`IP:PORT`), asked over UDP and TCP, in order.
+    pub servers: Vec<std::net::SocketAddr>,
+}
+
+/// How long a looked-up server address is kept at most before it is looked up again (the
+/// record's TTL, when shorter, comes first).
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+/// No name is looked up more often than this, whatever its TTL.
+pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The agent listener: backends dial it and push their load (docs/agent-protocol.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +96,7 @@ impl Default for Config {
             state_file: None,
             admin: None,
             agent: None,
+            resolver: None,
         }
     }
 }
@@ -275,6 +291,8 @@ pub struct Pool {
     pub scale_in: Option<ScaleRule>,
     /// Clients finding every server at its `max_connections` wait here; `None`: refused at once.
     pub queue: Option<QueueSettings>,
+    /// Servers given by host name are looked up again at their TTL, at the latest after this.
+    pub resolve_interval: Duration,
 }
 
 /// `queue = { size, timeout }`: HAProxy's per-backend queue and `timeout queue`.
@@ -361,6 +379,7 @@ impl Pool {
             scale_out: None,
             scale_in: None,
             queue: None,
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
         }
     }
 }

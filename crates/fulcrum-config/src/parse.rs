@@ -9,7 +9,7 @@
 //! * `frontend`: `[frontend.NAME]` and its `fanout` table;
 //! * `pool`: `[pool.NAME]`, its `eject` policy and `servers`;
 //! * `checks`: a pool's `health`, `agent_pull` and `scale_out`/`scale_in` tables;
-//! * `control`: the top-level `[admin]` and `[agent]` tables.
+//! * `control`: the top-level `[admin]`, `[agent]` and `[resolver]` tables.
 
 mod checks;
 mod control;
@@ -62,6 +62,7 @@ const TOP_KEYS: &[&str] = &[
     "state_file",
     "admin",
     "agent",
+    "resolver",
     "frontend",
     "pool",
 ];
@@ -93,6 +94,9 @@ impl Walker<'_> {
         }
         if let Some(v) = doc.get("agent") {
             c.agent = self.agent(v);
+        }
+        if let Some(v) = doc.get("resolver") {
+            c.resolver = self.resolver(v);
         }
         if let Some(v) = doc.get("pool")
             && let Some(t) = self.table(v, "pool")

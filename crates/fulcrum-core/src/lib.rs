@@ -12,5 +12,6 @@ pub mod fanout;
 pub mod framing;
 pub mod health;
 pub mod queue;
+pub mod resolve;
 pub mod scale;
 pub mod udp;

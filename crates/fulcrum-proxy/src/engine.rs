@@ -17,7 +17,7 @@ use fulcrum_config::{Config, Protocol};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,6 +27,7 @@ use crate::context::{Peer, Sock, WorkerCmd};
 use crate::ledger::{Ledger, TCP_DESCRIPTORS, release_tcp_slots};
 use crate::listener::{bind_group, bind_udp_group, is_resource_error};
 use crate::ratelog::RateLimit;
+use crate::resolve::{NameSet, NameUse};
 use crate::state::{Names, QueueRegistry, Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
 
@@ -105,6 +106,8 @@ pub struct Engine {
     bound: Vec<(String, Bound)>,
     /// Host names resolved for the current config, reused by later changes.
     names: Names,
+    /// The names in use, published after every change for the resolver task.
+    name_set: watch::Sender<Arc<NameSet>>,
     registry: StatsRegistry,
     queues: QueueRegistry,
     frontend_stats: HashMap<String, Arc<FrontendStats>>,
@@ -153,6 +156,7 @@ impl Engine {
             stop,
             bound: Vec::new(),
             names: Names::new(),
+            name_set: watch::Sender::new(Arc::default()),
             registry: StatsRegistry::new(),
             queues: QueueRegistry::new(),
             frontend_stats: HashMap::new(),
@@ -172,9 +176,10 @@ impl Engine {
         self.apply_with(config, Names::new())
     }
 
-    /// [`Engine::apply`] with host names resolved beforehand (`state::resolve_names`, on a
-    /// blocking thread). Names this engine resolved before are reused; only a name in neither
-    /// is resolved here, blocking.
+    /// [`Engine::apply`] with host names resolved beforehand (`state::resolve_names` on a
+    /// blocking thread, or the resolver task); they replace what this engine had for those
+    /// names. Names this engine resolved before are reused; only a name in neither is resolved
+    /// here, blocking.
     pub fn apply_with(&mut self, config: &Config, fresh: Names) -> Result<(), String> {
         let mut names = self.names.clone();
         names.extend(fresh);
@@ -265,11 +270,9 @@ impl Engine {
             }
         }
         // Keep the registries from growing with servers and frontends long gone.
+        let snapshot = self.shared.state.load();
         self.registry.retain(|(pool, key), _| {
-            config
-                .pools
-                .iter()
-                .any(|p| &p.name == pool && p.servers.iter().any(|s| &s.address.to_string() == key))
+            snapshot.pool(pool).is_some_and(|p| p.servers.iter().any(|s| &s.key == key))
         });
         self.frontend_stats.retain(|name, _| config.frontends.iter().any(|f| &f.name == name));
         self.queues.retain(|name, _| config.pools.iter().any(|p| &p.name == name));
@@ -277,7 +280,45 @@ impl Engine {
             config.pools.iter().flat_map(|p| &p.servers).any(|s| &s.address.to_string() == key)
         });
         self.names = names;
+        self.publish_names(config);
         Ok(())
+    }
+
+    fn publish_names(&self, config: &Config) {
+        let names = config
+            .pools
+            .iter()
+            .flat_map(|p| p.servers.iter().map(move |s| (p, &s.address)))
+            .filter(|(_, a)| a.socket().is_none())
+            .map(|(p, a)| {
+                let key = a.to_string();
+                NameUse {
+                    addrs: self.names.get(&key).cloned().unwrap_or_default(),
+                    key,
+                    host: a.host.clone(),
+                    port: a.port,
+                    interval: p.resolve_interval,
+                }
+            })
+            .collect();
+        let set = NameSet { settings: config.resolver.clone(), names };
+        self.name_set.send_if_modified(|old| {
+            let changed = **old != set;
+            if changed {
+                *old = Arc::new(set);
+            }
+            changed
+        });
+    }
+
+    /// The host names in use and their addresses, updated after every change.
+    pub fn watch_names(&self) -> watch::Receiver<Arc<NameSet>> {
+        self.name_set.subscribe()
+    }
+
+    /// The addresses each host name in use has now, by configured `host:port`.
+    pub fn names(&self) -> &Names {
+        &self.names
     }
 
     /// Each frontend's name and the address it listens on (with the kernel's port for port 0).

@@ -19,6 +19,7 @@ mod probe;
 mod pull;
 mod queue;
 mod ratelog;
+mod resolve;
 mod splice;
 mod state;
 mod stats;
@@ -32,6 +33,7 @@ pub use health::run_pool_checks;
 pub use pull::run_agent_pull;
 pub use queue::PoolQueue;
 pub use ratelog::RateLimit;
+pub use resolve::{Answer, LOOKUP_TIMEOUT, NameSet, NameUse, Resolver, lookup_blocking};
 pub use state::{
     AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, Names, PoolState, ServerEntry, ServerStats,
     Snapshot, resolve_names,

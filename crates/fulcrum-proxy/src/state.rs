@@ -3,7 +3,7 @@
 //! [`ServerStats`], which outlive snapshots so counters and ejections survive a rebuild.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -572,9 +572,11 @@ impl Snapshot {
         self.pools.iter().find(|p| p.name == name)
     }
 
-    /// Builds the snapshot for `config`. Host names are taken from `names` (resolved earlier,
-    /// off the control thread: [`resolve_names`]); a name not there is resolved here, which
-    /// blocks (the start, or a change that brings a name nobody resolved yet).
+    /// Builds the snapshot for `config`. Host names are taken from `names` (looked up earlier,
+    /// off the control thread: [`resolve_names`], or by the resolver task); names not there
+    /// are looked up here, which blocks (the start, or a change that brings a name nobody
+    /// looked up yet). A name is one server per address, keyed `host:port#ip`, each with the
+    /// configured weight and state.
     pub fn build(
         config: &Config,
         registry: &mut StatsRegistry,
@@ -582,20 +584,24 @@ impl Snapshot {
         frontend_stats: &HashMap<String, Arc<FrontendStats>>,
         names: &mut Names,
     ) -> Result<Snapshot, String> {
+        let missing: Vec<&ServerAddr> = config
+            .pools
+            .iter()
+            .flat_map(|p| &p.servers)
+            .map(|s| &s.address)
+            .filter(|a| a.socket().is_none() && !names.contains_key(&a.to_string()))
+            .collect();
+        if !missing.is_empty() {
+            let (found, failed) = lookup_names(config, &missing);
+            if let Some((_, e)) = failed.into_iter().next() {
+                return Err(e);
+            }
+            names.extend(found);
+        }
         let mut pools = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
             let mut servers = Vec::with_capacity(p.servers.len());
-            for s in &p.servers {
-                let key = s.address.to_string();
-                let addr = match (s.address.socket(), names.get(&key)) {
-                    (Some(a), _) => a,
-                    (None, Some(&a)) => a,
-                    (None, None) => {
-                        let a = resolve(&s.address)?;
-                        names.insert(key.clone(), a);
-                        a
-                    }
-                };
+            let mut add = |key: String, addr: SocketAddr, s: &fulcrum_config::Server| {
                 let stats = registry.entry((p.name.clone(), key.clone())).or_default().clone();
                 servers.push(ServerEntry {
                     key,
@@ -605,6 +611,17 @@ impl Snapshot {
                     max_connections: s.max_connections,
                     stats,
                 });
+            };
+            for s in &p.servers {
+                let key = s.address.to_string();
+                match s.address.socket() {
+                    Some(a) => add(key, a, s),
+                    None => {
+                        for &a in names.get(&key).map_or(&[][..], Vec::as_slice) {
+                            add(format!("{key}#{}", a.ip()), a, s);
+                        }
+                    }
+                }
             }
             let specs: Vec<ServerSpec<'_>> =
                 servers.iter().map(|s| ServerSpec { key: &s.key, weight: s.weight }).collect();
@@ -659,30 +676,48 @@ impl Snapshot {
     }
 }
 
-/// Resolved host names of servers, by their configured `host:port`.
-pub type Names = HashMap<String, SocketAddr>;
+/// Looked-up host names of servers: each configured `host:port`'s addresses.
+pub type Names = HashMap<String, Vec<SocketAddr>>;
 
-/// Resolves every server host name of `config` (literal addresses need nothing). Blocking:
-/// run it on a blocking thread, then hand the result to the engine, so a slow name server
-/// never holds up the control thread or the controller's lock.
-pub fn resolve_names(config: &Config) -> Result<Names, String> {
-    let mut names = Names::new();
-    for s in config.pools.iter().flat_map(|p| &p.servers) {
-        if s.address.socket().is_none() {
-            names.insert(s.address.to_string(), resolve(&s.address)?);
-        }
-    }
-    Ok(names)
+/// Looks up every server host name of `config` (literal addresses need nothing) with its
+/// `[resolver]`. Blocking: run it on a blocking thread, then hand the result to the engine, so
+/// a slow name server never holds up the control thread or the controller's lock. Names that
+/// failed come back apart, `(host:port, error)`: the engine may still have good addresses.
+pub fn resolve_names(config: &Config) -> (Names, Vec<(String, String)>) {
+    let addrs: Vec<&ServerAddr> = config
+        .pools
+        .iter()
+        .flat_map(|p| &p.servers)
+        .map(|s| &s.address)
+        .filter(|a| a.socket().is_none())
+        .collect();
+    lookup_names(config, &addrs)
 }
 
-fn resolve(a: &ServerAddr) -> Result<SocketAddr, String> {
-    if let Some(s) = a.socket() {
-        return Ok(s);
+/// Looks up the hosts of `addrs` (each host once) with `config`'s `[resolver]`, blocking.
+fn lookup_names(config: &Config, addrs: &[&ServerAddr]) -> (Names, Vec<(String, String)>) {
+    let mut hosts: Vec<String> = addrs.iter().map(|a| a.host.clone()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let answers = crate::resolve::lookup_blocking(config.resolver.as_ref(), &hosts);
+    let mut names = Names::new();
+    let mut failed = Vec::new();
+    for a in addrs {
+        let key = a.to_string();
+        let answer = hosts.binary_search(&a.host).ok().and_then(|i| answers.get(i));
+        match answer {
+            Some(Ok(ans)) => {
+                let mut list: Vec<SocketAddr> =
+                    ans.addrs.iter().map(|&ip| SocketAddr::new(ip, a.port)).collect();
+                list.sort_unstable();
+                list.dedup();
+                names.insert(key, list);
+            }
+            Some(Err(e)) => failed.push((key, format!("server {a}: {e}"))),
+            None => failed.push((key, format!("server {a}: not looked up"))),
+        }
     }
-    let mut addrs = (a.host.as_str(), a.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve server {a}: {e}"))?;
-    addrs.next().ok_or_else(|| format!("cannot resolve server {a}: no address"))
+    (names, failed)
 }
 
 #[cfg(test)]
@@ -872,7 +907,7 @@ mod tests {
 
     #[test]
     fn host_names_resolved_ahead_are_used_without_a_lookup() {
-        let text = "[frontend.f]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nservers = [\"backend.invalid:8080\", \"127.0.0.1:9\"]\n";
+        let text = "[frontend.f]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nservers = [\"backend.invalid:8080\", { address = \"localhost:9\", weight = 3 }, \"127.0.0.1:9\"]\n";
         let config = fulcrum_config::parse_str(text, "t.toml").unwrap();
         let build = |names: &mut Names| {
             Snapshot::build(
@@ -884,11 +919,32 @@ mod tests {
             )
         };
         // `.invalid` never resolves (RFC 2606): building must look it up, and fails.
-        assert!(build(&mut Names::new()).is_err());
-        let at: SocketAddr = "127.0.0.7:8080".parse().unwrap();
-        let mut names = Names::from([("backend.invalid:8080".to_string(), at)]);
+        let e = build(&mut Names::new()).unwrap_err();
+        assert!(
+            e.starts_with("server backend.invalid:8080: cannot resolve backend.invalid"),
+            "{e}"
+        );
+        // A name with two addresses is two servers, each with the name's weight; `localhost`
+        // is looked up here, as before.
+        let at: Vec<SocketAddr> =
+            vec!["127.0.0.7:8080".parse().unwrap(), "127.0.0.8:8080".parse().unwrap()];
+        let mut names = Names::from([("backend.invalid:8080".to_string(), at.clone())]);
         let snap = build(&mut names).unwrap();
-        assert_eq!(snap.pools[0].servers[0].addr, at);
-        assert!(resolve_names(&config).is_err(), "resolve_names looks the name up");
+        let servers: Vec<(&str, SocketAddr, u32)> =
+            snap.pools[0].servers.iter().map(|s| (s.key.as_str(), s.addr, s.weight)).collect();
+        assert_eq!(
+            servers,
+            [
+                ("backend.invalid:8080#127.0.0.7", at[0], 1),
+                ("backend.invalid:8080#127.0.0.8", at[1], 1),
+                ("localhost:9#127.0.0.1", "127.0.0.1:9".parse().unwrap(), 3),
+                ("127.0.0.1:9", "127.0.0.1:9".parse().unwrap(), 1),
+            ]
+        );
+        assert_eq!(names["localhost:9"], ["127.0.0.1:9".parse().unwrap()]);
+        let (found, failed) = resolve_names(&config);
+        assert_eq!(found["localhost:9"], ["127.0.0.1:9".parse().unwrap()]);
+        assert_eq!(failed.len(), 1, "resolve_names looks the name up");
+        assert_eq!(failed[0].0, "backend.invalid:8080");
     }
 }

@@ -178,7 +178,8 @@ fn serve(
             let server = AdminServer { controller: controller.clone(), view: view.clone(), token };
             admin_task = Some(tokio::spawn(serve_admin(l, server, stop_admin.clone(), drain)));
         }
-if let Some(addr) = fulcrum_admin::start_agent(controller.clone(), stop_admin.clone())
+        fulcrum_admin::start_resolver(controller.clone(), stop_admin.clone()).await;
+        if let Some(addr) = fulcrum_admin::start_agent(controller.clone(), stop_admin.clone())
             .await
             .map_err(Failure::Runtime)?
         {

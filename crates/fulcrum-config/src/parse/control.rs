@@ -1,7 +1,10 @@
 //! The top-level `[admin]` (API listener and token) and `[agent]` (agent listener, key, report
-//! timing) tables: the control plane's own listeners.
+//! timing) tables: the control plane's own listeners; and `[resolver]`, the name servers it
+//! looks server host names up with.
 
 use std::time::Duration;
+
+use toml::de::DeValue;
 
 use super::{Value, Walker};
 use crate::addr::parse_listen;
@@ -9,6 +12,9 @@ use crate::model::*;
 
 const ADMIN_KEYS: &[&str] = &["bind", "token_file"];
 const AGENT_KEYS: &[&str] = &["bind", "key_file", "report_interval", "missed_reports"];
+const RESOLVER_KEYS: &[&str] = &["servers"];
+/// Name servers are tried in order; a longer list only adds waiting when they all fail.
+const MAX_NAME_SERVERS: usize = 16;
 
 impl Walker<'_> {
     pub(super) fn admin(&mut self, v: &Value<'_>) -> Option<Admin> {
@@ -82,5 +88,50 @@ impl Walker<'_> {
             a.missed_reports = self.integer(x, "agent.missed_reports", 1, 1000)? as u32;
         }
         Some(a)
+    }
+
+    pub(super) fn resolver(&mut self, v: &Value<'_>) -> Option<Resolver> {
+        let t = self.table(v, "resolver")?;
+        self.check_keys(t, "resolver", RESOLVER_KEYS);
+        let Some(sv) = t.get("servers") else {
+            self.error(
+                v,
+                "resolver.servers",
+                "missing key (name servers as \"IP:PORT\", e.g. [\"127.0.0.1:53\"]; leave out [resolver] to use /etc/resolv.conf)",
+            );
+            return None;
+        };
+        let DeValue::Array(items) = sv.get_ref() else {
+            let found = sv.get_ref().type_str();
+            self.error(
+                sv,
+                "resolver.servers",
+                format!("expected an array of \"IP:PORT\" strings, found {found}"),
+            );
+            return None;
+        };
+        if items.is_empty() || items.len() > MAX_NAME_SERVERS {
+            self.error(
+                sv,
+                "resolver.servers",
+                format!("list 1 to {MAX_NAME_SERVERS} name servers"),
+            );
+            return None;
+        }
+        let mut servers = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("resolver.servers[{i}]");
+            let Some(s) = self.string(item, &key) else { continue };
+            match s.trim().parse::<std::net::SocketAddr>() {
+                Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => servers.push(a),
+                Ok(a) => self.error(item, &key, format!("{a} is not a name server address")),
+                Err(_) => self.error(
+                    item,
+                    &key,
+                    format!("\"{s}\" is not IP:PORT (e.g. \"127.0.0.1:53\", \"[::1]:53\"); names are not allowed here"),
+                ),
+            }
+        }
+        (servers.len() == items.len()).then_some(Resolver { servers })
     }
 }

@@ -26,6 +26,7 @@ const POOL_KEYS: &[&str] = &[
     "scale_out",
     "scale_in",
     "queue",
+    "resolve_interval",
 ];
 const QUEUE_KEYS: &[&str] = &["size", "timeout"];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
@@ -96,6 +97,22 @@ impl Walker<'_> {
         }
         if let Some(v) = t.get("queue") {
             pool.queue = self.queue(v, &format!("{path}.queue"));
+        }
+        if let Some(v) = t.get("resolve_interval") {
+            let key = format!("{path}.resolve_interval");
+            match self.duration(v, &key) {
+                // Faster than this is a lookup storm, not fresher addresses.
+                Some(d) if d < MIN_RESOLVE_INTERVAL => self.error(
+                    v,
+                    &key,
+                    format!(
+                        "must be at least {}",
+                        humantime::format_duration(MIN_RESOLVE_INTERVAL)
+                    ),
+                ),
+                Some(d) => pool.resolve_interval = d,
+                None => {}
+            }
         }
         Some(pool)
     }

@@ -459,3 +459,45 @@ queue = { size = 0, timeout = "0s", depth = 3 }
             .contains("pool.p.queue: expected a table")
     );
 }
+
+#[test]
+fn resolver_and_resolve_interval_parse() {
+    let text = r#"
+[resolver]
+servers = ["127.0.0.1:5353", "[::1]:53"]
+[frontend.a]
+bind = "127.0.0.1:9000"
+pool = "p"
+[pool.p]
+servers = ["app.test:80"]
+resolve_interval = "2s"
+[pool.q]
+servers = ["127.0.0.1:81"]
+"#;
+    let c = parse_str(text, "f.toml").unwrap();
+    let r = c.resolver.clone().unwrap();
+    assert_eq!(r.servers, ["127.0.0.1:5353".parse().unwrap(), "[::1]:53".parse().unwrap()]);
+    assert_eq!(c.pool("p").unwrap().resolve_interval, std::time::Duration::from_secs(2));
+    assert_eq!(c.pool("q").unwrap().resolve_interval, DEFAULT_RESOLVE_INTERVAL);
+    assert_eq!(parse_str(GOOD, "f.toml").unwrap().resolver, None);
+}
+
+#[test]
+fn resolver_and_resolve_interval_errors_are_located() {
+    let base = "[frontend.a]\nbind = \"127.0.0.1:9000\"\npool = \"p\"\n[pool.p]\nservers = [\"a.test:80\"]\n";
+    let e = errors(&format!("{base}resolve_interval = \"500ms\"\n"));
+    assert_eq!(e, ["f.toml:6:20: pool.p.resolve_interval: must be at least 1s"]);
+    let e = errors(&format!("{base}[resolver]\nservers = [\"ns.example:53\", \"127.0.0.1\"]\n"));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("f.toml:7:12: resolver.servers[0]: \"ns.example:53\" is not IP:PORT"),
+        "{e:?}"
+    );
+    assert!(e[1].contains("resolver.servers[1]: \"127.0.0.1\" is not IP:PORT"), "{e:?}");
+    let e = errors(&format!("{base}[resolver]\nservers = []\n"));
+    assert_eq!(e, ["f.toml:7:11: resolver.servers: list 1 to 16 name servers"]);
+    let e = errors(&format!("{base}[resolver]\nserver = [\"127.0.0.1:53\"]\n"));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().any(|x| x.contains("resolver.server: unknown key")), "{e:?}");
+    assert!(e.iter().any(|x| x.contains("resolver.servers: missing key")), "{e:?}");
+}
