@@ -96,7 +96,7 @@ servers = []
             .map(|(p, load)| {
                 Command::new("python3")
                     .args([AGENT, "--agent", &agent, "--key-file", key.to_str().unwrap()])
-                    .args(["--pool", "game", "--address", &format!("127.0.0.1:{p}")])
+                    .args(["--pool", "game", "--address", &format!(":{p}")])
                     .args(["--clients", load, "--queue", "0", "--interval", "20"])
                     .args(["--count", "3"])
                     .stdout(Stdio::null())

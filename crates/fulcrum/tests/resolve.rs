@@ -208,7 +208,11 @@ async fn a_moved_name_takes_new_connections_to_its_new_address_with_none_failed(
     assert!(moved < Duration::from_secs(4), "moved only after {moved:?}");
     assert!(after_move >= 50);
     assert!(old.accepts() >= 21 && new.accepts() >= 51);
-    let event = d.find("server name has new addresses").expect("the change is logged");
+    wait_until_async(Duration::from_secs(5), "the change logged", || {
+        d.find("server name has new addresses").is_some()
+    })
+    .await;
+    let event = d.find("server name has new addresses").unwrap();
     assert_eq!(event["addresses"], "127.0.0.3");
     assert_eq!(server_keys(&api(&d)), [format!("app.test:{port}#127.0.0.3")]);
 
@@ -282,7 +286,11 @@ async fn two_addresses_are_two_servers_and_a_failed_lookup_keeps_them() {
         r.status()
     });
     assert_eq!(status, 200);
-    assert!(d.find("name lookup failed on reload; keeping its last addresses").is_some());
+    // The log is read by another thread: wait for the line rather than expect it already.
+    wait_until_async(Duration::from_secs(5), "the reload's lookup failure logged", || {
+        d.find("name lookup failed on reload; keeping its last addresses").is_some()
+    })
+    .await;
     let mut names = Vec::new();
     for _ in 0..10 {
         names.push(ask_name(front).await.unwrap());
