@@ -15,8 +15,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -67,82 +65,16 @@ s.close()
 print("bye", flush=True)
 "#;
 
-/// A Python process with its stdout lines forwarded to a channel.
-struct Py {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Py {
-    fn run(script: &std::path::Path, args: &[&str]) -> Py {
-        let (tx, lines) = mpsc::channel();
-        let mut py = Py::run_into(script, args, tx);
-        py.lines = lines;
-        py
-    }
-
-    /// Like [`Py::run`], its lines sent to `tx` (several processes may share one channel).
-    fn run_into(script: &std::path::Path, args: &[&str], tx: mpsc::Sender<String>) -> Py {
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs");
-        let stdin = child.stdin.take();
-        let out = child.stdout.take().unwrap();
-        let lines = mpsc::channel().1;
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Py { child, stdin, lines }
-    }
-
-    fn line(&self, limit: Duration, what: &str) -> String {
-        self.lines
-            .recv_timeout(limit)
-            .unwrap_or_else(|_| panic!("no line from {what} within {limit:?}"))
-    }
-
-    /// Whether a line is already there (without waiting).
-    fn try_line(&self) -> Option<String> {
-        self.lines.try_recv().ok()
-    }
-
-    fn hang_up(&mut self) {
-        let mut stdin = self.stdin.take().unwrap();
-        stdin.write_all(b"\n").unwrap();
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn queue_length(api: &str) -> u64 {
     get(&format!("{api}/api/v1/pools"))["pools"][0]["queue_length"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarder_clients_wait_in_line_and_get_their_own_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server_py, client_py) = (dir.path().join("server.py"), dir.path().join("client.py"));
-    std::fs::write(&server_py, SERVER).unwrap();
-    std::fs::write(&client_py, CLIENT).unwrap();
     // Both servers write into one channel: a server's line about a client is written before
     // that client gets its bytes back, so the lines arrive in the order clients were served.
     let (tx, from_servers) = mpsc::channel();
-    let _servers: Vec<Py> = (0..2).map(|_| Py::run_into(&server_py, &[], tx.clone())).collect();
+    let _servers: Vec<Py> = (0..2).map(|_| Py::run_into(SERVER, &[], tx.clone())).collect();
     let next = |limit: Duration| {
         from_servers.recv_timeout(limit).unwrap_or_else(|_| panic!("no server line in {limit:?}"))
     };
@@ -176,7 +108,7 @@ queue = {{ size = 100, timeout = "30s" }}
     let api =
         format!("http://{}", d.find("admin API listening").unwrap()["address"].as_str().unwrap());
     let port = front.port().to_string();
-    let start = |n: usize| Py::run(&client_py, &["127.0.0.1", &port, &format!("c{n:02}")]);
+    let start = |n: usize| Py::run(CLIENT, &["127.0.0.1", &port, &format!("c{n:02}")]);
     let limit = Duration::from_secs(20);
     // What the servers saw, in order: `start` lines give the serving order, `end` lines
     // whether another connection was open meanwhile.
@@ -193,7 +125,7 @@ queue = {{ size = 100, timeout = "30s" }}
     let mut clients = Vec::new();
     for n in 1..=2 {
         let c = start(n);
-        assert_eq!(c.line(limit, "a client"), "ok");
+        assert_eq!(c.line_within(limit, "a client"), "ok");
         starts.push(served_next(&mut ends));
         clients.push(c);
     }
@@ -210,8 +142,13 @@ queue = {{ size = 100, timeout = "30s" }}
     // Clients hang up one at a time: each time, the head of the line is served, and only it.
     for k in 0..8 {
         clients[k].hang_up();
-        assert_eq!(clients[k].line(limit, "a leaving client"), "bye");
-        assert_eq!(clients[k + 2].line(limit, "the head of the line"), "ok", "client {}", k + 3);
+        assert_eq!(clients[k].line_within(limit, "a leaving client"), "bye");
+        assert_eq!(
+            clients[k + 2].line_within(limit, "the head of the line"),
+            "ok",
+            "client {}",
+            k + 3
+        );
         starts.push(served_next(&mut ends));
         for c in &clients[k + 3..] {
             assert_eq!(c.try_line(), None, "served before its turn");
@@ -219,7 +156,7 @@ queue = {{ size = 100, timeout = "30s" }}
     }
     for c in &mut clients[8..] {
         c.hang_up();
-        assert_eq!(c.line(limit, "a leaving client"), "bye");
+        assert_eq!(c.line_within(limit, "a leaving client"), "bye");
     }
     while ends.len() < 10 {
         ends.push(next(limit));

@@ -179,7 +179,7 @@ servers = ["127.0.0.1:{tp}"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_framing_without_on_timeout_sends_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut table = Py::run(TABLE, &["alpha.example=10.0.0.1"]);
+    let table = Py::run(TABLE, &["alpha.example=10.0.0.1"]);
     let tp = tokio::task::block_in_place(|| table.line());
     let d = Daemon::run_config(&format!(
         r#"

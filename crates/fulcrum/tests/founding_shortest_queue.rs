@@ -60,8 +60,8 @@ fn shortest_queue_udp_balancer_per_datagram() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("agent.key");
     std::fs::write(&key, format!("{KEY}\n")).unwrap();
-    let mut busy = Py::run(SERVER, &["busy"]);
-    let mut idle = Py::run(SERVER, &["idle"]);
+    let busy = Py::run(SERVER, &["busy"]);
+    let idle = Py::run(SERVER, &["idle"]);
     let (bp, ip) = (busy.line(), idle.line());
     let d = Daemon::run_config(&format!(
         r#"

@@ -367,16 +367,27 @@ pub fn metric(api: &str, prefix: &str) -> f64 {
 }
 
 /// A plain-Python program (stdlib sockets, the way the founding systems' users wrote their
-/// clients and servers), run with `python3`; killed on drop.
+/// clients and servers), run with `python3 -u`; what it prints arrives line by line through a
+/// channel, so every read has a deadline. Killed on drop.
 pub struct Py {
     pub child: Child,
-    pub out: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Py {
-    /// Runs `source` with `args`; its stdout is read line by line through [`Py::line`].
+    /// Runs `source` with `args`.
     pub fn run(source: &str, args: &[&str]) -> Py {
+        let (tx, lines) = std::sync::mpsc::channel();
+        let mut py = Py::run_into(source, args, tx);
+        py.lines = lines;
+        py
+    }
+
+    /// Like [`Py::run`], its lines sent to `tx` (several programs may share one channel, so
+    /// the order of their lines is the order they printed them).
+    pub fn run_into(source: &str, args: &[&str], tx: std::sync::mpsc::Sender<String>) -> Py {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("prog.py");
         std::fs::write(&path, source).unwrap();
@@ -384,27 +395,61 @@ impl Py {
             .arg("-u")
             .arg(&path)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3 is missing: apt-get install python3 (.ci/run does)");
-        let out = BufReader::new(child.stdout.take().unwrap()).lines();
-        Py { child, out, _dir: dir }
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Py { child, stdin, lines: std::sync::mpsc::channel().1, _dir: dir }
     }
 
-    /// The next line it prints; panics when it ends first. Bounded by the program's own
-    /// timeouts (every script here sets socket timeouts).
-    pub fn line(&mut self) -> String {
-        match self.out.next() {
-            Some(Ok(l)) => l,
-            other => panic!("python program ended without a line: {other:?}"),
+    /// The next line it prints, waiting at most 20 s.
+    pub fn line(&self) -> String {
+        self.line_within(Duration::from_secs(20), "a python program")
+    }
+
+    /// The next line it prints, waiting at most `limit`; panics naming `what` otherwise.
+    pub fn line_within(&self, limit: Duration, what: &str) -> String {
+        self.lines
+            .recv_timeout(limit)
+            .unwrap_or_else(|e| panic!("no line from {what} within {limit:?}: {e}"))
+    }
+
+    /// A line already printed, without waiting.
+    pub fn try_line(&self) -> Option<String> {
+        self.lines.try_recv().ok()
+    }
+
+    /// Every line it prints until it exits (at most 30 s).
+    pub fn rest(&mut self) -> Vec<String> {
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return out,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("python program still running after 30 s; printed {out:?}")
+                }
+            }
         }
     }
 
-    /// Every line it prints until it exits.
-    pub fn rest(&mut self) -> Vec<String> {
-        self.out.by_ref().map_while(Result::ok).collect()
+    /// Writes one line to its stdin (the scripts here read it as "hang up now").
+    pub fn hang_up(&mut self) {
+        use std::io::Write;
+        let mut stdin = self.stdin.take().unwrap();
+        stdin.write_all(b"\n").unwrap();
     }
 }
 
