@@ -116,6 +116,8 @@ pub enum Protocol {
     Directory,
     /// The same, one `PICK` datagram per request.
     DirectoryUdp,
+    /// HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port, proxied per request.
+    Http,
 }
 
 impl Protocol {
@@ -125,6 +127,7 @@ impl Protocol {
             Protocol::Udp => "udp",
             Protocol::Directory => "directory",
             Protocol::DirectoryUdp => "directory-udp",
+            Protocol::Http => "http",
         }
     }
 
@@ -132,7 +135,7 @@ impl Protocol {
     /// address and port (DNS over TCP and UDP on port 53), two of the same may not.
     pub fn transport(self) -> Transport {
         match self {
-            Protocol::Tcp | Protocol::Directory => Transport::Tcp,
+            Protocol::Tcp | Protocol::Directory | Protocol::Http => Transport::Tcp,
             Protocol::Udp | Protocol::DirectoryUdp => Transport::Udp,
         }
     }
@@ -183,6 +186,49 @@ pub struct Frontend {
     /// Line protocols: a request equal to this closes the client's connection (and its server
     /// connections) without being forwarded.
     pub quit: Option<String>,
+    /// HTTP frontends: limits, timeouts and forwarding headers.
+    pub http: HttpFrontend,
+}
+
+/// The HTTP keys of a `protocol = "http"` frontend (they sit in `[frontend.NAME]` itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpFrontend {
+    /// A request head (first request: from accept; later ones: from their first byte) must
+    /// arrive whole within this, else 408: the slowloris guard.
+    pub header_timeout: Duration,
+    /// Most bytes of a request head (request line and headers); more is 431 (414 when the
+    /// request line alone is too long).
+    pub max_header_bytes: usize,
+    /// Most header fields of a request; more is 431.
+    pub max_headers: usize,
+    /// Most bytes of a request body; more is 413. `None`: unlimited (bodies are streamed).
+    pub max_body: Option<u64>,
+    /// An HTTP/1 connection between requests (or an HTTP/2 one with no stream) is closed
+    /// after this long.
+    pub keepalive_timeout: Duration,
+    /// Clients whose `X-Forwarded-For` is believed: their forwarded address is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Add an RFC 7239 `Forwarded` header (opt-in; `X-Forwarded-*` are always set).
+    pub forwarded: bool,
+}
+
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for HttpFrontend {
+    fn default() -> Self {
+        Self {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body: None,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            trusted_proxies: Vec::new(),
+            forwarded: false,
+        }
+    }
 }
 
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -263,6 +309,7 @@ impl Frontend {
             sessions: true,
             framing: Framing::Line,
             quit: None,
+            http: HttpFrontend::default(),
         }
     }
 }
@@ -293,6 +340,51 @@ pub struct Pool {
     pub queue: Option<QueueSettings>,
     /// Servers given by host name are looked up again at their TTL, at the latest after this.
     pub resolve_interval: Duration,
+    /// HTTP frontends' upstream side (`[pool.NAME.http]`).
+    pub http: PoolHttp,
+    /// HTTP: extra requests retries may add, in percent of the pool's requests (`retry_budget`).
+    pub retry_budget_percent: u32,
+    /// HTTP: `sticky = { cookie, ttl }`, a cookie that keeps a client on its server.
+    pub sticky: Option<Sticky>,
+}
+
+/// `[pool.NAME.http]`: how HTTP frontends talk to this pool's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolHttp {
+    pub version: HttpVersion,
+    /// Idle keep-alive connections kept per server per worker.
+    pub max_idle: usize,
+    /// An idle upstream connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// From the request sent to the response head; 504 after it.
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    H1,
+    /// Cleartext HTTP/2 with prior knowledge.
+    H2,
+}
+
+impl Default for PoolHttp {
+    fn default() -> Self {
+        Self {
+            version: HttpVersion::H1,
+            max_idle: 64,
+            idle_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+
+/// `sticky = { cookie = "NAME", ttl = "1h" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    pub ttl: Duration,
 }
 
 /// `queue = { size, timeout }`: HAProxy's per-backend queue and `timeout queue`.
@@ -380,6 +472,9 @@ impl Pool {
             scale_in: None,
             queue: None,
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            http: PoolHttp::default(),
+            retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
+            sticky: None,
         }
     }
 }

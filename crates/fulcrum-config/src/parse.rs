@@ -8,12 +8,14 @@
 //! * `values`: located errors, unknown-key checks and the typed value readers;
 //! * `frontend`: `[frontend.NAME]` and its `fanout` table;
 //! * `pool`: `[pool.NAME]`, its `eject` policy and `servers`;
+//! * `http`: an HTTP frontend's limits and headers, a pool's `http` table, `retry_budget`, `sticky`;
 //! * `checks`: a pool's `health`, `agent_pull` and `scale_out`/`scale_in` tables;
 //! * `control`: the top-level `[admin]`, `[agent]` and `[resolver]` tables.
 
 mod checks;
 mod control;
 mod frontend;
+mod http;
 mod pool;
 mod values;
 

@@ -17,7 +17,7 @@ use crate::stats::{FrontendStats, Limits};
 
 /// What serves a frontend's clients: one per kind of frontend, chosen once at bind from its
 /// protocol and mode, so the data path never matches on config again. A new kind (HTTP next)
-/// is one more variant and one module.
+/// is one variant and one module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     /// `tcp`, `mode = "proxy"`: proxied connections (tcp.rs).
@@ -35,6 +35,8 @@ pub enum Service {
     UdpDatagram,
     /// `directory-udp`: one `PICK` per datagram.
     DirectoryUdp,
+    /// `http`: HTTP/1.1 and h2c, proxied per request (http/).
+    Http,
 }
 
 impl Service {
@@ -47,6 +49,7 @@ impl Service {
             (Protocol::Udp, Mode::Proxy) if !f.sessions => Service::UdpDatagram,
             (Protocol::Udp, Mode::Proxy) => Service::UdpProxy,
             (Protocol::Udp, _) => Service::UdpFanout,
+            (Protocol::Http, _) => Service::Http,
         }
     }
 
@@ -60,6 +63,7 @@ impl Service {
             Service::UdpFanout => "udp-fanout",
             Service::UdpDatagram => "udp-datagram",
             Service::DirectoryUdp => "directory-udp",
+            Service::Http => "http",
         }
     }
 }
@@ -110,6 +114,9 @@ pub struct AcceptCtx {
     /// The frontend's settings as bound (mode, UDP session limits); routing settings such as
     /// the pool live in the snapshot.
     pub frontend: fulcrum_config::Frontend,
+    /// Cancelled when this generation of the frontend is replaced or removed, or the engine
+    /// stops: HTTP connections then close after their current request.
+    pub retired: tokio_util::sync::CancellationToken,
 }
 
 pub(crate) enum Sock {

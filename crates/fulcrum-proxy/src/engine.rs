@@ -206,7 +206,7 @@ impl Engine {
                     )?
                 }
                 None => match f.protocol {
-                    Protocol::Tcp | Protocol::Directory => {
+                    Protocol::Tcp | Protocol::Directory | Protocol::Http => {
                         bind_group(f.bind, self.workers)?.into_iter().map(Sock::Tcp).collect()
                     }
                     Protocol::DirectoryUdp | Protocol::Udp => {
@@ -235,6 +235,7 @@ impl Engine {
                 protocol: f.protocol,
                 service: Service::of(f),
                 frontend: f.clone(),
+                retired: self.stop.child_token(),
             });
             let b = Bound { local, ctx, group };
             fresh.push((f.name.clone(), b, to_workers));
@@ -265,6 +266,7 @@ impl Engine {
             self.bound.push((name, b));
         }
         for b in replaced {
+            b.ctx.retired.cancel();
             for tx in &self.cmds {
                 let _ = tx.send(WorkerCmd::Close(b.ctx.name.clone(), b.ctx.generation));
             }
@@ -642,6 +644,7 @@ fn serve_here(
             Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
             Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
             Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
+            Service::Http => crate::http::serve(ledger, stream).await,
             // A UDP service never gets a TCP connection.
             Service::UdpProxy
             | Service::UdpFanout

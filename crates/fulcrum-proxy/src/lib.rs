@@ -12,6 +12,7 @@ mod directory;
 mod engine;
 mod fanout;
 mod health;
+mod http;
 mod ledger;
 mod listener;
 mod park;

@@ -34,6 +34,8 @@ pub struct ServerStats {
     /// When the server last came back up (ms on the process clock); 0 = never was down.
     up_since_ms: AtomicU64,
     pub connect_time: Histogram,
+    /// HTTP responses from this server by status class (1xx..5xx).
+    pub http_responses: [AtomicU64; 5],
     /// The server's own last report (agent protocol, push): clients and queue length.
     reported_clients: AtomicU64,
     reported_queue: AtomicU64,
@@ -443,6 +445,12 @@ pub struct PoolState {
     pub agent_maxconn_ttl_ms: u64,
     /// Clients waiting for a slot; shared with the pool's earlier and later snapshots.
     pub queue: Arc<PoolQueue>,
+    /// HTTP frontends: how to talk to the servers (`[pool.X.http]`).
+    pub http: fulcrum_config::PoolHttp,
+    /// HTTP: what retries of sent requests may still spend (`retry_budget`).
+    pub retry_budget: fulcrum_core::retry::RetryBudget,
+    /// HTTP: retries made (connect failures and idempotent requests).
+    pub http_retries: std::sync::atomic::AtomicU64,
 }
 
 /// Why [`PoolState::take_slot`] found no server.
@@ -657,6 +665,9 @@ impl Snapshot {
                     || p.servers.iter().any(|s| s.max_connections.is_some()),
                 agent_maxconn_ttl_ms,
                 queue,
+                http: p.http,
+                retry_budget: fulcrum_core::retry::RetryBudget::new(p.retry_budget_percent),
+                http_retries: std::sync::atomic::AtomicU64::new(0),
             }));
         }
         let mut frontends = Vec::with_capacity(config.frontends.len());
@@ -753,6 +764,9 @@ mod tests {
             capped: false,
             agent_maxconn_ttl_ms: 0,
             queue: Arc::default(),
+            http: fulcrum_config::PoolHttp::default(),
+            retry_budget: fulcrum_core::retry::RetryBudget::new(20),
+            http_retries: Default::default(),
         }
     }
 

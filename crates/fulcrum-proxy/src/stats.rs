@@ -71,6 +71,13 @@ pub fn descriptor_budget(nofile: u64) -> usize {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub struct FrontendStats {
+    /// HTTP frontends: requests answered, by status class (1xx..5xx), ...
+    pub http_responses: [AtomicU64; 5],
+    /// ... all requests ended, in progress now, and how long they took to the end of the
+    /// response.
+    pub http_requests: AtomicU64,
+    pub http_active: AtomicU64,
+    pub http_latency: crate::state::Histogram,
     pub connections_total: AtomicU64,
     pub connections_active: AtomicU64,
     /// Clients closed because no server could take them.

@@ -25,13 +25,20 @@ const FRONTEND_KEYS: &[&str] = &[
     "framing",
     "quit",
     "sessions",
+    "header_timeout",
+    "max_header_bytes",
+    "max_headers",
+    "max_body",
+    "keepalive_timeout",
+    "trusted_proxies",
+    "forwarded",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
 /// Longest fan-out `timeout` and `delay`.
 const MAX_FANOUT_DURATION: Duration = Duration::from_secs(3600);
 /// Protocols later versions add; named so the error says "not supported yet", not "unknown".
-const FUTURE_PROTOCOLS: &[&str] = &["http", "https"];
+const FUTURE_PROTOCOLS: &[&str] = &["https"];
 
 impl Walker<'_> {
     pub(super) fn frontend(
@@ -69,12 +76,13 @@ impl Walker<'_> {
         if let Some(pv) = t.get("protocol") {
             let key = format!("{path}.protocol");
             if let Some(p) = self.string(pv, &key) {
-                const SUPPORTED: &str = "tcp, udp, directory, directory-udp";
+                const SUPPORTED: &str = "tcp, udp, directory, directory-udp, http";
                 match p {
                     "tcp" => protocol = Protocol::Tcp,
                     "udp" => protocol = Protocol::Udp,
                     "directory" => protocol = Protocol::Directory,
                     "directory-udp" => protocol = Protocol::DirectoryUdp,
+                    "http" => protocol = Protocol::Http,
                     p if FUTURE_PROTOCOLS.contains(&p) => {
                         let m = format!(
                             "protocol \"{p}\" is not supported by this version yet (supported: {SUPPORTED})"
@@ -186,6 +194,7 @@ impl Walker<'_> {
                 .map(|n| n as usize);
         }
         ok &= self.line_protocol(t, path, &mut f);
+        ok &= self.http_frontend(t, path, &mut f);
         if let Some(x) = t.get("sessions") {
             let key = format!("{path}.sessions");
             match self.boolean(x, &key) {
@@ -216,7 +225,7 @@ impl Walker<'_> {
         let lines = match f.protocol {
             Protocol::Directory => true,
             Protocol::Tcp => f.mode != Mode::Proxy,
-            Protocol::Udp | Protocol::DirectoryUdp => false,
+            Protocol::Udp | Protocol::DirectoryUdp | Protocol::Http => false,
         };
         let mut ok = true;
         for key in ["framing", "quit"] {

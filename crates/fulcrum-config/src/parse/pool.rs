@@ -27,6 +27,9 @@ const POOL_KEYS: &[&str] = &[
     "scale_in",
     "queue",
     "resolve_interval",
+    "http",
+    "retry_budget",
+    "sticky",
 ];
 const QUEUE_KEYS: &[&str] = &["size", "timeout"];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
@@ -114,6 +117,7 @@ impl Walker<'_> {
                 None => {}
             }
         }
+        self.pool_http(t, path, &mut pool);
         Some(pool)
     }
 

@@ -166,7 +166,7 @@ fn future_protocols_say_not_yet() {
         r#"
 [frontend.a]
 bind = "127.0.0.1:1000"
-protocol = "http"
+protocol = "https"
 pool = "p"
 [pool.p]
 servers = []
@@ -175,7 +175,7 @@ servers = []
     .join("\n");
     assert!(
         errs.contains(
-            "frontend.a.protocol: protocol \"http\" is not supported by this version yet"
+            "frontend.a.protocol: protocol \"https\" is not supported by this version yet"
         ),
         "{errs}"
     );
@@ -500,4 +500,104 @@ fn resolver_and_resolve_interval_errors_are_located() {
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e.iter().any(|x| x.contains("resolver.server: unknown key")), "{e:?}");
     assert!(e.iter().any(|x| x.contains("resolver.servers: missing key")), "{e:?}");
+}
+
+#[test]
+fn http_frontend_and_pool_keys() {
+    let c = parse_str(
+        r#"
+[frontend.web]
+bind = "127.0.0.1:8080"
+protocol = "http"
+pool = "app"
+header_timeout = "3s"
+max_header_bytes = "16KiB"
+max_headers = 50
+max_body = "1MiB"
+keepalive_timeout = "20s"
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
+forwarded = true
+[pool.app]
+servers = ["127.0.0.1:9001"]
+retry_budget = "50%"
+sticky = { cookie = "srv", ttl = "2h" }
+[pool.app.http]
+version = "h2"
+max_idle = 8
+idle_timeout = "5s"
+response_timeout = "7s"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let f = &c.frontends[0];
+    assert_eq!(f.protocol, Protocol::Http);
+    let h = &f.http;
+    assert_eq!(h.header_timeout, Duration::from_secs(3));
+    assert_eq!(h.max_header_bytes, 16 * 1024);
+    assert_eq!(h.max_headers, 50);
+    assert_eq!(h.max_body, Some(1 << 20));
+    assert_eq!(h.keepalive_timeout, Duration::from_secs(20));
+    assert_eq!(h.trusted_proxies.len(), 2);
+    assert!(h.forwarded);
+    let p = &c.pools[0];
+    assert_eq!(p.retry_budget_percent, 50);
+    assert_eq!(p.sticky, Some(Sticky { cookie: "srv".into(), ttl: Duration::from_secs(7200) }));
+    assert_eq!(p.http.version, HttpVersion::H2);
+    assert_eq!(p.http.max_idle, 8);
+    assert_eq!(p.http.idle_timeout, Duration::from_secs(5));
+    assert_eq!(p.http.response_timeout, Duration::from_secs(7));
+    // Defaults.
+    let c = parse_str(
+        r#"
+[frontend.web]
+bind = "127.0.0.1:8080"
+protocol = "http"
+pool = "app"
+[pool.app]
+servers = ["127.0.0.1:9001"]
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.frontends[0].http, HttpFrontend::default());
+    assert_eq!(c.frontends[0].http.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.frontends[0].http.max_header_bytes, 65536);
+    assert_eq!(c.pools[0].http.response_timeout, Duration::from_secs(60));
+    assert_eq!(c.pools[0].retry_budget_percent, 20);
+}
+
+#[test]
+fn http_key_errors_name_the_key_and_reason() {
+    let errs = errors(
+        r#"
+[frontend.web]
+bind = "127.0.0.1:8080"
+protocol = "http"
+pool = "app"
+max_header_bytes = "lots"
+trusted_proxies = ["10.0.0.0/33"]
+[frontend.t]
+bind = "127.0.0.1:8081"
+pool = "app"
+header_timeout = "3s"
+[pool.app]
+servers = ["127.0.0.1:9001"]
+retry_budget = "twenty"
+sticky = { ttl = "1h" }
+[pool.app.http]
+version = "h3"
+"#,
+    )
+    .join("\n");
+    for want in [
+        "frontend.web.max_header_bytes: \"lots\" is not a size",
+        "frontend.web.trusted_proxies[0]: \"10.0.0.0/33\" is not an address or CIDR range",
+        "frontend.t.header_timeout: only a protocol = \"http\" frontend reads it",
+        "pool.app.retry_budget: \"twenty\" is not a percentage",
+        "pool.app.sticky.cookie: missing key",
+        "pool.app.http.version: unknown version \"h3\" (expected: h1, h2)",
+    ] {
+        assert!(errs.contains(want), "{want} not in:\n{errs}");
+    }
 }

@@ -1,0 +1,217 @@
+//! The client socket as hyper sees it, with the HTTP frontend's two waits enforced where the
+//! bytes arrive: `header_timeout` (a request head must arrive whole within it, counted from
+//! accept for the first request and from the first byte for later ones) and
+//! `keepalive_timeout` (a connection with no request in progress). hyper's own
+//! `header_read_timeout` closes the connection without a word and also counts the idle wait
+//! between requests as header time; HAProxy and NGINX answer a slow head with 408 and keep
+//! the two waits apart, so this wrapper does.
+//!
+//! It learns whether a request is in progress from [`Phase`], which the request handler
+//! updates (a request counts from its head until its response body ends). The timer is
+//! always armed and simply re-armed while requests run, so no waker has to pass between the
+//! handler and the socket.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// What the handler and the socket share about one client connection.
+#[derive(Debug, Default)]
+pub(crate) struct Phase {
+    /// Requests between their head and the end of their response body.
+    pub(crate) active: AtomicU32,
+    /// Process-clock ms when `active` last fell to zero.
+    pub(crate) idle_since_ms: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// Set when the connection was closed for a slow head (answered 408).
+    pub(crate) header_timed_out: AtomicBool,
+    /// Set when the connection was closed after `keepalive_timeout` without a request.
+    pub(crate) keepalive_expired: AtomicBool,
+    pub(crate) requests: AtomicU64,
+}
+
+impl Phase {
+    pub(crate) fn request_started(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_ended(&self) {
+        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_since_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The answer to a head that did not arrive in time. Sent only when nothing of an earlier
+/// response is still being written, so it can never land inside another response.
+const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\
+content-length: 24\r\nconnection: close\r\n\r\nrequest header timed out";
+
+const H2_PREFACE_START: &[u8] = b"PRI ";
+
+pub(crate) struct HttpIo {
+    stream: TcpStream,
+    phase: Arc<Phase>,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// The timer counts a head's arrival (not the idle wait before it).
+    head_started: bool,
+    /// Nothing written is still waiting for a flush (a 408 may be written).
+    clean: bool,
+    /// Seen the HTTP/2 preface: never write an HTTP/1 answer.
+    h2: Option<bool>,
+    /// `Phase::requests` when last looked at: a change means a head arrived whole.
+    seen_requests: u64,
+}
+
+impl HttpIo {
+    pub(crate) fn new(
+        stream: TcpStream,
+        phase: Arc<Phase>,
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+    ) -> Self {
+        // The first request's head counts from accept, as in NGINX's client_header_timeout.
+        let timer = Box::pin(tokio::time::sleep(header_timeout));
+        HttpIo {
+            stream,
+            phase,
+            header_timeout,
+            keepalive_timeout,
+            timer,
+            head_started: true,
+            clean: true,
+            h2: None,
+            seen_requests: 0,
+        }
+    }
+
+    /// A head counts as started no longer once a request began after it.
+    fn sync(&mut self) {
+        let reqs = self.phase.requests.load(Ordering::Relaxed);
+        if reqs != self.seen_requests {
+            self.seen_requests = reqs;
+            self.head_started = false;
+        }
+    }
+
+    /// The timer fired: either a wait really ran out (an error ends the connection) or it was
+    /// only a checkpoint (re-armed; `Ok`).
+    fn on_timer(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        self.sync();
+        if self.phase.active.load(Ordering::Relaxed) > 0 {
+            // A request is running: its own timeouts govern it. Look again later.
+            self.timer.as_mut().reset(now + self.keepalive_timeout);
+            return Ok(());
+        }
+        if self.head_started {
+            self.phase.header_timed_out.store(true, Ordering::Relaxed);
+            if self.clean && self.h2 != Some(true) {
+                // Best effort: the answer is small and the socket's buffer empty.
+                let _ = self.stream.try_write(TIMEOUT_408);
+            }
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request header timed out"));
+        }
+        let idle_ms =
+            crate::clock::now_ms().saturating_sub(self.phase.idle_since_ms.load(Ordering::Relaxed));
+        let keepalive_ms = self.keepalive_timeout.as_millis() as u64;
+        if idle_ms >= keepalive_ms {
+            self.phase.keepalive_expired.store(true, Ordering::Relaxed);
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "keep-alive timeout"));
+        }
+        self.timer.as_mut().reset(now + Duration::from_millis(keepalive_ms - idle_ms));
+        Ok(())
+    }
+}
+
+impl AsyncRead for HttpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if !got.is_empty() {
+                    if this.h2.is_none() {
+                        this.h2 = Some(got.starts_with(H2_PREFACE_START));
+                    }
+                    this.phase.bytes_in.fetch_add(got.len() as u64, Ordering::Relaxed);
+                    this.sync();
+                    if !this.head_started && this.phase.active.load(Ordering::Relaxed) == 0 {
+                        // The first byte of a new head: from now on it has header_timeout.
+                        this.head_started = true;
+                        let deadline = Instant::now() + this.header_timeout;
+                        this.timer.as_mut().reset(deadline);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                while this.timer.as_mut().poll(cx).is_ready() {
+                    if let Err(e) = this.on_timer() {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HttpIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.clean = false;
+        let n = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
+        this.phase.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.clean = false;
+        let n = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
+        this.phase.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
+        // hyper flushes once its buffer is written out: nothing of a response is pending.
+        this.clean = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

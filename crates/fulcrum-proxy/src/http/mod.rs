@@ -1,0 +1,38 @@
+//! The HTTP service (`protocol = "http"`): HTTP/1.1 with keep-alive and cleartext HTTP/2
+//! (prior knowledge) on one port, each request proxied on its own to a server of the pool
+//! its route names, over connections kept alive per worker and server.
+//!
+//! * `server.rs`: one client connection (hyper's auto server), the request path: route, the
+//!   forwarding headers, the one admission step, send with safe retries, the answer.
+//! * `io.rs`: the client socket with `header_timeout` (408) and `keepalive_timeout`.
+//! * `upstream.rs`: the worker's idle server connections.
+//! * `body.rs`: request and response bodies and the per-request record (`Exchange`) that
+//!   gives everything back and writes the access-log line when the response ends.
+//! * `headers.rs`: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`, `Forwarded`.
+//!
+//! Built on hyper 1: its HTTP/1 parser is strict where smuggling lives (conflicting
+//! `Content-Length`, `Transfer-Encoding` that is not chunked last, obs-fold, bad bytes in
+//! names are all refused with 400), and it re-frames every message it forwards.
+
+mod body;
+mod headers;
+mod io;
+mod server;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub(crate) use server::serve;
+
+use crate::context::{AcceptCtx, Shared};
+
+/// What every request of one client connection shares.
+pub(crate) struct ConnInfo {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ctx: Arc<AcceptCtx>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) phase: Arc<io::Phase>,
+    /// Upgraded connections (WebSocket) still relaying; the client's ledger waits for them.
+    pub(crate) tunnels: tokio::sync::watch::Sender<usize>,
+}

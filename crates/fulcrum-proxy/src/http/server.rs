@@ -1,0 +1,481 @@
+//! One HTTP client connection and the path of each of its requests.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use fulcrum_config::HttpVersion;
+use fulcrum_core::balance::{MAX_ATTEMPTS, Tried, hash_ip};
+use fulcrum_core::blame::connect_failed;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use super::ConnInfo;
+use super::body::{Exchange, ReqBody, RespBody, ServerSlot, Upload};
+use super::headers::{self as hdr, Forwarding, X_REQUEST_ID};
+use super::io::{HttpIo, Phase};
+use super::upstream::{self, Sender};
+use crate::clock::now_ms;
+use crate::ledger::Ledger;
+use crate::queue::{Refusal, take_or_wait};
+use crate::ratelog::RateLimit;
+use crate::state::{NoSlot, PoolState};
+
+static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
+
+/// Most concurrent streams an HTTP/2 client may open (each may hold a server connection).
+const MAX_STREAMS: u32 = 100;
+
+pub(crate) async fn serve(mut ledger: Ledger, stream: TcpStream) {
+    let ctx = ledger.ctx().clone();
+    let settings = &ctx.frontend.http;
+    let phase = Arc::new(Phase::default());
+    let io =
+        HttpIo::new(stream, phase.clone(), settings.header_timeout, settings.keepalive_timeout);
+    let (tunnels, mut tunnels_rx) = tokio::sync::watch::channel(0usize);
+    let conn = Arc::new(ConnInfo {
+        shared: ledger.shared().clone(),
+        ctx: ctx.clone(),
+        peer: ledger.client(),
+        phase: phase.clone(),
+        tunnels,
+    });
+    let svc = {
+        let conn = conn.clone();
+        service_fn(move |req| handle(conn.clone(), req))
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // io.rs keeps header_timeout (with a 408) and keepalive_timeout apart.
+        .header_read_timeout(None)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(settings.max_headers)
+        .timer(TokioTimer::new());
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .timer(TokioTimer::new());
+    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(c);
+    let res = tokio::select! {
+        r = c.as_mut() => r,
+        () = ctx.retired.cancelled() => {
+            // Shutdown or a replaced frontend: HTTP/1 closes after the response in progress
+            // (`Connection: close`), HTTP/2 sends GOAWAY and finishes its streams.
+            c.as_mut().graceful_shutdown();
+            c.await
+        }
+    };
+    // A WebSocket or other upgraded connection outlives hyper's: the ledger waits for it.
+    let _ = tunnels_rx.wait_for(|n| *n == 0).await;
+    ledger.bytes_in = phase.bytes_in.load(Ordering::Relaxed);
+    ledger.bytes_out = phase.bytes_out.load(Ordering::Relaxed);
+    ledger.outcome = if phase.header_timed_out.load(Ordering::Relaxed) {
+        "header-timeout"
+    } else if phase.keepalive_expired.load(Ordering::Relaxed) {
+        "keepalive-timeout"
+    } else {
+        match res {
+            Ok(()) => "done",
+            Err(e) => classify(&*e),
+        }
+    };
+}
+
+/// The access-log word for a connection that ended with an error.
+fn classify(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse_too_large() => "head-too-large",
+        Some(h) if h.is_parse() => "bad-request",
+        Some(h) if h.is_timeout() => "timeout",
+        Some(h) if h.is_incomplete_message() => "client-aborted",
+        _ => "client-error",
+    }
+}
+
+async fn handle(
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let ex = Exchange::new(conn.clone(), parts.method.clone(), parts.uri.clone());
+    Ok(proxy(&conn, ex, parts, body).await)
+}
+
+/// An answer of the proxy's own: status, a one-line body, the request id if there is one.
+pub(crate) fn reply(
+    mut ex: Box<Exchange>,
+    status: StatusCode,
+    outcome: &'static str,
+) -> Response<RespBody> {
+    ex.status = status.as_u16();
+    ex.outcome = outcome;
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("Error"));
+    let id = ex.request_id.clone();
+    let mut resp = Response::new(RespBody::full(Bytes::from(text), Some(ex)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if let Some(id) = id {
+        h.insert(&X_REQUEST_ID, id);
+    }
+    resp
+}
+
+/// A request as it may be sent again: everything but the body and extensions.
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn request(&self, body: ReqBody) -> Request<ReqBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+async fn proxy(
+    conn: &Arc<ConnInfo>,
+    mut ex: Box<Exchange>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Response<RespBody> {
+    let settings = &conn.ctx.frontend.http;
+    if parts.headers.len() > settings.max_headers {
+        // HTTP/1 heads are counted by hyper; HTTP/2 ones here.
+        return reply(ex, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too-many-headers");
+    }
+    let host = hdr::host_of(&parts);
+    ex.host = host.clone();
+    if host.is_none() && parts.version == Version::HTTP_11 {
+        return reply(ex, StatusCode::BAD_REQUEST, "no-host");
+    }
+    if let Some(max) = settings.max_body
+        && body.size_hint().lower() > max
+    {
+        return reply(ex, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
+    }
+    let pool = {
+        let snap = conn.shared.state.load();
+        let Some(fe) = snap.frontend(&conn.ctx.name) else {
+            return reply(ex, StatusCode::SERVICE_UNAVAILABLE, "no-frontend");
+        };
+        match snap.pools.get(fe.pool) {
+            Some(p) => p.clone(),
+            None => return reply(ex, StatusCode::SERVICE_UNAVAILABLE, "no-pool"),
+        }
+    };
+    let client = hdr::effective_client(conn.peer.ip(), &parts.headers, &settings.trusted_proxies);
+    ex.client = client;
+    let upgrade =
+        hdr::wants_upgrade(parts.version, &parts.headers) && pool.http.version == HttpVersion::H1;
+    let client_upgrade =
+        if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    let fwd = Forwarding {
+        peer: client,
+        trusted: &settings.trusted_proxies,
+        proto: "http",
+        forwarded: settings.forwarded,
+    };
+    // The request id is the client's own when valid: keep it for the access log.
+    ex.request_id = Some(hdr::prepare_request(&mut parts, host.as_ref(), upgrade, &fwd));
+    adapt_target(&mut parts, host.as_ref(), pool.http.version);
+    let template = Template {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: upstream_version(pool.http.version),
+        headers: std::mem::take(&mut parts.headers),
+    };
+    // A request without a body can be sent again as it was; one with a body only while
+    // nothing of it has been sent.
+    let replayable = body.is_end_stream();
+    let mut first_body = if replayable {
+        None
+    } else {
+        let upload = Arc::new(Upload::default());
+        ex.upload = Some(upload.clone());
+        Some(ReqBody::Stream { inner: body, upload, limit: settings.max_body.unwrap_or(u64::MAX) })
+    };
+    let idempotent = matches!(
+        template.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    pool.retry_budget.on_request();
+    let client_hash = hash_ip(client);
+    let mut tried = Tried::new();
+    let attempts = (pool.retries as usize + 1).min(MAX_ATTEMPTS);
+    let mut attempt = 0;
+    // The request handed back unsent by a connection that could not take it.
+    let mut unsent: Option<Request<ReqBody>> = None;
+    loop {
+        if attempt > 0 {
+            ex.retries += 1;
+            pool.http_retries.fetch_add(1, Ordering::Relaxed);
+        }
+        attempt += 1;
+        let last = attempt >= attempts;
+        let taken = if attempt == 1 {
+            take_or_wait(&pool, client_hash, &mut tried).await
+        } else {
+            pool.take_slot(client_hash, &mut tried).map_err(|e| match e {
+                NoSlot::NoServer => Refusal::NoServer,
+                NoSlot::Full => Refusal::ServersFull,
+            })
+        };
+        let index = match taken {
+            Ok(i) => i,
+            Err(r) => {
+                conn.ctx.stats.no_server.fetch_add(1, Ordering::Relaxed);
+                return reply(ex, StatusCode::SERVICE_UNAVAILABLE, r.outcome());
+            }
+        };
+        tried.insert(index);
+        let slot = ServerSlot { pool: pool.clone(), index };
+        let Some(server) = pool.servers.get(index) else {
+            return reply(ex, StatusCode::SERVICE_UNAVAILABLE, "no-server");
+        };
+        server.stats.on_assigned();
+        let addr = server.addr;
+        let mut sender = match upstream::take(addr, pool.http.version) {
+            Some(s) => s,
+            None => {
+                let started = Instant::now();
+                let connect = upstream::connect(&conn.shared, addr, pool.http.version);
+                let err = match tokio::time::timeout(pool.connect_timeout, connect).await {
+                    Ok(Ok(s)) => {
+                        server.stats.on_connected(started.elapsed());
+                        Some(s).ok_or_else(|| std::io::Error::other("unreachable"))
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => {
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
+                    }
+                };
+                match err {
+                    Ok(s) => s,
+                    Err(e) => {
+                        connect_failure(&pool, index, &e);
+                        drop(slot);
+                        if last {
+                            return reply(ex, StatusCode::BAD_GATEWAY, "connect-failed");
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let req = match unsent.take() {
+            Some(r) => r,
+            None => match first_body.take() {
+                Some(b) => template.request(b),
+                None => template.request(ReqBody::Empty),
+            },
+        };
+        let sent_at = Instant::now();
+        let sent = tokio::time::timeout(pool.http.response_timeout, send(&mut sender, req)).await;
+        match sent {
+            Err(_) => {
+                ex.slot = Some(slot);
+                return reply(ex, StatusCode::GATEWAY_TIMEOUT, "response-timeout");
+            }
+            Ok(Ok(resp)) => {
+                server.stats.on_exchange_ok();
+                ex.upstream_ms = Some(sent_at.elapsed().as_millis() as u64);
+                ex.slot = Some(slot);
+                return answer(conn, ex, resp, sender, addr, client_upgrade);
+            }
+            Ok(Err(Failed { unsent: Some(req), .. })) if !last => {
+                // Nothing was written (a kept-alive connection the server had closed):
+                // any request may go to another server.
+                unsent = Some(req);
+                continue;
+            }
+            Ok(Err(Failed { error, .. })) => {
+                let too_large =
+                    ex.upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed));
+                if too_large {
+                    ex.slot = Some(slot);
+                    return reply(ex, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
+                }
+                let now = now_ms();
+                if let Some(s) = pool.servers.get(index) {
+                    s.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
+                }
+                if CONNECT_FAIL_LOG.allow(now).is_some() {
+                    tracing::warn!(
+                        pool = %pool.name, server = %server.key, error = %error,
+                        "request to server failed"
+                    );
+                }
+                // Sent (maybe in part) and failed before an answer: only a request that can
+                // be repeated safely, and only within the pool's budget, goes again.
+                if replayable && idempotent && !last && pool.retry_budget.try_retry() {
+                    drop(slot);
+                    continue;
+                }
+                ex.slot = Some(slot);
+                return reply(ex, StatusCode::BAD_GATEWAY, "server-error");
+            }
+        }
+    }
+}
+
+fn connect_failure(pool: &PoolState, index: usize, e: &std::io::Error) {
+    let Some(server) = pool.servers.get(index) else { return };
+    let now = now_ms();
+    let ejected = connect_failed(e.raw_os_error()).counts_against_server()
+        && server.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
+    if ejected || CONNECT_FAIL_LOG.allow(now).is_some() {
+        tracing::warn!(
+            pool = %pool.name, server = %server.key, error = %e, ejected,
+            "connect to server failed"
+        );
+    }
+}
+
+fn upstream_version(v: HttpVersion) -> Version {
+    match v {
+        HttpVersion::H1 => Version::HTTP_11,
+        HttpVersion::H2 => Version::HTTP_2,
+    }
+}
+
+/// The request target as the server's protocol wants it: origin form and a `Host` header
+/// for HTTP/1.1, an absolute URI (`:scheme`, `:authority`) for HTTP/2.
+fn adapt_target(parts: &mut http::request::Parts, host: Option<&HeaderValue>, v: HttpVersion) {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    match v {
+        HttpVersion::H1 => {
+            if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+                if let Ok(u) = pq.parse::<Uri>() {
+                    parts.uri = u;
+                }
+            }
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(h) = host
+            {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+        }
+        HttpVersion::H2 => {
+            let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            if let Ok(u) =
+                Uri::builder().scheme("http").authority(authority).path_and_query(pq).build()
+            {
+                parts.uri = u;
+            }
+            parts.headers.remove(header::HOST);
+        }
+    }
+}
+
+struct Failed {
+    error: hyper::Error,
+    /// The request, when the connection handed it back without writing a byte of it.
+    unsent: Option<Request<ReqBody>>,
+}
+
+async fn send(sender: &mut Sender, req: Request<ReqBody>) -> Result<Response<Incoming>, Failed> {
+    let r = match sender {
+        Sender::H1(s) => {
+            if let Err(error) = s.ready().await {
+                return Err(Failed { error, unsent: Some(req) });
+            }
+            s.try_send_request(req).await
+        }
+        Sender::H2(s) => {
+            if let Err(error) = s.ready().await {
+                return Err(Failed { error, unsent: Some(req) });
+            }
+            s.try_send_request(req).await
+        }
+    };
+    r.map_err(|mut e| {
+        let unsent = e.take_message();
+        Failed { error: e.into_error(), unsent }
+    })
+}
+
+/// The server's answer on its way to the client.
+fn answer(
+    conn: &Arc<ConnInfo>,
+    mut ex: Box<Exchange>,
+    resp: Response<Incoming>,
+    sender: Sender,
+    addr: std::net::SocketAddr,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    ex.status = parts.status.as_u16();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = client_upgrade
+    {
+        let Some(server_side) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return reply(ex, StatusCode::BAD_GATEWAY, "upgrade-failed");
+        };
+        hdr::strip_hop_by_hop(&mut parts.headers, true);
+        tunnel(conn, ex, client_side, server_side, sender);
+        return Response::from_parts(parts, RespBody::full(Bytes::new(), None));
+    }
+    hdr::strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(id) = &ex.request_id
+        && !parts.headers.contains_key(&X_REQUEST_ID)
+    {
+        parts.headers.insert(&X_REQUEST_ID, id.clone());
+    }
+    ex.sender = Some((addr, sender));
+    Response::from_parts(parts, RespBody::upstream(body, ex))
+}
+
+/// Relays an upgraded connection (WebSocket) both ways until either side closes. The
+/// request's record (and so its server slot) lives as long as the tunnel; the client's
+/// ledger waits for it.
+fn tunnel(
+    conn: &Arc<ConnInfo>,
+    mut ex: Box<Exchange>,
+    client_side: hyper::upgrade::OnUpgrade,
+    server_side: hyper::upgrade::OnUpgrade,
+    sender: Sender,
+) {
+    conn.tunnels.send_modify(|n| *n += 1);
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        // The server connection is the tunnel now; it never returns to the idle list.
+        let _sender = sender;
+        match tokio::try_join!(client_side, server_side) {
+            Ok((c, s)) => {
+                let mut c = TokioIo::new(c);
+                let mut s = TokioIo::new(s);
+                match tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                    Ok((up, down)) => {
+                        ex.bytes_out += down;
+                        if let Some(u) = &ex.upload {
+                            u.bytes.fetch_add(up, Ordering::Relaxed);
+                        }
+                        ex.outcome = "upgraded";
+                    }
+                    Err(_) => ex.outcome = "upgrade-aborted",
+                }
+            }
+            Err(_) => ex.outcome = "upgrade-failed",
+        }
+        drop(ex);
+        conn.tunnels.send_modify(|n| *n = n.saturating_sub(1));
+    });
+}
