@@ -1,0 +1,595 @@
+//! The HTTP service (`protocol = "http"`) end to end: the real binary between real clients
+//! (curl, wrk, h2load, raw sockets) and real servers (nginx started by the test, or small
+//! scripted HTTP/1 servers that count what reaches them).
+//!
+//! * `curl_h1_and_h2c_reach_nginx_with_forwarding_headers`
+//! * `wrk_and_h2load_through_fulcrum_reuse_upstream_connections`
+//! * `slow_header_sender_is_answered_408_at_header_timeout`
+//! * `a_killed_server_under_load_fails_no_get_and_a_post_is_never_repeated`
+//! * `limits_and_timeouts_answer_their_status`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// nginx on a free loopback port, serving its name, the forwarding headers it received and
+/// its `stub_status` (whose `accepts` counts the connections it was opened).
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(name: &str) -> Nginx {
+        for _ in 0..5 {
+            let port = closed_port();
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().display();
+            let conf = format!(
+                r#"
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /nginx_status {{ stub_status; }}
+        location /headers {{
+            return 200 "xff=$http_x_forwarded_for|xfp=$http_x_forwarded_proto|xfh=$http_x_forwarded_host|via=$http_via|rid=$http_x_request_id|conn=$http_connection|drop=$http_x_drop|host=$host\n";
+        }}
+        location / {{ return 200 "{name} $request_method $request_uri\n"; }}
+    }}
+}}
+"#
+            );
+            let path = dir.path().join("nginx.conf");
+            std::fs::write(&path, conf).unwrap();
+            let mut child = Command::new("nginx")
+                .args(["-e", "stderr", "-p"])
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nginx (apt-get install nginx-light)");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Nginx { child, port, _dir: dir };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken meanwhile: another one
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nginx did not start");
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Connections nginx has accepted so far (`stub_status`), asked directly.
+    fn accepts(&self) -> u64 {
+        let (_, body, _) = curl(&[&format!("http://{}/nginx_status", self.addr())]);
+        // "Active connections: 1 \nserver accepts handled requests\n 5 5 9 \n..."
+        let line = body.lines().nth(2).unwrap_or_default();
+        let accepts: u64 = line.split_whitespace().next().unwrap().parse().unwrap();
+        accepts - 1 // this question's own connection
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs curl: (status, body, response headers lower-cased).
+fn curl(args: &[&str]) -> (u16, String, HashMap<String, String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let hdr = dir.path().join("h");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-D"])
+        .arg(&hdr)
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let mut headers = HashMap::new();
+    for line in std::fs::read_to_string(&hdr).unwrap_or_default().lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    (code.trim().parse().unwrap_or(0), body.to_string(), headers)
+}
+
+fn http_config(workers: usize, servers: &str, frontend_extra: &str, pool_extra: &str) -> String {
+    format!(
+        r#"
+workers = {workers}
+drain_timeout = "5s"
+access_log = true
+
+[frontend.web]
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "app"
+{frontend_extra}
+
+[pool.app]
+servers = [{servers}]
+connect_timeout = "1s"
+{pool_extra}
+"#
+    )
+}
+
+#[test]
+fn curl_h1_and_h2c_reach_nginx_with_forwarding_headers() {
+    let (a, b) = (Nginx::start("alpha"), Nginx::start("beta"));
+    let servers = format!("\"{}\", \"{}\"", a.addr(), b.addr());
+    let d = Daemon::run_config(&http_config(1, &servers, "", ""));
+    let front = d.addr("web");
+    let url = format!("http://{front}/some/path?q=1");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, body, _) = curl(&[&url]);
+        assert_eq!(status, 200, "{body}");
+        seen.push(body);
+    }
+    assert!(seen.iter().any(|b| b == "alpha GET /some/path?q=1\n"), "{seen:?}");
+    assert!(seen.iter().any(|b| b == "beta GET /some/path?q=1\n"), "{seen:?}");
+    let (status, body, _) = curl(&["--http2-prior-knowledge", &url]);
+    assert_eq!(status, 200);
+    assert!(body.ends_with(" GET /some/path?q=1\n"), "{body}");
+
+    // Forwarding headers, from a client on 127.0.0.2 that claims to be someone else.
+    let headers_url = format!("http://{front}/headers");
+    let (status, body, resp) = curl(&[
+        "--interface",
+        "127.0.0.2",
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        "-H",
+        "Connection: keep-alive, X-Drop",
+        "-H",
+        "X-Drop: secret",
+        &headers_url,
+    ]);
+    assert_eq!(status, 200);
+    let host = front.to_string();
+    assert!(body.contains("xff=127.0.0.2|"), "{body}");
+    assert!(body.contains("|xfp=http|"), "{body}");
+    assert!(body.contains(&format!("|xfh={host}|")), "{body}");
+    assert!(body.contains("|via=1.1 fulcrum|"), "{body}");
+    assert!(body.contains("|drop=|"), "hop-by-hop header named in Connection forwarded: {body}");
+    let rid = body.split("|rid=").nth(1).unwrap().split('|').next().unwrap();
+    assert_eq!(rid.len(), 32, "{body}");
+    assert_eq!(resp.get("x-request-id").map(String::as_str), Some(rid));
+    // A valid request id is kept; over HTTP/2 the host comes from :authority.
+    let (_, body, resp) =
+        curl(&["--http2-prior-knowledge", "-H", "X-Request-Id: trace-42", &headers_url]);
+    assert!(body.contains("|rid=trace-42|"), "{body}");
+    assert!(body.contains("|via=2 fulcrum|"), "{body}");
+    assert!(body.contains(&format!("|host={}", front.ip())), "{body}");
+    assert_eq!(resp.get("x-request-id").map(String::as_str), Some("trace-42"));
+
+    // Every request has its access-log line.
+    wait_until(Duration::from_secs(5), "access lines", || {
+        d.events("").iter().filter(|e| e["fields"]["method"].is_string()).count() >= 8
+    });
+    let line = d
+        .events("")
+        .into_iter()
+        .find(|e| e["fields"]["request_id"] == "trace-42")
+        .expect("access line of trace-42");
+    let f = &line["fields"];
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["path"], "/headers");
+    assert_eq!(f["status"], 200);
+    assert!(f["server"].as_str().unwrap().starts_with("127.0.0.1:"), "{f}");
+    assert!(f["bytes_out"].as_u64().unwrap() > 0, "{f}");
+    assert!(f["upstream_ms"].is_u64() && f["duration_ms"].is_u64(), "{f}");
+    assert_eq!(f["retries"], 0);
+}
+
+#[test]
+fn wrk_and_h2load_through_fulcrum_reuse_upstream_connections() {
+    let (a, b) = (Nginx::start("alpha"), Nginx::start("beta"));
+    let servers = format!("\"{}\", \"{}\"", a.addr(), b.addr());
+    let d = Daemon::run_config(&http_config(2, &servers, "", ""));
+    let front = d.addr("web");
+    let before = (a.accepts(), b.accepts());
+    let clients = 8;
+    let out = Command::new("wrk")
+        .args(["-t", "2", "-c", &clients.to_string(), "-d", "2s"])
+        .arg(format!("http://{front}/"))
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    assert!(!text.contains("Socket errors"), "{text}");
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(requests > 100, "{text}");
+    let opened = (a.accepts() - before.0, b.accepts() - before.1);
+    // Keep-alive on both sides: at most one server connection per client connection.
+    assert!(opened.0 <= clients && opened.1 <= clients, "{opened:?} for {requests} requests");
+
+    let out = Command::new("h2load")
+        .args(["-n", "2000", "-c", "4", "-m", "10"])
+        .arg(format!("http://{front}/"))
+        .output()
+        .expect("h2load (apt-get install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2000 succeeded, 0 failed, 0 errored"), "{text}");
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_sender_is_answered_408_at_header_timeout() {
+    let n = Nginx::start("alpha");
+    let d = Daemon::run_config(&http_config(
+        1,
+        &format!("\"{}\"", n.addr()),
+        "header_timeout = \"2s\"",
+        "",
+    ));
+    let front = d.addr("web");
+    let mut s = TcpStream::connect(front).await.unwrap();
+    let started = Instant::now();
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 123456789\r\n\r\n";
+    let mut answer = Vec::new();
+    // One byte a second until the proxy answers (bounded by the head's length).
+    for byte in head {
+        if s.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(k)) => answer.extend_from_slice(&buf[..k]),
+            Err(_) => {}
+        }
+        if !answer.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut answer)).await;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(4), "{took:?}");
+    wait_until(Duration::from_secs(5), "the access line", || {
+        d.events("").iter().any(|e| e["fields"]["outcome"] == "header-timeout")
+    });
+    // A keep-alive client idle between requests is not cut at header_timeout.
+    let mut s = TcpStream::connect(front).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_millis(2500)).await; // idle past header_timeout
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let second = read_response(&mut s).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}
+
+/// Reads one response whose body has a content-length.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0usize);
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return text,
+            Ok(Ok(k)) => got.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+/// What a scripted HTTP/1 server does with a request.
+#[derive(Clone, Copy, PartialEq)]
+enum Script {
+    /// Answers 200 with its name, keep-alive.
+    Answer,
+    /// Reads the request (and its body) and closes without a word.
+    CloseAfterBody,
+    /// Reads the head and never answers.
+    Stall,
+}
+
+/// A small HTTP/1 server that counts requests by method.
+struct Scripted {
+    addr: SocketAddr,
+    requests: Arc<Mutex<HashMap<String, u64>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Scripted {
+    fn start(name: &'static str, script: Script) -> Scripted {
+        let l = listen_any();
+        let addr = l.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (r, c) = (requests.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else { continue };
+                let r = r.clone();
+                c.lock().unwrap().push(tokio::spawn(scripted_conn(s, name, script, r)));
+            }
+        });
+        Scripted { addr, requests, stop, task, conns }
+    }
+
+    fn count(&self, method: &str) -> u64 {
+        self.requests.lock().unwrap().get(method).copied().unwrap_or(0)
+    }
+
+    /// Gone at once: listener and every connection closed.
+    fn kill(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn scripted_conn(
+    mut s: TcpStream,
+    name: &str,
+    script: Script,
+    requests: Arc<Mutex<HashMap<String, u64>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let method = head.split(' ').next().unwrap_or("").to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if script == Script::Stall {
+            *requests.lock().unwrap().entry(method).or_default() += 1;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return;
+        }
+        while buf.len() < end + 4 + len {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        buf.drain(..end + 4 + len);
+        *requests.lock().unwrap().entry(method).or_default() += 1;
+        if script == Script::CloseAfterBody {
+            return;
+        }
+        let body = format!("{name}\n");
+        let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        if s.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends `n` GETs over one keep-alive connection after another (a new one after each
+/// failure), returning how many were not answered 200.
+async fn get_loop(front: SocketAddr, n: usize, done: &AtomicU64) -> usize {
+    let mut failed = 0;
+    let mut s = TcpStream::connect(front).await.unwrap();
+    for _ in 0..n {
+        let ok = s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.is_ok() && {
+            let r = read_response(&mut s).await;
+            r.starts_with("HTTP/1.1 200")
+        };
+        done.fetch_add(1, Ordering::SeqCst);
+        if !ok {
+            failed += 1;
+            s = TcpStream::connect(front).await.unwrap();
+        }
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_under_load_fails_no_get_and_a_post_is_never_repeated() {
+    let servers: Vec<Scripted> = ["s1", "s2", "s3"]
+        .into_iter()
+        .map(|n| Scripted::start(n, Script::Answer))
+        .collect();
+    let list = servers.iter().map(|s| format!("\"{}\"", s.addr)).collect::<Vec<_>>().join(", ");
+    let d = Daemon::run_config(&http_config(2, &list, "", "retries = 2"));
+    let front = d.addr("web");
+    let done = Arc::new(AtomicU64::new(0));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let done = done.clone();
+            tokio::spawn(async move { get_loop(front, 300, &done).await })
+        })
+        .collect();
+    wait_until_async(Duration::from_secs(20), "load running", || {
+        done.load(Ordering::SeqCst) >= 200
+    })
+    .await;
+    servers[1].kill();
+    let mut failed = 0;
+    for l in loops {
+        failed += l.await.unwrap();
+    }
+    assert_eq!(failed, 0, "GETs failed after a server was killed");
+    assert_eq!(done.load(Ordering::SeqCst), 1200);
+    let retried = d
+        .events("")
+        .iter()
+        .filter(|e| e["fields"]["retries"].as_u64().is_some_and(|r| r > 0))
+        .count();
+    assert!(retried > 0, "the kill never showed: the test proved nothing");
+
+    // A POST whose body reached a server that then died is not sent again.
+    let posts: Vec<Scripted> =
+        ["p1", "p2"].into_iter().map(|n| Scripted::start(n, Script::CloseAfterBody)).collect();
+    let list = posts.iter().map(|s| format!("\"{}\"", s.addr)).collect::<Vec<_>>().join(", ");
+    let d = Daemon::run_config(&http_config(1, &list, "", "retries = 2"));
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"POST /pay HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\n\r\nhello").await.unwrap();
+    let r = read_response(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert_eq!(posts[0].count("POST") + posts[1].count("POST"), 1);
+    // A GET to the same servers is retried on the other one (and fails there too).
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"GET /read HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let r = read_response(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert_eq!(posts[0].count("GET"), 1);
+    assert_eq!(posts[1].count("GET"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_timeouts_answer_their_status() {
+    let ok = Scripted::start("ok", Script::Answer);
+    let d = Daemon::run_config(&http_config(
+        1,
+        &format!("\"{}\"", ok.addr),
+        "max_body = \"1KiB\"\nmax_headers = 10",
+        "",
+    ));
+    let front = d.addr("web");
+    let ask = |req: Vec<u8>| async move {
+        let mut s = TcpStream::connect(front).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        read_response(&mut s).await
+    };
+    let big = vec![b'x'; 2048];
+    let mut req = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 2048\r\n\r\n".to_vec();
+    req.extend_from_slice(&big);
+    assert!(ask(req).await.starts_with("HTTP/1.1 413 "));
+    let mut req = b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n800\r\n".to_vec();
+    req.extend_from_slice(&big);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    let r = ask(req).await;
+    assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
+    let mut req = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..20 {
+        req.extend_from_slice(format!("x-h{i}: 1\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    let r = ask(req).await;
+    assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+    let mut req = b"GET / HTTP/1.1\r\nHost: a\r\nx-big: ".to_vec();
+    req.extend_from_slice(&vec![b'y'; 70 * 1024]);
+    req.extend_from_slice(b"\r\n\r\n");
+    let r = ask(req).await;
+    assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+    let r = ask(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
+    assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+    let r = ask(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()).await;
+    assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+    assert_eq!(ok.count("POST"), 0, "a body over max_body reached the server");
+
+    // A server that never answers: 504 at response_timeout.
+    let stall = Scripted::start("stall", Script::Stall);
+    let d = Daemon::run_config(&http_config(
+        1,
+        &format!("\"{}\"", stall.addr),
+        "",
+        "[pool.app.http]\nresponse_timeout = \"1s\"",
+    ));
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let r = read_response(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 504 "), "{r}");
+    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+
+    // Nobody listening: 502.
+    let d = Daemon::run_config(&http_config(
+        1,
+        &format!("\"127.0.0.1:{}\"", closed_port()),
+        "",
+        "",
+    ));
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let r = read_response(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 502 "), "{r}");
+    wait_until_async(Duration::from_secs(5), "the access line", || {
+        d.events("").iter().any(|e| e["fields"]["outcome"] == "connect-failed")
+    })
+    .await;
+    let _ = PathBuf::new();
+}
