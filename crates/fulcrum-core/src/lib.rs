@@ -13,5 +13,6 @@ pub mod framing;
 pub mod health;
 pub mod queue;
 pub mod resolve;
+pub mod route;
 pub mod scale;
 pub mod udp;
