@@ -9,12 +9,14 @@
 //! * `frontend`: `[frontend.NAME]` and its `fanout` table;
 //! * `pool`: `[pool.NAME]`, its `eject` policy and `servers`;
 //! * `checks`: a pool's `health`, `agent_pull` and `scale_out`/`scale_in` tables;
+//! * `route`: a frontend's HTTP `route` entries and a pool's `hash` key;
 //! * `control`: the top-level `[admin]`, `[agent]` and `[resolver]` tables.
 
 mod checks;
 mod control;
 mod frontend;
 mod pool;
+mod route;
 mod values;
 
 use std::collections::HashSet;

@@ -25,6 +25,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "framing",
     "quit",
     "sessions",
+    "route",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -207,6 +208,7 @@ impl Walker<'_> {
                 None => ok = false,
             }
         }
+        ok &= self.frontend_routes(t, path, c, &mut f);
         ok.then_some(f)
     }
 

@@ -27,6 +27,7 @@ const POOL_KEYS: &[&str] = &[
     "scale_in",
     "queue",
     "resolve_interval",
+    "hash",
 ];
 const QUEUE_KEYS: &[&str] = &["size", "timeout"];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
@@ -114,6 +115,7 @@ impl Walker<'_> {
                 None => {}
             }
         }
+        self.pool_hash(t, path, &mut pool);
         Some(pool)
     }
 
