@@ -7,6 +7,7 @@ use std::time::Duration;
 use fulcrum_core::balance::Algorithm;
 use fulcrum_core::eject::EjectPolicy;
 pub use fulcrum_core::framing::Framing;
+pub use fulcrum_core::route::{HashKey, HeaderRule, HeaderValueRule, RouteSpec};
 
 use crate::addr::{ListenAddr, ServerAddr};
 
@@ -188,6 +189,9 @@ pub struct Frontend {
     pub quit: Option<String>,
     /// HTTP frontends: limits, timeouts and forwarding headers.
     pub http: HttpFrontend,
+    /// HTTP: `[[frontend.NAME.route]]`, tried in order; a request no route matches goes to
+    /// `pool`.
+    pub routes: Vec<Route>,
 }
 
 /// The HTTP keys of a `protocol = "http"` frontend (they sit in `[frontend.NAME]` itself).
@@ -310,6 +314,7 @@ impl Frontend {
             framing: Framing::Line,
             quit: None,
             http: HttpFrontend::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -346,6 +351,9 @@ pub struct Pool {
     pub retry_budget_percent: u32,
     /// HTTP: `sticky = { cookie, ttl }`, a cookie that keeps a client on its server.
     pub sticky: Option<Sticky>,
+    /// What the hashing algorithms hash (`hash = "header:NAME" | "cookie:NAME" | "path"`);
+    /// the client's address by default and whenever the keyed part is missing.
+    pub hash: HashKey,
 }
 
 /// `[pool.NAME.http]`: how HTTP frontends talk to this pool's servers.
@@ -475,6 +483,7 @@ impl Pool {
             http: PoolHttp::default(),
             retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
             sticky: None,
+            hash: HashKey::Client,
         }
     }
 }
@@ -525,6 +534,47 @@ impl std::str::FromStr for ServerState {
             "drain" => Ok(ServerState::Drain),
             "maint" => Ok(ServerState::Maint),
             _ => Err(format!("unknown server state \"{s}\" (expected: up, drain, maint)")),
+        }
+    }
+}
+
+/// One `[[frontend.NAME.route]]`: conditions (all must hold; an absent one always does) and
+/// what to do with a matching request (docs/routing.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Exact names or `*.domain` wildcards, lower case; any may match.
+    pub hosts: Vec<String>,
+    /// Starts with `/`.
+    pub path_prefix: Option<String>,
+    /// A valid regex (checked at parse time), searched in the path without the query.
+    pub path_regex: Option<String>,
+    /// Upper-case method tokens; any may match.
+    pub methods: Vec<String>,
+    pub header: Option<HeaderRule>,
+    /// The pool a matching request goes to; `None` only with `redirect_https`.
+    pub pool: Option<String>,
+    /// Taken off the front of the path before forwarding (`strip_prefix = true` is resolved to
+    /// the route's `path_prefix`).
+    pub strip_prefix: Option<String>,
+    /// Request headers set (replacing any of the same name) before forwarding, in order.
+    pub set_headers: Vec<(String, String)>,
+    /// Request headers removed before forwarding.
+    pub remove_headers: Vec<String>,
+    /// `redirect = "https"`: answer 301 with the same URL over HTTPS instead of forwarding.
+    pub redirect_https: bool,
+    /// The line of the route's table in the config file (0 when not from a file), for warnings.
+    pub line: usize,
+}
+
+impl Route {
+    /// The route's conditions, as fulcrum-core matches them (`RouteTable::build`, `shadowed`).
+    pub fn spec(&self) -> RouteSpec {
+        RouteSpec {
+            hosts: self.hosts.clone(),
+            path_prefix: self.path_prefix.clone(),
+            path_regex: self.path_regex.clone(),
+            methods: self.methods.clone(),
+            header: self.header.clone(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! * `pool`: `[pool.NAME]`, its `eject` policy and `servers`;
 //! * `http`: an HTTP frontend's limits and headers, a pool's `http` table, `retry_budget`, `sticky`;
 //! * `checks`: a pool's `health`, `agent_pull` and `scale_out`/`scale_in` tables;
+//! * `route`: a frontend's HTTP `route` entries and a pool's `hash` key;
 //! * `control`: the top-level `[admin]`, `[agent]` and `[resolver]` tables.
 
 mod checks;
@@ -17,6 +18,7 @@ mod control;
 mod frontend;
 mod http;
 mod pool;
+mod route;
 mod values;
 
 use std::collections::HashSet;

@@ -14,5 +14,6 @@ pub mod health;
 pub mod queue;
 pub mod resolve;
 pub mod retry;
+pub mod route;
 pub mod scale;
 pub mod udp;

@@ -447,6 +447,8 @@ pub struct PoolState {
     pub queue: Arc<PoolQueue>,
     /// HTTP frontends: how to talk to the servers (`[pool.X.http]`).
     pub http: fulcrum_config::PoolHttp,
+    /// HTTP: what hashing algorithms hash (`hash`); the client address by default.
+    pub hash: fulcrum_core::route::HashKey,
     /// HTTP: what retries of sent requests may still spend (`retry_budget`).
     pub retry_budget: fulcrum_core::retry::RetryBudget,
     /// HTTP: retries made (connect failures and idempotent requests).
@@ -552,6 +554,8 @@ pub struct FrontendState {
     /// Shared so a connection can keep it for its log line without copying the string.
     pub name: Arc<str>,
     pub pool: usize,
+    /// HTTP: the frontend's routes, built once per snapshot (`None`: every request to `pool`).
+    pub routes: Option<Arc<HttpRoutes>>,
     pub idle_timeout: Duration,
     /// A client that takes no byte of the answers waiting for it for this long is closed.
     pub send_timeout: Duration,
@@ -666,6 +670,7 @@ impl Snapshot {
                 agent_maxconn_ttl_ms,
                 queue,
                 http: p.http,
+                hash: p.hash.clone(),
                 retry_budget: fulcrum_core::retry::RetryBudget::new(p.retry_budget_percent),
                 http_retries: std::sync::atomic::AtomicU64::new(0),
             }));
@@ -675,9 +680,18 @@ impl Snapshot {
             let pool = config.pools.iter().position(|p| p.name == f.pool).ok_or_else(|| {
                 format!("frontend {}: pool \"{}\" is not defined", f.name, f.pool)
             })?;
+            let routes = if f.routes.is_empty() {
+                None
+            } else {
+                Some(Arc::new(
+                    HttpRoutes::build(f, config)
+                        .map_err(|e| format!("frontend {}: {e}", f.name))?,
+                ))
+            };
             frontends.push(FrontendState {
                 name: Arc::from(f.name.as_str()),
                 pool,
+                routes,
                 idle_timeout: f.idle_timeout,
                 send_timeout: f.send_timeout,
                 stats: frontend_stats.get(&f.name).cloned().unwrap_or_default(),
@@ -765,6 +779,7 @@ mod tests {
             agent_maxconn_ttl_ms: 0,
             queue: Arc::default(),
             http: fulcrum_config::PoolHttp::default(),
+            hash: Default::default(),
             retry_budget: fulcrum_core::retry::RetryBudget::new(20),
             http_retries: Default::default(),
         }
@@ -960,5 +975,69 @@ mod tests {
         assert_eq!(found["localhost:9"], ["127.0.0.1:9".parse().unwrap()]);
         assert_eq!(failed.len(), 1, "resolve_names looks the name up");
         assert_eq!(failed[0].0, "backend.invalid:8080");
+    }
+}
+
+/// An HTTP frontend's routes as the workers use them: the matcher (fulcrum-core) and, per
+/// route, where a match goes and what is changed on the way.
+#[derive(Debug)]
+pub struct HttpRoutes {
+    pub table: fulcrum_core::route::RouteTable,
+    pub routes: Vec<RouteState>,
+}
+
+#[derive(Debug)]
+pub struct RouteState {
+    pub target: RouteTarget,
+    pub strip_prefix: Option<String>,
+    pub remove_headers: Vec<http::HeaderName>,
+    pub set_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Index into the snapshot's pools.
+    Pool(usize),
+    /// `redirect = "https"`.
+    RedirectHttps,
+}
+
+impl HttpRoutes {
+    fn build(f: &fulcrum_config::Frontend, config: &Config) -> Result<HttpRoutes, String> {
+        let specs: Vec<_> = f.routes.iter().map(|r| r.spec()).collect();
+        let table = fulcrum_core::route::RouteTable::build(&specs)?;
+        let mut routes = Vec::with_capacity(f.routes.len());
+        for (i, r) in f.routes.iter().enumerate() {
+            let target = match &r.pool {
+                _ if r.redirect_https => RouteTarget::RedirectHttps,
+                Some(p) => RouteTarget::Pool(
+                    config
+                        .pools
+                        .iter()
+                        .position(|x| &x.name == p)
+                        .ok_or_else(|| format!("route[{i}]: pool \"{p}\" is not defined"))?,
+                ),
+                None => return Err(format!("route[{i}]: no pool")),
+            };
+            let name = |n: &str| {
+                http::HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| format!("route[{i}]: bad header name {n:?}"))
+            };
+            let mut set_headers = Vec::with_capacity(r.set_headers.len());
+            for (k, v) in &r.set_headers {
+                let v = http::HeaderValue::from_str(v)
+                    .map_err(|_| format!("route[{i}]: bad header value for {k:?}"))?;
+                set_headers.push((name(k)?, v));
+            }
+            let remove_headers =
+                r.remove_headers.iter().map(|n| name(n)).collect::<Result<_, _>>()?;
+            routes.push(RouteState {
+                target,
+                strip_prefix: r.strip_prefix.clone(),
+                remove_headers,
+                set_headers,
+            });
+        }
+        Ok(HttpRoutes { table, routes })
     }
 }

@@ -35,6 +35,9 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
         Command::Check { config } => {
             let c =
                 fulcrum_config::load_file(&config).map_err(|e| Failure::Config(e.to_string()))?;
+            for w in route_warnings(&c, &config.display().to_string()) {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: configuration is valid ({} frontend(s), {} pool(s))",
                 config.display(),
@@ -48,6 +51,28 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
         Command::Backend(args) => crate::backend::run(args),
         Command::Load(args) => crate::load::run(args),
     }
+}
+
+/// Routes no request can reach, because an earlier route of the same frontend matches every
+/// request they do (`fulcrum_core::route::shadowed`): one line each, e.g.
+/// `f.toml:23: frontend.web.route[2] is unreachable: route[0] matches every request it does`.
+pub fn route_warnings(c: &Config, file: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in &c.frontends {
+        let specs: Vec<_> = f.routes.iter().map(fulcrum_config::Route::spec).collect();
+        for (later, earlier) in fulcrum_core::route::shadowed(&specs) {
+            let at = match f.routes[later].line {
+                0 => file.to_string(),
+                line => format!("{file}:{line}"),
+            };
+            out.push(format!(
+                "{at}: frontend.{}.route[{later}] is unreachable: \
+                 route[{earlier}] matches every request it does",
+                f.name
+            ));
+        }
+    }
+    out
 }
 
 /// The config `fulcrum forward` stands for: one frontend "forward", one pool "forward".

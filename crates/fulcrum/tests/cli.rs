@@ -106,6 +106,33 @@ fn every_error_is_listed_with_its_line() {
 }
 
 #[test]
+fn check_warns_about_an_unreachable_route_and_passes() {
+    let base = BASE.replacen("pool = \"app\"", "protocol = \"http\"\npool = \"app\"", 1);
+    let toml = format!(
+        "{base}[pool.api]\nservers = [\"127.0.0.1:9002\"]\n\n\
+         [[frontend.web.route]]\npath_prefix = \"/api\"\npool = \"api\"\n\n\
+         [[frontend.web.route]]\nhost = \"*.example.com\"\npool = \"app\"\n\n\
+         [[frontend.web.route]]\npath_prefix = \"/api/v2\"\nmethod = \"GET\"\npool = \"app\"\n"
+    );
+    let (_d, path) = temp_path("routes.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let file = path.to_str().unwrap();
+    let out = Command::new(BIN).args(["check", "--config", file]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let line = toml.lines().position(|l| l == "path_prefix = \"/api/v2\"").unwrap();
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "warning: {file}:{line}: frontend.web.route[2] is unreachable: \
+             route[0] matches every request it does"
+        ),
+        "the route's [[...]] header is on the line before its first key"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}
+
+#[test]
 fn missing_file_and_usage_errors_exit_2() {
     let out =
         Command::new(BIN).args(["check", "--config", "/nonexistent/f.toml"]).output().unwrap();

@@ -32,6 +32,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "keepalive_timeout",
     "trusted_proxies",
     "forwarded",
+    "route",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -215,6 +216,17 @@ impl Walker<'_> {
                 }
                 None => ok = false,
             }
+        }
+        ok &= self.frontend_routes(t, path, c, &mut f);
+        if let Some(x) = t.get("route")
+            && f.protocol != Protocol::Http
+        {
+            self.error(
+                x,
+                &format!("{path}.route"),
+                "only a protocol = \"http\" frontend routes requests",
+            );
+            ok = false;
         }
         ok.then_some(f)
     }

@@ -30,6 +30,7 @@ const POOL_KEYS: &[&str] = &[
     "http",
     "retry_budget",
     "sticky",
+    "hash",
 ];
 const QUEUE_KEYS: &[&str] = &["size", "timeout"];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
@@ -118,6 +119,7 @@ impl Walker<'_> {
             }
         }
         self.pool_http(t, path, &mut pool);
+        self.pool_hash(t, path, &mut pool);
         Some(pool)
     }
 

@@ -136,6 +136,12 @@ pub struct PickInput {
     pub rand: u64,
 }
 
+/// Stable hash of a request key (a header, a cookie, a path: `hash = ...` on HTTP pools),
+/// xxh3 like [`hash_ip`], so every node and version agrees.
+pub fn hash_bytes(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
 /// Stable hash of a client address (xxh3, identical across processes and versions).
 /// IPv4-mapped IPv6 addresses hash like their IPv4 form.
 pub fn hash_ip(ip: IpAddr) -> u64 {

@@ -254,8 +254,12 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        // Reusable only when both messages ended: a server may answer before the upload is
+        // over, and its connection is busy until then.
+        let upload_done = self.upload.as_ref().is_none_or(|u| u.complete.load(Ordering::Relaxed));
         if let (Some(slot), Some((addr, sender))) = (&self.slot, self.sender.take())
             && self.clean_end
+            && upload_done
         {
             let h = &slot.pool.http;
             upstream::give_back(addr, sender, h.max_idle, h.idle_timeout);

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use fulcrum_config::HttpVersion;
-use fulcrum_core::balance::{MAX_ATTEMPTS, Tried, hash_ip};
+use fulcrum_core::balance::{MAX_ATTEMPTS, Tried, hash_bytes, hash_ip};
 use fulcrum_core::blame::connect_failed;
+use fulcrum_core::route::{Headers, RequestView, hash_input, https_location, strip_path};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -26,7 +27,7 @@ use crate::clock::now_ms;
 use crate::ledger::Ledger;
 use crate::queue::{Refusal, take_or_wait};
 use crate::ratelog::RateLimit;
-use crate::state::{NoSlot, PoolState};
+use crate::state::{NoSlot, PoolState, RouteState, RouteTarget};
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
@@ -171,18 +172,49 @@ async fn proxy(
     {
         return reply(ex, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
     }
-    let pool = {
+    let client = hdr::effective_client(conn.peer.ip(), &parts.headers, &settings.trusted_proxies);
+    ex.client = client;
+    // Routing and the hash are decided on the client's request as it came.
+    let (pool, route, client_hash) = {
         let snap = conn.shared.state.load();
         let Some(fe) = snap.frontend(&conn.ctx.name) else {
             return reply(ex, StatusCode::SERVICE_UNAVAILABLE, "no-frontend");
         };
-        match snap.pools.get(fe.pool) {
-            Some(p) => p.clone(),
-            None => return reply(ex, StatusCode::SERVICE_UNAVAILABLE, "no-pool"),
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let headers = HeaderView(&parts.headers);
+        let view = RequestView {
+            host: host.as_ref().and_then(|h| h.to_str().ok()),
+            path: target,
+            method: parts.method.as_str(),
+            headers: &headers,
+        };
+        let mut pool_index = fe.pool;
+        let mut route = None;
+        if let Some(routes) = &fe.routes
+            && let Some(i) = routes.table.find(&view)
+            && let Some(r) = routes.routes.get(i)
+        {
+            ex.route = Some(i);
+            match r.target {
+                RouteTarget::Pool(p) => {
+                    pool_index = p;
+                    route = Some((routes.clone(), i));
+                }
+                RouteTarget::RedirectHttps => {
+                    let location = view.host.map(|h| https_location(h, target));
+                    return redirect(ex, location);
+                }
+            }
         }
+        let Some(pool) = snap.pools.get(pool_index).cloned() else {
+            return reply(ex, StatusCode::SERVICE_UNAVAILABLE, "no-pool");
+        };
+        let hash = match hash_input(&pool.hash, &view) {
+            Some(key) => hash_bytes(key),
+            None => hash_ip(client),
+        };
+        (pool, route, hash)
     };
-    let client = hdr::effective_client(conn.peer.ip(), &parts.headers, &settings.trusted_proxies);
-    ex.client = client;
     let upgrade =
         hdr::wants_upgrade(parts.version, &parts.headers) && pool.http.version == HttpVersion::H1;
     let client_upgrade =
@@ -195,6 +227,11 @@ async fn proxy(
     };
     // The request id is the client's own when valid: keep it for the access log.
     ex.request_id = Some(hdr::prepare_request(&mut parts, host.as_ref(), upgrade, &fwd));
+    if let Some((routes, i)) = &route
+        && let Some(r) = routes.routes.get(*i)
+    {
+        apply_route(r, &mut parts);
+    }
     adapt_target(&mut parts, host.as_ref(), pool.http.version);
     let template = Template {
         method: parts.method.clone(),
@@ -217,12 +254,13 @@ async fn proxy(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     pool.retry_budget.on_request();
-    let client_hash = hash_ip(client);
     let mut tried = Tried::new();
     let attempts = (pool.retries as usize + 1).min(MAX_ATTEMPTS);
     let mut attempt = 0;
     // The request handed back unsent by a connection that could not take it.
     let mut unsent: Option<Request<ReqBody>> = None;
+    // Why the previous attempt failed: the answer when no other server is left to try.
+    let mut failed: Option<(StatusCode, &'static str)> = None;
     loop {
         if attempt > 0 {
             ex.retries += 1;
@@ -241,6 +279,9 @@ async fn proxy(
         let index = match taken {
             Ok(i) => i,
             Err(r) => {
+                if let Some((status, outcome)) = failed {
+                    return reply(ex, status, outcome);
+                }
                 conn.ctx.stats.no_server.fetch_add(1, Ordering::Relaxed);
                 return reply(ex, StatusCode::SERVICE_UNAVAILABLE, r.outcome());
             }
@@ -275,6 +316,7 @@ async fn proxy(
                         if last {
                             return reply(ex, StatusCode::BAD_GATEWAY, "connect-failed");
                         }
+                        failed = Some((StatusCode::BAD_GATEWAY, "connect-failed"));
                         continue;
                     }
                 }
@@ -304,6 +346,7 @@ async fn proxy(
                 // Nothing was written (a kept-alive connection the server had closed):
                 // any request may go to another server.
                 unsent = Some(req);
+                failed = Some((StatusCode::BAD_GATEWAY, "server-error"));
                 continue;
             }
             Ok(Err(Failed { error, .. })) => {
@@ -327,6 +370,7 @@ async fn proxy(
                 // be repeated safely, and only within the pool's budget, goes again.
                 if replayable && idempotent && !last && pool.retry_budget.try_retry() {
                     drop(slot);
+                    failed = Some((StatusCode::BAD_GATEWAY, "server-error"));
                     continue;
                 }
                 ex.slot = Some(slot);
@@ -478,4 +522,50 @@ fn tunnel(
         drop(ex);
         conn.tunnels.send_modify(|n| *n = n.saturating_sub(1));
     });
+}
+
+/// The request's headers as fulcrum-core's matcher reads them.
+struct HeaderView<'a>(&'a HeaderMap);
+
+impl Headers for HeaderView<'_> {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(HeaderValue::as_bytes)
+    }
+}
+
+/// What a route changes before the request goes on: its path prefix off (the query kept),
+/// then the headers it removes and sets.
+fn apply_route(r: &RouteState, parts: &mut http::request::Parts) {
+    if let Some(prefix) = &r.strip_prefix {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let stripped = strip_path(target, prefix);
+        if stripped != target {
+            let mut p = parts.uri.clone().into_parts();
+            if let Ok(pq) = stripped.parse() {
+                p.path_and_query = Some(pq);
+                if let Ok(u) = Uri::from_parts(p) {
+                    parts.uri = u;
+                }
+            }
+        }
+    }
+    for n in &r.remove_headers {
+        parts.headers.remove(n);
+    }
+    for (n, v) in &r.set_headers {
+        parts.headers.insert(n, v.clone());
+    }
+}
+
+/// `redirect = "https"`: 301 to the same host and target over HTTPS; 400 without a host.
+fn redirect(mut ex: Box<Exchange>, location: Option<String>) -> Response<RespBody> {
+    let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) else {
+        return reply(ex, StatusCode::BAD_REQUEST, "no-host");
+    };
+    ex.status = 301;
+    ex.outcome = "redirect";
+    let mut resp = Response::new(RespBody::full(Bytes::from_static(b""), Some(ex)));
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
 }

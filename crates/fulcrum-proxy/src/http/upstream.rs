@@ -58,9 +58,11 @@ pub(crate) fn take(addr: SocketAddr, version: HttpVersion) -> Option<Sender> {
         HttpVersion::H1 => {
             let list = l.h1.get_mut(&addr)?;
             let now = Instant::now();
-            // Newest first: the likeliest to be alive and warm.
+            // Newest first: the likeliest to be alive and warm. A connection whose last
+            // response just ended may not say it is ready yet (its task has not run since):
+            // the caller waits for `ready()`, which is a moment.
             while let Some(idle) = list.pop() {
-                if now < idle.expires && idle.sender.is_ready() {
+                if now < idle.expires && !idle.sender.is_closed() {
                     return Some(Sender::H1(idle.sender));
                 }
             }
