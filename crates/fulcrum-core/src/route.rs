@@ -263,14 +263,17 @@ pub fn path_only(target: &str) -> &str {
 }
 
 /// A route's `strip_prefix` applied to a request target: `prefix` taken off the front of the
-/// path (when the path starts with it), the query kept; a path left without a leading `/`
-/// gets one (so an empty one becomes `/`).
+/// path when it ends there at a segment boundary (`/api` strips `/api` and `/api/x`, not
+/// `/apis`: cutting a segment in two would invent a path), the query kept; a path left
+/// without a leading `/` gets one (so an empty one becomes `/`).
 pub fn strip_path<'a>(target: &'a str, prefix: &str) -> Cow<'a, str> {
     let path = path_only(target);
     match path.strip_prefix(prefix) {
         Some(rest) if rest.starts_with('/') => Cow::Borrowed(&target[prefix.len()..]),
-        Some(_) => Cow::Owned(format!("/{}", &target[prefix.len()..])),
-        None => Cow::Borrowed(target),
+        Some(rest) if rest.is_empty() || prefix.ends_with('/') => {
+            Cow::Owned(format!("/{}", &target[prefix.len()..]))
+        }
+        _ => Cow::Borrowed(target),
     }
 }
 
@@ -528,7 +531,8 @@ mod tests {
             ("/api/users", "/api/", "/users"),
             ("/api", "/api", "/"),
             ("/api?x=1", "/api", "/?x=1"),
-            ("/apis", "/api", "/s"),
+            ("/apis", "/api", "/apis"),
+            ("/apis?x", "/api", "/apis?x"),
             ("/web/x", "/api", "/web/x"),
             ("/x?/api", "/api", "/x?/api"),
         ] {

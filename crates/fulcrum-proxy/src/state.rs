@@ -410,6 +410,22 @@ impl PoolState {
         })
     }
 
+    /// Takes a slot on server `i` itself (a sticky client's server), when it is eligible and
+    /// has room; `false` sends the client through the normal pick.
+    pub fn take_server(&self, i: usize) -> bool {
+        let view = self.view(&[], if self.capped { CapBy::Active } else { CapBy::None });
+        let Some(s) = self.servers.get(i) else { return false };
+        if !view.eligible(i) || s.weight == 0 {
+            return false;
+        }
+        let cap = if self.capped {
+            s.cap(self.agent_maxconn_ttl_ms, crate::clock::now_ms())
+        } else {
+            None
+        };
+        s.stats.try_take_slot(cap)
+    }
+
     /// A server slot of this pool was given back: the first waiting client looks.
     pub fn slot_freed(&self) {
         self.queue.wake_head();
@@ -447,6 +463,8 @@ pub struct PoolState {
     pub queue: Arc<PoolQueue>,
     /// HTTP frontends: how to talk to the servers (`[pool.X.http]`).
     pub http: fulcrum_config::PoolHttp,
+    /// HTTP: `sticky = { cookie, ttl }`, with each server's cookie value.
+    pub sticky: Option<StickyState>,
     /// HTTP: what hashing algorithms hash (`hash`); the client address by default.
     pub hash: fulcrum_core::route::HashKey,
     /// HTTP: what retries of sent requests may still spend (`retry_budget`).
@@ -638,6 +656,7 @@ impl Snapshot {
             let specs: Vec<ServerSpec<'_>> =
                 servers.iter().map(|s| ServerSpec { key: &s.key, weight: s.weight }).collect();
             let balancer = Balancer::new(p.algorithm, &specs);
+            let sticky = p.sticky.as_ref().map(|st| StickyState::new(st, &p.name, &servers));
             let queue = queues.entry(p.name.clone()).or_default().clone();
             queue.configure(p.queue);
             // Three polls missed (and the last one's timeout) before the agent's cap lapses.
@@ -671,6 +690,7 @@ impl Snapshot {
                 queue,
                 http: p.http,
                 hash: p.hash.clone(),
+                sticky,
                 retry_budget: fulcrum_core::retry::RetryBudget::new(p.retry_budget_percent),
                 http_retries: std::sync::atomic::AtomicU64::new(0),
             }));
@@ -780,6 +800,7 @@ mod tests {
             queue: Arc::default(),
             http: fulcrum_config::PoolHttp::default(),
             hash: Default::default(),
+            sticky: None,
             retry_budget: fulcrum_core::retry::RetryBudget::new(20),
             http_retries: Default::default(),
         }
@@ -1039,5 +1060,37 @@ impl HttpRoutes {
             });
         }
         Ok(HttpRoutes { table, routes })
+    }
+}
+
+/// A pool's sticky cookie: its name, its `Max-Age`, and the value naming each server. The
+/// value is a keyed hash of the server's key (not its address), stable across restarts and
+/// nodes with the same config, so a client keeps its server behind several balancers.
+#[derive(Debug)]
+pub struct StickyState {
+    pub cookie: String,
+    pub ttl_secs: u64,
+    /// Per server (same order as `PoolState::servers`): the cookie value, 16 hex digits.
+    pub values: Vec<String>,
+}
+
+impl StickyState {
+    fn new(st: &fulcrum_config::Sticky, pool: &str, servers: &[ServerEntry]) -> Self {
+        let values = servers
+            .iter()
+            .map(|s| {
+                let mut key = Vec::with_capacity(pool.len() + s.key.len() + 1);
+                key.extend_from_slice(pool.as_bytes());
+                key.push(0);
+                key.extend_from_slice(s.key.as_bytes());
+                format!("{:016x}", fulcrum_core::balance::hash_bytes(&key))
+            })
+            .collect();
+        StickyState { cookie: st.cookie.clone(), ttl_secs: st.ttl.as_secs(), values }
+    }
+
+    /// The server a cookie value names.
+    pub fn server(&self, value: &[u8]) -> Option<usize> {
+        self.values.iter().position(|v| v.as_bytes() == value)
     }
 }

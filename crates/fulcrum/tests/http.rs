@@ -440,11 +440,25 @@ async fn scripted_conn(
             }
         }
         buf.drain(..end + 4 + len);
-        *requests.lock().unwrap().entry(method).or_default() += 1;
+        *requests.lock().unwrap().entry(method.clone()).or_default() += 1;
         if script == Script::CloseAfterBody {
             return;
         }
-        let body = format!("{name}\n");
+        // Its name, the request line's method and target, and two headers routes change.
+        let target = head.split(' ').nth(1).unwrap_or("");
+        let header = |n: &str| {
+            head.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case(n).then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        let body = format!(
+            "{name} {method} {target} route={} secret={}\n",
+            header("x-route"),
+            header("x-secret")
+        );
         let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
         if s.write_all(resp.as_bytes()).await.is_err() {
             return;
@@ -589,4 +603,175 @@ async fn limits_and_timeouts_answer_their_status() {
     })
     .await;
     let _ = PathBuf::new();
+}
+
+/// Sends one request on a new connection and returns the whole answer (head and body).
+async fn ask(front: SocketAddr, req: &str) -> String {
+    let mut s = TcpStream::connect(front).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut s).await
+}
+
+/// The body of an answer read by `read_response`.
+fn body_of(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_pick_the_pool_and_rewrite_the_request() {
+    let names = ["site", "api", "canary", "writes", "static"];
+    let servers: Vec<Scripted> = names.iter().map(|n| Scripted::start(n, Script::Answer)).collect();
+    let mut pools = String::new();
+    for (n, s) in names.iter().zip(&servers) {
+        pools.push_str(&format!("[pool.{n}]\nservers = [\"{}\"]\n", s.addr));
+    }
+    let toml = format!(
+        r#"
+workers = 1
+access_log = true
+[frontend.web]
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "site"
+
+[[frontend.web.route]]
+host = "secure.example.com"
+redirect = "https"
+
+[[frontend.web.route]]
+header = {{ name = "X-Env", value = "canary" }}
+pool = "canary"
+
+[[frontend.web.route]]
+path_prefix = "/api"
+strip_prefix = true
+set_headers = {{ "X-Route" = "api" }}
+remove_headers = ["X-Secret"]
+pool = "api"
+
+[[frontend.web.route]]
+method = ["POST", "PUT"]
+pool = "writes"
+
+[[frontend.web.route]]
+host = ["static.example.com", "*.cdn.example.com"]
+path_regex = "\\.(css|js)$"
+pool = "static"
+
+{pools}
+"#
+    );
+    let d = Daemon::run_config(&toml);
+    let front = d.addr("web");
+    // (request, expected start of the body)
+    let table: &[(&str, &str)] = &[
+        ("GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n", "site GET / route= secret="),
+        (
+            "GET /api/users?id=7 HTTP/1.1\r\nHost: a\r\nX-Secret: s3\r\n\r\n",
+            "api GET /users?id=7 route=api secret=\n",
+        ),
+        ("GET /api HTTP/1.1\r\nHost: a\r\n\r\n", "api GET / route=api"),
+        // A prefix matches inside a segment, but is stripped only at a segment boundary.
+        ("GET /apiary HTTP/1.1\r\nHost: a\r\nX-Secret: s\r\n\r\n", "api GET /apiary route=api"),
+        ("GET /api/x HTTP/1.1\r\nHost: a\r\nX-Env: canary\r\n\r\n", "canary GET /api/x route="),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX-Env: prod\r\n\r\n", "site GET /"),
+        ("POST /form HTTP/1.1\r\nHost: a\r\ncontent-length: 1\r\n\r\nx", "writes POST /form"),
+        ("PUT /form HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n", "writes PUT /form"),
+        ("GET /app.js HTTP/1.1\r\nHost: static.example.com\r\n\r\n", "static GET /app.js"),
+        ("GET /a/b.css HTTP/1.1\r\nHost: x.y.cdn.example.com:8080\r\n\r\n", "static GET /a/b.css"),
+        ("GET /a/b.css HTTP/1.1\r\nHost: cdn.example.com\r\n\r\n", "site GET /a/b.css"),
+        ("GET /app.jsx HTTP/1.1\r\nHost: static.example.com\r\n\r\n", "site GET /app.jsx"),
+        ("GET /x HTTP/1.1\r\nHost: STATIC.Example.COM\r\n\r\n", "site GET /x"),
+        ("GET /x.css HTTP/1.1\r\nHost: STATIC.Example.COM\r\n\r\n", "static GET /x.css"),
+    ];
+    for (req, want) in table {
+        let resp = ask(front, req).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{req:?}: {resp}");
+        assert!(body_of(&resp).starts_with(want), "{req:?}: wanted {want:?}, got {resp}");
+    }
+    let resp = ask(front, "GET /p?q=1 HTTP/1.1\r\nHost: secure.example.com:8443\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 301"), "{resp}");
+    assert!(resp.contains("\r\nlocation: https://secure.example.com/p?q=1\r\n"), "{resp}");
+    // HTTP/2 routes by :authority.
+    let (status, body, _) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: static.example.com",
+        &format!("http://{front}/site.css"),
+    ]);
+    assert_eq!(status, 200);
+    assert!(body.starts_with("static GET /site.css"), "{body}");
+    // The access line names the route that matched and the path the client asked for.
+    wait_until_async(Duration::from_secs(5), "access lines", || {
+        access(&d).iter().any(|e| e["path"] == "/api/users")
+    })
+    .await;
+    let line = access(&d).into_iter().find(|e| e["path"] == "/api/users").unwrap();
+    assert_eq!(line["route"], 2);
+    assert_eq!(servers[1].count("GET"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_and_sticky_pools_keep_each_user_on_one_server() {
+    let servers: Vec<Scripted> =
+        ["h1", "h2", "h3"].into_iter().map(|n| Scripted::start(n, Script::Answer)).collect();
+    let list = servers.iter().map(|s| format!("\"{}\"", s.addr)).collect::<Vec<_>>().join(", ");
+    let d = Daemon::run_config(&http_config(
+        2,
+        &list,
+        "",
+        "algorithm = \"maglev\"\nhash = \"header:X-User\"",
+    ));
+    let front = d.addr("web");
+    let mut placed: HashMap<u32, String> = HashMap::new();
+    for round in 0..3 {
+        for user in 0..16u32 {
+            let resp =
+                ask(front, &format!("GET / HTTP/1.1\r\nHost: a\r\nX-User: u{user}\r\n\r\n")).await;
+            let name = body_of(&resp).split(' ').next().unwrap().to_string();
+            match placed.get(&user) {
+                Some(before) => assert_eq!(before, &name, "user {user} moved in round {round}"),
+                None => {
+                    placed.insert(user, name);
+                }
+            }
+        }
+    }
+    let distinct: std::collections::HashSet<_> = placed.values().collect();
+    assert!(distinct.len() >= 2, "16 users all on one server: {placed:?}");
+
+    // Sticky cookie: round-robin pool, the cookie pins the client; a down server's clients move.
+    let d = Daemon::run_config(&http_config(
+        1,
+        &list,
+        "",
+        "sticky = { cookie = \"srv\", ttl = \"1h\" }",
+    ));
+    let front = d.addr("web");
+    let first = ask(front, "GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let set = first
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {first}"))
+        .to_string();
+    assert!(set.contains("Max-Age=3600") && set.contains("HttpOnly"), "{set}");
+    let value = set.split(';').next().unwrap().strip_prefix("srv=").unwrap().to_string();
+    for s in &servers {
+        assert!(!set.contains(&s.addr.to_string()) && !set.contains(&s.addr.port().to_string()));
+    }
+    let pinned = body_of(&first).split(' ').next().unwrap().to_string();
+    for _ in 0..6 {
+        let resp =
+            ask(front, &format!("GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; srv={value}\r\n\r\n"))
+                .await;
+        assert!(body_of(&resp).starts_with(&format!("{pinned} ")), "{resp}");
+        assert!(!resp.contains("set-cookie"), "a pinned client got a new cookie: {resp}");
+    }
+    let i = ["h1", "h2", "h3"].iter().position(|n| *n == pinned).unwrap();
+    servers[i].kill();
+    let resp =
+        ask(front, &format!("GET / HTTP/1.1\r\nHost: a\r\nCookie: srv={value}\r\n\r\n")).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(!body_of(&resp).starts_with(&format!("{pinned} ")), "{resp}");
+    assert!(resp.contains("set-cookie: srv="), "a moved client keeps a dead server's cookie");
 }

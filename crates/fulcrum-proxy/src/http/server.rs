@@ -9,7 +9,9 @@ use bytes::Bytes;
 use fulcrum_config::HttpVersion;
 use fulcrum_core::balance::{MAX_ATTEMPTS, Tried, hash_bytes, hash_ip};
 use fulcrum_core::blame::connect_failed;
-use fulcrum_core::route::{Headers, RequestView, hash_input, https_location, strip_path};
+use fulcrum_core::route::{
+    Headers, RequestView, cookie_value, hash_input, https_location, strip_path,
+};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -254,6 +256,16 @@ async fn proxy(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     pool.retry_budget.on_request();
+    // A sticky client's server, named by its cookie; a server that cannot take it (down,
+    // drained, full) loses it to a normal pick and a new cookie.
+    let sticky = pool.sticky.as_ref().and_then(|st| {
+        template
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .find_map(|v| cookie_value(v.as_bytes(), &st.cookie))
+            .and_then(|v| st.server(v))
+    });
     let mut tried = Tried::new();
     let attempts = (pool.retries as usize + 1).min(MAX_ATTEMPTS);
     let mut attempt = 0;
@@ -269,7 +281,10 @@ async fn proxy(
         attempt += 1;
         let last = attempt >= attempts;
         let taken = if attempt == 1 {
-            take_or_wait(&pool, client_hash, &mut tried).await
+            match sticky {
+                Some(i) if pool.take_server(i) => Ok(i),
+                _ => take_or_wait(&pool, client_hash, &mut tried).await,
+            }
         } else {
             pool.take_slot(client_hash, &mut tried).map_err(|e| match e {
                 NoSlot::NoServer => Refusal::NoServer,
@@ -340,6 +355,19 @@ async fn proxy(
                 server.stats.on_exchange_ok();
                 ex.upstream_ms = Some(sent_at.elapsed().as_millis() as u64);
                 ex.slot = Some(slot);
+                let mut resp = resp;
+                if let Some(st) = &pool.sticky
+                    && sticky != Some(index)
+                    && let Some(v) = st.values.get(index)
+                {
+                    let cookie = format!(
+                        "{}={v}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
+                        st.cookie, st.ttl_secs
+                    );
+                    if let Ok(c) = HeaderValue::from_str(&cookie) {
+                        resp.headers_mut().append(header::SET_COOKIE, c);
+                    }
+                }
                 return answer(conn, ex, resp, sender, addr, client_upgrade);
             }
             Ok(Err(Failed { unsent: Some(req), .. })) if !last => {
