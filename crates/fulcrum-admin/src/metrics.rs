@@ -475,6 +475,114 @@ impl Collector for Scrape {
                 })
                 .collect(),
         )?;
+        self.encode_http(&mut enc)?;
+        Ok(())
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Scrape {
+    /// HTTP frontends: requests by status class per frontend, route and server, requests in
+    /// progress, request latency, and each pool's retries.
+    fn encode_http(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snapshot;
+        let http_fronts = || s.frontends.iter().filter(|f| f.http);
+        let mut rows = Vec::new();
+        for f in http_fronts() {
+            for (class, c) in CLASSES.iter().zip(&f.stats.http_responses) {
+                let l = vec![("frontend", f.name.to_string()), ("class", class.to_string())];
+                rows.push((l, counter(load(c))));
+            }
+        }
+        family(
+            enc,
+            "fulcrum_http_responses",
+            "HTTP responses sent to clients, by status class.",
+            MetricType::Counter,
+            rows,
+        )?;
+        family(
+            enc,
+            "fulcrum_http_requests_active",
+            "HTTP requests in progress (head received, response not yet ended).",
+            MetricType::Gauge,
+            http_fronts()
+                .map(|f| {
+                    (vec![("frontend", f.name.to_string())], gauge(load(&f.stats.http_active)))
+                })
+                .collect(),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "fulcrum_http_request_seconds",
+                "HTTP request time, from the head to the end of the response.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for f in http_fronts() {
+                let (sum, count, buckets) = f.stats.http_latency.snapshot();
+                let labels: Labels = vec![("frontend", f.name.to_string())];
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        let mut rows = Vec::new();
+        for f in s.frontends.iter() {
+            let Some(routes) = &f.routes else { continue };
+            for (i, r) in routes.routes.iter().enumerate() {
+                for (class, c) in CLASSES.iter().zip(&r.responses) {
+                    let l = vec![
+                        ("frontend", f.name.to_string()),
+                        ("route", i.to_string()),
+                        ("class", class.to_string()),
+                    ];
+                    rows.push((l, counter(load(c))));
+                }
+            }
+        }
+        family(
+            enc,
+            "fulcrum_http_route_responses",
+            "HTTP responses by the route that matched (index in the frontend's list) and status \
+             class; counted since the routes were last built (start or reload).",
+            MetricType::Counter,
+            rows,
+        )?;
+        let mut rows = Vec::new();
+        for p in &s.pools {
+            for sv in &p.servers {
+                if sv.stats.http_responses.iter().all(|c| load(c) == 0) {
+                    continue;
+                }
+                for (class, c) in CLASSES.iter().zip(&sv.stats.http_responses) {
+                    let l = vec![
+                        ("pool", p.name.clone()),
+                        ("server", sv.key.clone()),
+                        ("class", class.to_string()),
+                    ];
+                    rows.push((l, counter(load(c))));
+                }
+            }
+        }
+        family(
+            enc,
+            "fulcrum_http_server_responses",
+            "HTTP responses received from the server, by status class.",
+            MetricType::Counter,
+            rows,
+        )?;
+        family(
+            enc,
+            "fulcrum_http_retries",
+            "HTTP requests sent again (connect failures, unsent requests, idempotent requests \
+             within the retry budget); counted since the pool was last built.",
+            MetricType::Counter,
+            s.pools
+                .iter()
+                .map(|p| (vec![("pool", p.name.clone())], counter(load(&p.http_retries))))
+                .collect(),
+        )?;
         Ok(())
     }
 }

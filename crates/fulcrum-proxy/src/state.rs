@@ -574,6 +574,8 @@ pub struct FrontendState {
     pub pool: usize,
     /// HTTP: the frontend's routes, built once per snapshot (`None`: every request to `pool`).
     pub routes: Option<Arc<HttpRoutes>>,
+    /// A `protocol = "http"` frontend.
+    pub http: bool,
     pub idle_timeout: Duration,
     /// A client that takes no byte of the answers waiting for it for this long is closed.
     pub send_timeout: Duration,
@@ -712,6 +714,7 @@ impl Snapshot {
                 name: Arc::from(f.name.as_str()),
                 pool,
                 routes,
+                http: f.protocol == fulcrum_config::Protocol::Http,
                 idle_timeout: f.idle_timeout,
                 send_timeout: f.send_timeout,
                 stats: frontend_stats.get(&f.name).cloned().unwrap_or_default(),
@@ -1013,6 +1016,8 @@ pub struct RouteState {
     pub strip_prefix: Option<String>,
     pub remove_headers: Vec<http::HeaderName>,
     pub set_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Responses to requests this route matched, by status class (1xx..5xx).
+    pub responses: [std::sync::atomic::AtomicU64; 5],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1057,6 +1062,7 @@ impl HttpRoutes {
                 strip_prefix: r.strip_prefix.clone(),
                 remove_headers,
                 set_headers,
+                responses: Default::default(),
             });
         }
         Ok(HttpRoutes { table, routes })

@@ -629,6 +629,9 @@ async fn routes_pick_the_pool_and_rewrite_the_request() {
         r#"
 workers = 1
 access_log = true
+[admin]
+bind = "127.0.0.1:0"
+
 [frontend.web]
 bind = "127.0.0.1:0"
 protocol = "http"
@@ -709,6 +712,29 @@ pool = "static"
     let line = access(&d).into_iter().find(|e| e["path"] == "/api/users").unwrap();
     assert_eq!(line["route"], 2);
     assert_eq!(servers[1].count("GET"), 3);
+
+    // Metrics: by frontend, route and server, all counted by status class.
+    let api =
+        format!("http://{}", d.find("admin API listening").unwrap()["address"].as_str().unwrap());
+    let m = |k: &str| metric(&api, k);
+    assert_eq!(m("fulcrum_http_responses_total{frontend=\"web\",class=\"2xx\"}"), 15.0);
+    assert_eq!(m("fulcrum_http_responses_total{frontend=\"web\",class=\"3xx\"}"), 1.0);
+    assert_eq!(
+        m("fulcrum_http_route_responses_total{frontend=\"web\",route=\"2\",class=\"2xx\"}"),
+        3.0
+    );
+    assert_eq!(
+        m("fulcrum_http_route_responses_total{frontend=\"web\",route=\"0\",class=\"3xx\"}"),
+        1.0
+    );
+    let api_server = format!(
+        "fulcrum_http_server_responses_total{{pool=\"api\",server=\"{}\",class=\"2xx\"}}",
+        servers[1].addr
+    );
+    assert_eq!(m(&api_server), 3.0);
+    assert_eq!(m("fulcrum_http_request_seconds_count{frontend=\"web\"}"), 16.0);
+    assert_eq!(m("fulcrum_http_requests_active{frontend=\"web\"}"), 0.0);
+    assert_eq!(m("fulcrum_http_retries_total{pool=\"site\"}"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -218,8 +218,10 @@ pub(crate) struct Exchange {
     pub(crate) bytes_out: u64,
     pub(crate) upstream_ms: Option<u64>,
     pub(crate) retries: u32,
-    /// The route that chose the pool (`-` for the frontend's own pool).
+    /// The route that matched (its index; `None`: the frontend's own pool).
     pub(crate) route: Option<usize>,
+    /// The routes it belongs to, for its counters.
+    pub(crate) routes: Option<Arc<crate::state::HttpRoutes>>,
 }
 
 impl Exchange {
@@ -244,6 +246,7 @@ impl Exchange {
             upstream_ms: None,
             retries: 0,
             route: None,
+            routes: None,
         })
     }
 
@@ -276,6 +279,12 @@ impl Drop for Exchange {
         if let Some(slot) = &self.slot
             && let Some(s) = slot.pool.servers.get(slot.index)
             && let Some(c) = s.stats.http_responses.get(class.wrapping_sub(1))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some(routes), Some(i)) = (&self.routes, self.route)
+            && let Some(r) = routes.routes.get(i)
+            && let Some(c) = r.responses.get(class.wrapping_sub(1))
         {
             c.fetch_add(1, Ordering::Relaxed);
         }

@@ -197,6 +197,7 @@ async fn proxy(
             && let Some(r) = routes.routes.get(i)
         {
             ex.route = Some(i);
+            ex.routes = Some(routes.clone());
             match r.target {
                 RouteTarget::Pool(p) => {
                     pool_index = p;
