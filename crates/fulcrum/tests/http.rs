@@ -552,6 +552,9 @@ async fn limits_and_timeouts_answer_their_status() {
     let mut req = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 2048\r\n\r\n".to_vec();
     req.extend_from_slice(&big);
     assert!(ask(req).await.starts_with("HTTP/1.1 413 "));
+    assert_eq!(ok.count("POST"), 0, "a body declared over max_body reached the server");
+    // A chunked body is streamed: cut off when it passes the limit (the server sees its head
+    // and a connection that ends before the body does).
     let mut req =
         b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n800\r\n".to_vec();
     req.extend_from_slice(&big);
@@ -574,7 +577,6 @@ async fn limits_and_timeouts_answer_their_status() {
     assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
     let r = ask(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()).await;
     assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
-    assert_eq!(ok.count("POST"), 0, "a body over max_body reached the server");
 
     // A server that never answers: 504 at response_timeout.
     let stall = Scripted::start("stall", Script::Stall);

@@ -36,6 +36,11 @@ pub(crate) struct Phase {
     /// Set when the connection was closed after `keepalive_timeout` without a request.
     pub(crate) keepalive_expired: AtomicBool,
     pub(crate) requests: AtomicU64,
+    /// Nothing read since the last request began and every response byte flushed: hyper's
+    /// connection holds nothing worth keeping (it may be parked).
+    pub(crate) quiet: AtomicBool,
+    /// The client closed its side.
+    pub(crate) eof: AtomicBool,
 }
 
 impl Phase {
@@ -72,6 +77,9 @@ pub(crate) struct HttpIo {
     h2: Option<bool>,
     /// `Phase::requests` when last looked at: a change means a head arrived whole.
     seen_requests: u64,
+    /// Bytes read before hyper took the socket (the protocol sniff) or left unparsed when
+    /// it let go of it (a parked connection), served to the next reader first.
+    prefix: bytes::Bytes,
 }
 
 impl HttpIo {
@@ -93,7 +101,77 @@ impl HttpIo {
             clean: true,
             h2: None,
             seen_requests: 0,
+            prefix: bytes::Bytes::new(),
         }
+    }
+
+    /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1 request line; what
+    /// was read is replayed to hyper. `Ok(true)` for HTTP/2 (prior knowledge).
+    pub(crate) async fn sniff_h2(&mut self) -> io::Result<bool> {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut got = bytes::BytesMut::new();
+        loop {
+            let n = got.len().min(PREFACE.len());
+            if got[..n] != PREFACE[..n] {
+                self.prefix = got.freeze();
+                return Ok(false);
+            }
+            if n == PREFACE.len() {
+                self.prefix = got.freeze();
+                return Ok(true);
+            }
+            let mut chunk = [0u8; 1024];
+            let read = std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(&mut chunk);
+                match Pin::new(&mut *self).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before a request",
+                ));
+            }
+            got.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// Hands back bytes hyper read but did not parse; they are read again first.
+    pub(crate) fn unread(&mut self, bytes: bytes::Bytes) {
+        if !bytes.is_empty() {
+            let mut all = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            all.extend_from_slice(&bytes);
+            all.extend_from_slice(&self.prefix);
+            self.prefix = all.freeze();
+        }
+    }
+
+    pub(crate) fn has_unread(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// Waits, holding nothing but the socket, until the client sends again: `Ok` when bytes
+    /// are there to read, an error when `keepalive_timeout` ends the wait or the socket fails.
+    pub(crate) async fn wait_readable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            loop {
+                match self.stream.poll_read_ready(cx) {
+                    Poll::Ready(r) => return Poll::Ready(r),
+                    Poll::Pending => {}
+                }
+                if self.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Err(e) = self.on_timer() {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        })
+        .await
     }
 
     /// A head counts as started no longer once a request began after it.
@@ -142,11 +220,19 @@ impl AsyncRead for HttpIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
-                if !got.is_empty() {
+                if got.is_empty() {
+                    this.phase.eof.store(true, Ordering::Relaxed);
+                } else {
+                    this.phase.quiet.store(false, Ordering::Relaxed);
                     if this.h2.is_none() {
                         this.h2 = Some(got.starts_with(H2_PREFACE_START));
                     }
@@ -182,6 +268,7 @@ impl AsyncWrite for HttpIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.clean = false;
+        this.phase.quiet.store(false, Ordering::Relaxed);
         let n = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
         this.phase.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         Poll::Ready(Ok(n))
@@ -194,6 +281,7 @@ impl AsyncWrite for HttpIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.clean = false;
+        this.phase.quiet.store(false, Ordering::Relaxed);
         let n = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
         this.phase.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         Poll::Ready(Ok(n))
@@ -208,6 +296,10 @@ impl AsyncWrite for HttpIo {
         ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
         // hyper flushes once its buffer is written out: nothing of a response is pending.
         this.clean = true;
+        this.sync();
+        if this.phase.active.load(Ordering::Relaxed) == 0 && !this.head_started {
+            this.phase.quiet.store(true, Ordering::Relaxed);
+        }
         Poll::Ready(Ok(()))
     }
 

@@ -2,9 +2,11 @@
 //! (prior knowledge) on one port, each request proxied on its own to a server of the pool
 //! its route names, over connections kept alive per worker and server.
 //!
-//! * `server.rs`: one client connection (hyper's auto server), the request path: route, the
+//! * `server.rs`: one client connection (hyper's HTTP/1 server, parked between requests
+//!   when idle, or its HTTP/2 server), the request path: route, the
 //!   forwarding headers, the one admission step, send with safe retries, the answer.
-//! * `io.rs`: the client socket with `header_timeout` (408) and `keepalive_timeout`.
+//! * `io.rs`: the client socket with `header_timeout` (408) and `keepalive_timeout`, the
+//!   HTTP/2 preface sniff, and the wait of a parked (idle) HTTP/1 connection.
 //! * `upstream.rs`: the worker's idle server connections.
 //! * `body.rs`: request and response bodies and the per-request record (`Exchange`) that
 //!   gives everything back and writes the access-log line when the response ends.
@@ -33,6 +35,7 @@ pub(crate) struct ConnInfo {
     pub(crate) ctx: Arc<AcceptCtx>,
     pub(crate) peer: SocketAddr,
     pub(crate) phase: Arc<io::Phase>,
-    /// Upgraded connections (WebSocket) still relaying; the client's ledger waits for them.
-    pub(crate) tunnels: tokio::sync::watch::Sender<usize>,
+    /// An upgrade answered 101, waiting for hyper to let go of the socket (HTTP/1 only).
+    /// A lock only an upgrade request ever takes, once.
+    pub(crate) tunnel: std::sync::Mutex<Option<server::Tunnel>>,
 }

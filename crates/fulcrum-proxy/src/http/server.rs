@@ -1,6 +1,8 @@
 //! One HTTP client connection and the path of each of its requests.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -15,9 +17,9 @@ use fulcrum_core::route::{
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use super::ConnInfo;
@@ -36,50 +38,30 @@ static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 /// Most concurrent streams an HTTP/2 client may open (each may hold a server connection).
 const MAX_STREAMS: u32 = 100;
 
+/// How long an HTTP/1 connection waits between requests before hyper's state (its read and
+/// write buffers, 16 KiB) is let go: the socket alone waits for the next request, so an idle
+/// keep-alive client costs a few hundred bytes. Short enough that idle clients park, long
+/// enough that a busy keep-alive client never does.
+const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(crate) async fn serve(mut ledger: Ledger, stream: TcpStream) {
     let ctx = ledger.ctx().clone();
     let settings = &ctx.frontend.http;
     let phase = Arc::new(Phase::default());
-    let io =
+    let mut io =
         HttpIo::new(stream, phase.clone(), settings.header_timeout, settings.keepalive_timeout);
-    let (tunnels, mut tunnels_rx) = tokio::sync::watch::channel(0usize);
     let conn = Arc::new(ConnInfo {
         shared: ledger.shared().clone(),
         ctx: ctx.clone(),
         peer: ledger.client(),
         phase: phase.clone(),
-        tunnels,
+        tunnel: std::sync::Mutex::new(None),
     });
-    let svc = {
-        let conn = conn.clone();
-        service_fn(move |req| handle(conn.clone(), req))
+    let res = match io.sniff_h2().await {
+        Ok(true) => serve_h2(&conn, io).await,
+        Ok(false) => serve_h1(&conn, io).await,
+        Err(e) => Err(Box::new(e) as BoxError),
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // io.rs keeps header_timeout (with a 408) and keepalive_timeout apart.
-        .header_read_timeout(None)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .max_headers(settings.max_headers)
-        .timer(TokioTimer::new());
-    builder
-        .http2()
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .timer(TokioTimer::new());
-    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(c);
-    let res = tokio::select! {
-        r = c.as_mut() => r,
-        () = ctx.retired.cancelled() => {
-            // Shutdown or a replaced frontend: HTTP/1 closes after the response in progress
-            // (`Connection: close`), HTTP/2 sends GOAWAY and finishes its streams.
-            c.as_mut().graceful_shutdown();
-            c.await
-        }
-    };
-    // A WebSocket or other upgraded connection outlives hyper's: the ledger waits for it.
-    let _ = tunnels_rx.wait_for(|n| *n == 0).await;
     ledger.bytes_in = phase.bytes_in.load(Ordering::Relaxed);
     ledger.bytes_out = phase.bytes_out.load(Ordering::Relaxed);
     ledger.outcome = if phase.header_timed_out.load(Ordering::Relaxed) {
@@ -92,6 +74,115 @@ pub(crate) async fn serve(mut ledger: Ledger, stream: TcpStream) {
             Err(e) => classify(&*e),
         }
     };
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request handler as hyper calls it (boxed: hyper's `poll_without_shutdown` wants an
+/// `Unpin` future).
+type Handler = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
+fn service(
+    conn: &Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<RespBody>,
+    Error = Infallible,
+    Future = Handler,
+> + Clone {
+    let conn = conn.clone();
+    service_fn(move |req| -> Handler { Box::pin(handle(conn.clone(), req)) })
+}
+
+/// HTTP/1: hyper serves the connection while requests come; after `PARK_AFTER` without one
+/// it lets go, and the socket waits alone until the client speaks again. An upgrade (101)
+/// ends hyper's part too: the socket then carries the tunnel.
+async fn serve_h1(conn: &Arc<ConnInfo>, mut io: HttpIo) -> Result<(), BoxError> {
+    let settings = &conn.ctx.frontend.http;
+    let mut builder = http1::Builder::new();
+    builder
+        // io.rs keeps header_timeout (with a 408) and keepalive_timeout apart.
+        .header_read_timeout(None)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(settings.max_headers)
+        .timer(TokioTimer::new());
+    let phase = &conn.phase;
+    loop {
+        let mut c = builder.serve_connection(TokioIo::new(io), service(conn));
+        let (mut parking, mut stopping) = (false, false);
+        loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| c.poll_without_shutdown(cx)) => {
+                    r?;
+                    break;
+                }
+                () = quiet_for(phase, PARK_AFTER), if !parking && !stopping => {
+                    parking = true;
+                    Pin::new(&mut c).graceful_shutdown();
+                }
+                () = conn.ctx.retired.cancelled(), if !stopping => {
+                    // Shutdown or a replaced frontend: the response in progress ends with
+                    // `Connection: close`; an idle connection closes now.
+                    stopping = true;
+                    Pin::new(&mut c).graceful_shutdown();
+                }
+            }
+        }
+        let parts = c.into_parts();
+        io = parts.io.into_inner();
+        io.unread(parts.read_buf);
+        let tunnel = conn.tunnel.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(t) = tunnel {
+            return run_tunnel(io, t).await;
+        }
+        if stopping || !parking || phase.eof.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if !io.has_unread() {
+            tokio::select! {
+                r = io.wait_readable() => r?,
+                () = conn.ctx.retired.cancelled() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Resolves once the connection has been quiet (no request in progress, nothing read since
+/// the last one, every response byte flushed) for `d`.
+async fn quiet_for(phase: &Phase, d: std::time::Duration) {
+    loop {
+        let quiet =
+            phase.quiet.load(Ordering::Relaxed) && phase.active.load(Ordering::Relaxed) == 0;
+        let since = phase.idle_since_ms.load(Ordering::Relaxed);
+        let idle = now_ms().saturating_sub(since);
+        let want = d.as_millis() as u64;
+        if quiet && idle >= want {
+            return;
+        }
+        let wait = if quiet { want - idle } else { want };
+        tokio::time::sleep(std::time::Duration::from_millis(wait.max(1))).await;
+    }
+}
+
+/// HTTP/2 (prior knowledge): hyper serves every stream; GOAWAY on shutdown or a replaced
+/// frontend, the open streams finish.
+async fn serve_h2(conn: &Arc<ConnInfo>, io: HttpIo) -> Result<(), BoxError> {
+    let settings = &conn.ctx.frontend.http;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .timer(TokioTimer::new());
+    let c = builder.serve_connection(TokioIo::new(io), service(conn));
+    tokio::pin!(c);
+    tokio::select! {
+        r = c.as_mut() => r?,
+        () = conn.ctx.retired.cancelled() => {
+            c.as_mut().graceful_shutdown();
+            c.await?;
+        }
+    }
+    Ok(())
 }
 
 /// The access-log word for a connection that ended with an error.
@@ -220,8 +311,6 @@ async fn proxy(
     };
     let upgrade =
         hdr::wants_upgrade(parts.version, &parts.headers) && pool.http.version == HttpVersion::H1;
-    let client_upgrade =
-        if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
     let fwd = Forwarding {
         peer: client,
         trusted: &settings.trusted_proxies,
@@ -369,7 +458,7 @@ async fn proxy(
                         resp.headers_mut().append(header::SET_COOKIE, c);
                     }
                 }
-                return answer(conn, ex, resp, sender, addr, client_upgrade);
+                return answer(conn, ex, resp, sender, addr, upgrade);
             }
             Ok(Err(Failed { unsent: Some(req), .. })) if !last => {
                 // Nothing was written (a kept-alive connection the server had closed):
@@ -492,18 +581,19 @@ fn answer(
     resp: Response<Incoming>,
     sender: Sender,
     addr: std::net::SocketAddr,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: bool,
 ) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
     ex.status = parts.status.as_u16();
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_side) = client_upgrade
-    {
-        let Some(server_side) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+        let Some(server) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return reply(ex, StatusCode::BAD_GATEWAY, "upgrade-failed");
         };
         hdr::strip_hop_by_hop(&mut parts.headers, true);
-        tunnel(conn, ex, client_side, server_side, sender);
+        // The connection relays it once hyper has written the 101 and let go of the socket.
+        if let Ok(mut t) = conn.tunnel.lock() {
+            *t = Some(Tunnel { exchange: ex, server, sender });
+        }
         return Response::from_parts(parts, RespBody::full(Bytes::new(), None));
     }
     hdr::strip_hop_by_hop(&mut parts.headers, false);
@@ -516,41 +606,38 @@ fn answer(
     Response::from_parts(parts, RespBody::upstream(body, ex))
 }
 
-/// Relays an upgraded connection (WebSocket) both ways until either side closes. The
-/// request's record (and so its server slot) lives as long as the tunnel; the client's
-/// ledger waits for it.
-fn tunnel(
-    conn: &Arc<ConnInfo>,
-    mut ex: Box<Exchange>,
-    client_side: hyper::upgrade::OnUpgrade,
-    server_side: hyper::upgrade::OnUpgrade,
+/// An upgrade the handler answered 101: what the connection needs to relay it once hyper has
+/// written the 101 and let go of the socket.
+pub(crate) struct Tunnel {
+    exchange: Box<Exchange>,
+    server: hyper::upgrade::OnUpgrade,
+    /// The server connection; it is the tunnel now and never returns to the idle list.
     sender: Sender,
-) {
-    conn.tunnels.send_modify(|n| *n += 1);
-    let conn = conn.clone();
-    tokio::spawn(async move {
-        // The server connection is the tunnel now; it never returns to the idle list.
-        let _sender = sender;
-        match tokio::try_join!(client_side, server_side) {
-            Ok((c, s)) => {
-                let mut c = TokioIo::new(c);
-                let mut s = TokioIo::new(s);
-                match tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                    Ok((up, down)) => {
-                        ex.bytes_out += down;
-                        if let Some(u) = &ex.upload {
-                            u.bytes.fetch_add(up, Ordering::Relaxed);
-                        }
-                        ex.outcome = "upgraded";
+}
+
+/// Relays an upgraded connection (WebSocket) both ways until either side closes. The
+/// request's record (and so its server slot) lives as long as the tunnel does, and the
+/// client's ledger with it.
+async fn run_tunnel(mut client: HttpIo, t: Tunnel) -> Result<(), BoxError> {
+    let Tunnel { mut exchange, server, sender } = t;
+    let _sender = sender;
+    match server.await {
+        Ok(s) => {
+            let mut s = TokioIo::new(s);
+            match tokio::io::copy_bidirectional(&mut client, &mut s).await {
+                Ok((up, down)) => {
+                    exchange.bytes_out += down;
+                    if let Some(u) = &exchange.upload {
+                        u.bytes.fetch_add(up, Ordering::Relaxed);
                     }
-                    Err(_) => ex.outcome = "upgrade-aborted",
+                    exchange.outcome = "upgraded";
                 }
+                Err(_) => exchange.outcome = "upgrade-aborted",
             }
-            Err(_) => ex.outcome = "upgrade-failed",
         }
-        drop(ex);
-        conn.tunnels.send_modify(|n| *n = n.saturating_sub(1));
-    });
+        Err(_) => exchange.outcome = "upgrade-failed",
+    }
+    Ok(())
 }
 
 /// The request's headers as fulcrum-core's matcher reads them.
