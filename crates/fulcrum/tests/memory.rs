@@ -105,7 +105,7 @@ servers = ["{addr}"]
     let d = Daemon::run_config(&toml);
     let front = d.addr("web");
     let mut conns = Vec::with_capacity(IDLE + 100);
-    let mut open = async |conns: &mut Vec<TcpStream>, n: usize| {
+    let open = async |conns: &mut Vec<TcpStream>, n: usize| {
         for _ in 0..n {
             let mut s = TcpStream::connect(front).await.unwrap();
             s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
