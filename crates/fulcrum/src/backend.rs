@@ -248,6 +248,13 @@ async fn wait_for_signal() -> Result<&'static str, Failure> {
     }
 }
 
+/// The HTTP backend on `l`, in this process (the demo's HTTP part): named `name`, answering
+/// after `delay`, until the runtime stops.
+pub(crate) fn spawn_http(l: TcpListener, name: &str, delay: Duration) {
+    let shared = Arc::new(Shared { name: name.to_string(), delay, load: Load::default() });
+    tokio::spawn(accept_loop(l, shared, BackendProtocol::Http));
+}
+
 async fn accept_loop(l: TcpListener, shared: Arc<Shared>, protocol: BackendProtocol) {
     // Accept errors (EMFILE and the like) are passing states: back off instead of spinning.
     let mut backoff = Duration::from_millis(5);

@@ -271,6 +271,18 @@ fn demo_runs_and_shows_each_algorithm() {
         row.split_whitespace().nth(6).unwrap().parse().unwrap()
     };
     assert!(slow("least-load") < slow("round-robin"), "{s}");
+    // The HTTP part: "/" spread over the site's two backends, "/api/users" routed to the API.
+    let http = |req: &str| -> Vec<u64> {
+        let row = s.lines().find(|l| l.starts_with(req)).unwrap_or_else(|| panic!("{req}: {s}"));
+        row.split_whitespace().skip(2).take(4).map(|n| n.parse().unwrap()).collect()
+    };
+    assert_eq!(http("GET / "), vec![88, 44, 44, 0], "{s}");
+    assert_eq!(http("GET /api/users"), vec![88, 0, 0, 88], "{s}");
+    for req in ["GET / ", "GET /api/users"] {
+        let row = s.lines().find(|l| l.starts_with(req)).unwrap();
+        assert_eq!(row.split_whitespace().last(), Some("0"), "errors: {row}");
+    }
+    assert!(s.contains("x-request-id: "), "{s}");
 }
 
 /// Issue 13, point 12: least-load, fed by the backends' reports, once answered 53 of 300
