@@ -8,7 +8,7 @@
 //! * `h2_a_stream_reset_mid_response_leaves_the_others_and_the_connection_alive`
 //! * `h2_sigterm_sends_goaway_finishes_the_stream_in_flight_and_takes_no_new_one`
 //! * `websocket_echo_through_an_http1_upgrade`
-//! * `websocket_tunnel_bytes_from_the_client_are_logged` (ignored: a bug, see there)
+//! * `websocket_tunnel_bytes_from_the_client_are_logged`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -755,8 +755,6 @@ fn websocket_echo_through_an_http1_upgrade() {
 
 /// The client's side of the tunnel belongs in `bytes_in` as the server's is in `bytes_out`.
 #[test]
-#[ignore = "bug: an upgraded GET logs bytes_in 0: tunnel() adds the upstream bytes only to \
-            Exchange::upload, which a request without a body does not have"]
 fn websocket_tunnel_bytes_from_the_client_are_logged() {
     let (line, payload) = websocket_echo();
     assert!(line["bytes_in"].as_u64().unwrap() > payload, "{line}");

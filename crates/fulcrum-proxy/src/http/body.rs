@@ -34,6 +34,8 @@ pub(crate) struct Upload {
     pub(crate) too_large: AtomicBool,
     /// The client's body ended cleanly (all of it was sent on).
     pub(crate) complete: AtomicBool,
+    /// The client's body was malformed (a bad chunk) or cut off: the client's fault.
+    pub(crate) client_error: AtomicBool,
 }
 
 pub(crate) enum ReqBody {
@@ -74,7 +76,10 @@ impl Body for ReqBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => {
+                    upload.client_error.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
                 Poll::Ready(None) => {
                     upload.complete.store(true, Ordering::Relaxed);
                     Poll::Ready(None)

@@ -436,6 +436,15 @@ async fn proxy(
         };
         let sent_at = Instant::now();
         let sent = tokio::time::timeout(pool.http.response_timeout, send(&mut sender, req)).await;
+        // A malformed or cut-off upload is the client's doing, whatever the connection then
+        // reported: 400, not sent again, and the server not blamed (else any client could
+        // eject servers with bad chunks).
+        let client_fault =
+            ex.upload.as_ref().is_some_and(|u| u.client_error.load(Ordering::Relaxed));
+        if client_fault && matches!(sent, Ok(Err(_))) {
+            ex.slot = Some(slot);
+            return reply(ex, StatusCode::BAD_REQUEST, "bad-request-body");
+        }
         match sent {
             Err(_) => {
                 ex.slot = Some(slot);
@@ -474,6 +483,7 @@ async fn proxy(
                     ex.slot = Some(slot);
                     return reply(ex, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
                 }
+
                 let now = now_ms();
                 if let Some(s) = pool.servers.get(index) {
                     s.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
@@ -627,9 +637,13 @@ async fn run_tunnel(mut client: HttpIo, t: Tunnel) -> Result<(), BoxError> {
             match tokio::io::copy_bidirectional(&mut client, &mut s).await {
                 Ok((up, down)) => {
                     exchange.bytes_out += down;
-                    if let Some(u) = &exchange.upload {
-                        u.bytes.fetch_add(up, Ordering::Relaxed);
-                    }
+                    // What the client sent through the tunnel counts as its upload (a GET
+                    // handshake has no body of its own).
+                    exchange
+                        .upload
+                        .get_or_insert_with(Default::default)
+                        .bytes
+                        .fetch_add(up, Ordering::Relaxed);
                     exchange.outcome = "upgraded";
                 }
                 Err(_) => exchange.outcome = "upgrade-aborted",
