@@ -7,6 +7,9 @@
 //! * `slow_header_sender_is_answered_408_at_header_timeout`
 //! * `a_killed_server_under_load_fails_no_get_and_a_post_is_never_repeated`
 //! * `limits_and_timeouts_answer_their_status`
+//! * `routes_pick_the_pool_and_rewrite_the_request`
+//! * `hash_and_sticky_pools_keep_each_user_on_one_server`
+//! * `sigterm_finishes_the_request_in_flight_with_connection_close`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -351,6 +354,8 @@ enum Script {
     CloseAfterBody,
     /// Reads the head and never answers.
     Stall,
+    /// Answers like `Answer`, 600 ms after the request.
+    Slow,
 }
 
 /// A small HTTP/1 server that counts requests by method.
@@ -443,6 +448,9 @@ async fn scripted_conn(
         *requests.lock().unwrap().entry(method.clone()).or_default() += 1;
         if script == Script::CloseAfterBody {
             return;
+        }
+        if script == Script::Slow {
+            tokio::time::sleep(Duration::from_millis(600)).await;
         }
         // Its name, the request line's method and target, and two headers routes change.
         let target = head.split(' ').nth(1).unwrap_or("");
@@ -802,4 +810,34 @@ async fn hash_and_sticky_pools_keep_each_user_on_one_server() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(!body_of(&resp).starts_with(&format!("{pinned} ")), "{resp}");
     assert!(resp.contains("set-cookie: srv="), "a moved client keeps a dead server's cookie");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_with_connection_close() {
+    let slow = Scripted::start("slow", Script::Slow);
+    let mut d = Daemon::run_config(&http_config(1, &format!("\"{}\"", slow.addr), "", ""));
+    let front = d.addr("web");
+    // An idle keep-alive client (one answered request) and one with a request in flight.
+    let mut idle = TcpStream::connect(front).await.unwrap();
+    idle.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let mut busy = TcpStream::connect(front).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let requests = slow.requests.clone();
+    wait_until_async(Duration::from_secs(5), "the slow request at the server", || {
+        requests.lock().unwrap().get("GET").copied().unwrap_or(0) >= 2
+    })
+    .await;
+    d.signal(rustix::process::Signal::TERM);
+    let answer = read_response(&mut busy).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{answer}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(Ok(0))), "the connection stayed open after its last answer");
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(Ok(0))), "an idle connection stayed open at shutdown");
+    let status =
+        tokio::task::spawn_blocking(move || d.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert!(status.success(), "{status:?}");
 }
