@@ -373,7 +373,16 @@ async fn proxy(
         let taken = if attempt == 1 {
             match sticky {
                 Some(i) if pool.take_server(i) => Ok(i),
-                _ => take_or_wait(&pool, client_hash, &mut tried).await,
+                // The slot at once when nobody waits (the common case); the line's future,
+                // large and rare, is boxed so every request's future stays small.
+                _ if pool.queue.is_empty() => match pool.take_slot(client_hash, &mut tried) {
+                    Ok(i) => Ok(i),
+                    Err(NoSlot::NoServer) => Err(Refusal::NoServer),
+                    Err(NoSlot::Full) => {
+                        Box::pin(take_or_wait(&pool, client_hash, &mut tried)).await
+                    }
+                },
+                _ => Box::pin(take_or_wait(&pool, client_hash, &mut tried)).await,
             }
         } else {
             pool.take_slot(client_hash, &mut tried).map_err(|e| match e {
@@ -402,7 +411,8 @@ async fn proxy(
             Some(s) => s,
             None => {
                 let started = Instant::now();
-                let connect = upstream::connect(&conn.shared, addr, pool.http.version);
+                // Boxed: a new connection is the rare case, and its future is large.
+                let connect = Box::pin(upstream::connect(&conn.shared, addr, pool.http.version));
                 let err = match tokio::time::timeout(pool.connect_timeout, connect).await {
                     Ok(Ok(s)) => {
                         server.stats.on_connected(started.elapsed());
