@@ -272,6 +272,10 @@ impl Drop for Exchange {
             let h = &slot.pool.http;
             upstream::give_back(addr, sender, h.max_idle, h.idle_timeout);
         }
+        if self.status == 0 && self.outcome == "ok" {
+            // Dropped before any answer: the client went away (or the connection closed).
+            self.outcome = "client-aborted";
+        }
         let class = (self.status / 100) as usize;
         let stats = &self.conn.ctx.stats;
         if let Some(c) = stats.http_responses.get(class.wrapping_sub(1)) {

@@ -407,9 +407,11 @@ async fn proxy(
         };
         server.stats.on_assigned();
         let addr = server.addr;
+        let mut reused = true;
         let mut sender = match upstream::take(addr, pool.http.version) {
             Some(s) => s,
             None => {
+                reused = false;
                 let started = Instant::now();
                 // Boxed: a new connection is the rare case, and its future is large.
                 let connect = Box::pin(upstream::connect(&conn.shared, addr, pool.http.version));
@@ -437,7 +439,7 @@ async fn proxy(
                 }
             }
         };
-        let req = match unsent.take() {
+        let mut req = match unsent.take() {
             Some(r) => r,
             None => match first_body.take() {
                 Some(b) => template.request(b),
@@ -445,7 +447,26 @@ async fn proxy(
             },
         };
         let sent_at = Instant::now();
-        let sent = tokio::time::timeout(pool.http.response_timeout, send(&mut sender, req)).await;
+        let sent = loop {
+            let r = tokio::time::timeout(pool.http.response_timeout, send(&mut sender, req)).await;
+            match r {
+                // A kept-alive connection the server had closed handed the request back
+                // unsent: once more on a new connection to the same server, which is no
+                // fault of the server and costs no attempt.
+                Ok(Err(Failed { unsent: Some(back), error })) if reused => {
+                    reused = false;
+                    let fresh = Box::pin(upstream::connect(&conn.shared, addr, pool.http.version));
+                    match tokio::time::timeout(pool.connect_timeout, fresh).await {
+                        Ok(Ok(s)) => {
+                            sender = s;
+                            req = back;
+                        }
+                        _ => break Ok(Err(Failed { unsent: Some(back), error })),
+                    }
+                }
+                other => break other,
+            }
+        };
         // A malformed or cut-off upload is the client's doing, whatever the connection then
         // reported: 400, not sent again, and the server not blamed (else any client could
         // eject servers with bad chunks).
