@@ -528,6 +528,58 @@ impl Scrape {
             }
         }
         let mut rows = Vec::new();
+        for f in http_fronts() {
+            for (result, c) in [
+                ("ok", &f.stats.tls_handshakes),
+                ("failed", &f.stats.tls_handshake_failures),
+                ("timeout", &f.stats.tls_handshake_timeouts),
+            ] {
+                let l = vec![("frontend", f.name.to_string()), ("result", result.to_string())];
+                rows.push((l, counter(load(c))));
+            }
+        }
+        family(
+            enc,
+            "fulcrum_tls_handshakes",
+            "TLS handshakes of https frontends, by result.",
+            MetricType::Counter,
+            rows,
+        )?;
+        family(
+            enc,
+            "fulcrum_tls_handshakes_tls13",
+            "Completed TLS handshakes that negotiated TLS 1.3 (the rest are 1.2).",
+            MetricType::Counter,
+            http_fronts()
+                .map(|f| (vec![("frontend", f.name.to_string())], counter(load(&f.stats.tls_v13))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "fulcrum_tls_handshakes_alpn_h2",
+            "Completed TLS handshakes that negotiated ALPN h2 (the rest HTTP/1.1).",
+            MetricType::Counter,
+            http_fronts()
+                .map(|f| {
+                    (vec![("frontend", f.name.to_string())], counter(load(&f.stats.tls_alpn_h2)))
+                })
+                .collect(),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "fulcrum_tls_handshake_seconds",
+                "TLS handshake time of https frontends.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for f in http_fronts() {
+                let (sum, count, buckets) = f.stats.tls_handshake_time.snapshot();
+                let labels: Labels = vec![("frontend", f.name.to_string())];
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        let mut rows = Vec::new();
         for f in s.frontends.iter() {
             let Some(routes) = &f.routes else { continue };
             for (i, r) in routes.routes.iter().enumerate() {

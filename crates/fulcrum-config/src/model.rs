@@ -119,6 +119,8 @@ pub enum Protocol {
     DirectoryUdp,
     /// HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port, proxied per request.
     Http,
+    /// The same over TLS (ALPN `h2` and `http/1.1`), terminated here.
+    Https,
 }
 
 impl Protocol {
@@ -129,6 +131,7 @@ impl Protocol {
             Protocol::Directory => "directory",
             Protocol::DirectoryUdp => "directory-udp",
             Protocol::Http => "http",
+            Protocol::Https => "https",
         }
     }
 
@@ -136,7 +139,9 @@ impl Protocol {
     /// address and port (DNS over TCP and UDP on port 53), two of the same may not.
     pub fn transport(self) -> Transport {
         match self {
-            Protocol::Tcp | Protocol::Directory | Protocol::Http => Transport::Tcp,
+            Protocol::Tcp | Protocol::Directory | Protocol::Http | Protocol::Https => {
+                Transport::Tcp
+            }
             Protocol::Udp | Protocol::DirectoryUdp => Transport::Udp,
         }
     }
@@ -192,6 +197,38 @@ pub struct Frontend {
     /// HTTP: `[[frontend.NAME.route]]`, tried in order; a request no route matches goes to
     /// `pool`.
     pub routes: Vec<Route>,
+    /// `https`: `[frontend.NAME.tls]`, the certificates and TLS settings.
+    pub tls: Option<TlsFrontend>,
+}
+
+/// `[frontend.NAME.tls]` of an `https` frontend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFrontend {
+    /// Chosen by the client's SNI (exact name, then wildcard); the first is the default.
+    pub certificates: Vec<CertFiles>,
+    pub min_version: TlsVersion,
+    /// Refuse clients without SNI or with a name no certificate has, instead of the default.
+    pub sni_strict: bool,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+impl Protocol {
+    /// `http` or `https`: the HTTP service.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
 }
 
 /// The HTTP keys of a `protocol = "http"` frontend (they sit in `[frontend.NAME]` itself).
@@ -315,6 +352,7 @@ impl Frontend {
             quit: None,
             http: HttpFrontend::default(),
             routes: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -37,6 +37,8 @@ pub enum Service {
     DirectoryUdp,
     /// `http`: HTTP/1.1 and h2c, proxied per request (http/).
     Http,
+    /// `https`: TLS terminated (tls.rs), then the HTTP service.
+    Https,
 }
 
 impl Service {
@@ -50,6 +52,7 @@ impl Service {
             (Protocol::Udp, Mode::Proxy) => Service::UdpProxy,
             (Protocol::Udp, _) => Service::UdpFanout,
             (Protocol::Http, _) => Service::Http,
+            (Protocol::Https, _) => Service::Https,
         }
     }
 
@@ -64,6 +67,7 @@ impl Service {
             Service::UdpDatagram => "udp-datagram",
             Service::DirectoryUdp => "directory-udp",
             Service::Http => "http",
+            Service::Https => "https",
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct AcceptCtx {
     /// Cancelled when this generation of the frontend is replaced or removed, or the engine
     /// stops: HTTP connections then close after their current request.
     pub retired: tokio_util::sync::CancellationToken,
+    /// `https`: the TLS acceptor with the certificates read when the frontend was bound.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 pub(crate) enum Sock {

@@ -206,7 +206,7 @@ impl Engine {
                     )?
                 }
                 None => match f.protocol {
-                    Protocol::Tcp | Protocol::Directory | Protocol::Http => {
+                    Protocol::Tcp | Protocol::Directory | Protocol::Http | Protocol::Https => {
                         bind_group(f.bind, self.workers)?.into_iter().map(Sock::Tcp).collect()
                     }
                     Protocol::DirectoryUdp | Protocol::Udp => {
@@ -227,6 +227,15 @@ impl Engine {
                 .map(Sock::try_clone)
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(|e| format!("frontend {}: cannot share its sockets: {e}", f.name))?;
+            // Certificates are read here, on the control plane: a bad file stops the change
+            // with its reason, and the frontend keeps what it had.
+            let tls = match (&f.tls, f.protocol) {
+                (Some(t), Protocol::Https) => Some(tokio_rustls::TlsAcceptor::from(
+                    crate::tls::server_config(t)
+                        .map_err(|e| format!("frontend {}: {e}", f.name))?,
+                )),
+                _ => None,
+            };
             let ctx = Arc::new(AcceptCtx {
                 name: Arc::from(f.name.as_str()),
                 stats: self.frontend_stats.get(&f.name).cloned().unwrap_or_default(),
@@ -236,6 +245,7 @@ impl Engine {
                 service: Service::of(f),
                 frontend: f.clone(),
                 retired: self.stop.child_token(),
+                tls,
             });
             let b = Bound { local, ctx, group };
             fresh.push((f.name.clone(), b, to_workers));
@@ -644,7 +654,7 @@ fn serve_here(
             Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
             Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
             Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
-            Service::Http => crate::http::serve(ledger, stream).await,
+            Service::Http | Service::Https => crate::http::serve(ledger, stream).await,
             // A UDP service never gets a TCP connection.
             Service::UdpProxy
             | Service::UdpFanout

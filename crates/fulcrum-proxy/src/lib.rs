@@ -25,6 +25,7 @@ mod splice;
 mod state;
 mod stats;
 mod tcp;
+mod tls;
 mod udp;
 
 pub use clock::now_ms;
@@ -40,6 +41,7 @@ pub use state::{
     Snapshot, resolve_names,
 };
 pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, descriptor_budget};
+pub use tls::server_config as tls_server_config;
 
 /// Raises the soft open-file limit to the hard limit (each proxied connection holds two
 /// descriptors, more while splicing); returns the limit now in force.

@@ -714,7 +714,7 @@ impl Snapshot {
                 name: Arc::from(f.name.as_str()),
                 pool,
                 routes,
-                http: f.protocol == fulcrum_config::Protocol::Http,
+                http: f.protocol.is_http(),
                 idle_timeout: f.idle_timeout,
                 send_timeout: f.send_timeout,
                 stats: frontend_stats.get(&f.name).cloned().unwrap_or_default(),

@@ -78,6 +78,13 @@ pub struct FrontendStats {
     pub http_requests: AtomicU64,
     pub http_active: AtomicU64,
     pub http_latency: crate::state::Histogram,
+    /// HTTPS frontends: handshakes completed (by version and ALPN) and failed, and their time.
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    pub tls_handshake_timeouts: AtomicU64,
+    pub tls_v13: AtomicU64,
+    pub tls_alpn_h2: AtomicU64,
+    pub tls_handshake_time: crate::state::Histogram,
     pub connections_total: AtomicU64,
     pub connections_active: AtomicU64,
     /// Clients closed because no server could take them.

@@ -38,6 +38,18 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
             for w in route_warnings(&c, &config.display().to_string()) {
                 eprintln!("warning: {w}");
             }
+            // Certificates are read as `run` reads them: a file it would refuse fails here.
+            let mut bad = Vec::new();
+            for f in &c.frontends {
+                if let Some(t) = &f.tls
+                    && let Err(e) = fulcrum_proxy::tls_server_config(t)
+                {
+                    bad.push(format!("{}: frontend {}: {e}", config.display(), f.name));
+                }
+            }
+            if !bad.is_empty() {
+                return Err(Failure::Config(bad.join("\n")));
+            }
             println!(
                 "{}: configuration is valid ({} frontend(s), {} pool(s))",
                 config.display(),

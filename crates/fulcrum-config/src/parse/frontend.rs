@@ -33,13 +33,12 @@ const FRONTEND_KEYS: &[&str] = &[
     "trusted_proxies",
     "forwarded",
     "route",
+    "tls",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
 /// Longest fan-out `timeout` and `delay`.
 const MAX_FANOUT_DURATION: Duration = Duration::from_secs(3600);
-/// Protocols later versions add; named so the error says "not supported yet", not "unknown".
-const FUTURE_PROTOCOLS: &[&str] = &["https"];
 
 impl Walker<'_> {
     pub(super) fn frontend(
@@ -77,20 +76,14 @@ impl Walker<'_> {
         if let Some(pv) = t.get("protocol") {
             let key = format!("{path}.protocol");
             if let Some(p) = self.string(pv, &key) {
-                const SUPPORTED: &str = "tcp, udp, directory, directory-udp, http";
+                const SUPPORTED: &str = "tcp, udp, directory, directory-udp, http, https";
                 match p {
                     "tcp" => protocol = Protocol::Tcp,
                     "udp" => protocol = Protocol::Udp,
                     "directory" => protocol = Protocol::Directory,
                     "directory-udp" => protocol = Protocol::DirectoryUdp,
                     "http" => protocol = Protocol::Http,
-                    p if FUTURE_PROTOCOLS.contains(&p) => {
-                        let m = format!(
-                            "protocol \"{p}\" is not supported by this version yet (supported: {SUPPORTED})"
-                        );
-                        self.error(pv, &key, m);
-                        ok = false;
-                    }
+                    "https" => protocol = Protocol::Https,
                     p => {
                         self.error(
                             pv,
@@ -196,6 +189,7 @@ impl Walker<'_> {
         }
         ok &= self.line_protocol(t, path, &mut f);
         ok &= self.http_frontend(t, path, &mut f);
+        ok &= self.tls_frontend(t, v, path, &mut f);
         if let Some(x) = t.get("sessions") {
             let key = format!("{path}.sessions");
             match self.boolean(x, &key) {
@@ -219,7 +213,7 @@ impl Walker<'_> {
         }
         ok &= self.frontend_routes(t, path, c, &mut f);
         if let Some(x) = t.get("route")
-            && f.protocol != Protocol::Http
+            && !f.protocol.is_http()
         {
             self.error(
                 x,
@@ -237,7 +231,7 @@ impl Walker<'_> {
         let lines = match f.protocol {
             Protocol::Directory => true,
             Protocol::Tcp => f.mode != Mode::Proxy,
-            Protocol::Udp | Protocol::DirectoryUdp | Protocol::Http => false,
+            Protocol::Udp | Protocol::DirectoryUdp | Protocol::Http | Protocol::Https => false,
         };
         let mut ok = true;
         for key in ["framing", "quit"] {

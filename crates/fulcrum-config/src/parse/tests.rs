@@ -161,24 +161,63 @@ servers = ["127.0.0.1:1", "127.0.0.1:1"]
 }
 
 #[test]
-fn future_protocols_say_not_yet() {
+fn https_needs_its_tls_table_and_tls_needs_https() {
     let errs = errors(
         r#"
 [frontend.a]
 bind = "127.0.0.1:1000"
 protocol = "https"
 pool = "p"
+[frontend.b]
+bind = "127.0.0.1:1001"
+protocol = "http"
+pool = "p"
+[frontend.b.tls]
+certificates = [{ cert = "c.pem", key = "k.pem" }]
+[frontend.c]
+bind = "127.0.0.1:1002"
+protocol = "https"
+pool = "p"
+[frontend.c.tls]
+certificates = [{ cert = "c.pem" }]
+min_version = "1.1"
 [pool.p]
 servers = []
 "#,
     )
     .join("\n");
-    assert!(
-        errs.contains(
-            "frontend.a.protocol: protocol \"https\" is not supported by this version yet"
-        ),
-        "{errs}"
-    );
+    for want in [
+        "frontend.a.tls: missing table",
+        "frontend.b.tls: only a protocol = \"https\" frontend terminates TLS",
+        "frontend.c.tls.certificates[0].key: missing key",
+        "frontend.c.tls.min_version: unsupported version \"1.1\"",
+    ] {
+        assert!(errs.contains(want), "{want} not in:\n{errs}");
+    }
+    let c = parse_str(
+        r#"
+[frontend.a]
+bind = "127.0.0.1:1000"
+protocol = "https"
+pool = "p"
+header_timeout = "3s"
+[frontend.a.tls]
+certificates = [{ cert = "certs/a.pem", key = "certs/a.key" }, { cert = "/b.pem", key = "/b.key" }]
+min_version = "1.3"
+sni_strict = true
+[pool.p]
+servers = []
+"#,
+        "/etc/fulcrum/f.toml",
+    )
+    .unwrap();
+    let tls = c.frontends[0].tls.clone().unwrap();
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(tls.certificates[0].cert, std::path::PathBuf::from("/etc/fulcrum/certs/a.pem"));
+    assert_eq!(tls.certificates[1].key, std::path::PathBuf::from("/b.key"));
+    assert_eq!(tls.min_version, TlsVersion::V1_3);
+    assert!(tls.sni_strict);
+    assert_eq!(c.frontends[0].http.header_timeout, Duration::from_secs(3));
 }
 
 #[test]

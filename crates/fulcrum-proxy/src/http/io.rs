@@ -63,8 +63,40 @@ content-length: 24\r\nconnection: close\r\n\r\nrequest header timed out";
 
 const H2_PREFACE_START: &[u8] = b"PRI ";
 
-pub(crate) struct HttpIo {
-    stream: TcpStream,
+/// A client connection's byte stream: plain TCP, or TLS over it.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// An idle connection may be parked on the socket's readiness. Not over TLS: rustls may
+    /// hold decrypted bytes the socket no longer shows.
+    const PARKS: bool;
+    /// Readiness of the socket underneath.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Writes `b` now if it can, bypassing hyper (the 408); false when it cannot.
+    fn try_write_now(&self, b: &[u8]) -> bool;
+}
+
+impl ClientStream for TcpStream {
+    const PARKS: bool = true;
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+    fn try_write_now(&self, b: &[u8]) -> bool {
+        self.try_write(b).is_ok()
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    const PARKS: bool = false;
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+    /// A 408 would have to be a TLS record: the connection just closes.
+    fn try_write_now(&self, _: &[u8]) -> bool {
+        false
+    }
+}
+
+pub(crate) struct HttpIo<S = TcpStream> {
+    stream: S,
     phase: Arc<Phase>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
@@ -82,9 +114,9 @@ pub(crate) struct HttpIo {
     prefix: bytes::Bytes,
 }
 
-impl HttpIo {
+impl<S: ClientStream> HttpIo<S> {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: S,
         phase: Arc<Phase>,
         header_timeout: Duration,
         keepalive_timeout: Duration,
@@ -159,7 +191,7 @@ impl HttpIo {
     pub(crate) async fn wait_readable(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| {
             loop {
-                match self.stream.poll_read_ready(cx) {
+                match self.stream.poll_readable(cx) {
                     Poll::Ready(r) => return Poll::Ready(r),
                     Poll::Pending => {}
                 }
@@ -197,7 +229,7 @@ impl HttpIo {
             self.phase.header_timed_out.store(true, Ordering::Relaxed);
             if self.clean && self.h2 != Some(true) {
                 // Best effort: the answer is small and the socket's buffer empty.
-                let _ = self.stream.try_write(TIMEOUT_408);
+                let _ = self.stream.try_write_now(TIMEOUT_408);
             }
             return Err(io::Error::new(io::ErrorKind::TimedOut, "request header timed out"));
         }
@@ -213,7 +245,7 @@ impl HttpIo {
     }
 }
 
-impl AsyncRead for HttpIo {
+impl<S: ClientStream> AsyncRead for HttpIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -260,7 +292,7 @@ impl AsyncRead for HttpIo {
     }
 }
 
-impl AsyncWrite for HttpIo {
+impl<S: ClientStream> AsyncWrite for HttpIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

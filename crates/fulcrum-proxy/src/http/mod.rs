@@ -38,4 +38,6 @@ pub(crate) struct ConnInfo {
     /// An upgrade answered 101, waiting for hyper to let go of the socket (HTTP/1 only).
     /// A lock only an upgrade request ever takes, once.
     pub(crate) tunnel: std::sync::Mutex<Option<server::Tunnel>>,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub(crate) proto: &'static str,
 }

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use super::ConnInfo;
 use super::body::{Exchange, ReqBody, RespBody, ServerSlot, Upload};
 use super::headers::{self as hdr, Forwarding, X_REQUEST_ID};
-use super::io::{HttpIo, Phase};
+use super::io::{ClientStream, HttpIo, Phase};
 use super::upstream::{self, Sender};
 use crate::clock::now_ms;
 use crate::ledger::Ledger;
@@ -34,6 +34,7 @@ use crate::ratelog::RateLimit;
 use crate::state::{NoSlot, PoolState, RouteState, RouteTarget};
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
+static TLS_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
 /// Most concurrent streams an HTTP/2 client may open (each may hold a server connection).
 const MAX_STREAMS: u32 = 100;
@@ -48,19 +49,52 @@ pub(crate) async fn serve(mut ledger: Ledger, stream: TcpStream) {
     let ctx = ledger.ctx().clone();
     let settings = &ctx.frontend.http;
     let phase = Arc::new(Phase::default());
-    let mut io =
-        HttpIo::new(stream, phase.clone(), settings.header_timeout, settings.keepalive_timeout);
     let conn = Arc::new(ConnInfo {
         shared: ledger.shared().clone(),
         ctx: ctx.clone(),
         peer: ledger.client(),
         phase: phase.clone(),
         tunnel: std::sync::Mutex::new(None),
+        proto: if ctx.tls.is_some() { "https" } else { "http" },
     });
-    let res = match io.sniff_h2().await {
-        Ok(true) => serve_h2(&conn, io).await,
-        Ok(false) => serve_h1(&conn, io).await,
-        Err(e) => Err(Box::new(e) as BoxError),
+    let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
+    let res = match &ctx.tls {
+        None => run(&conn, HttpIo::new(stream, phase.clone(), header_timeout, keepalive)).await,
+        Some(acceptor) => {
+            // The handshake is part of the first request's head: header_timeout bounds it.
+            let started = Instant::now();
+            let stats = &ctx.stats;
+            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                    stats.tls_handshake_time.record(started.elapsed());
+                    let (_, session) = tls.get_ref();
+                    if session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                        stats.tls_v13.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if session.alpn_protocol() == Some(b"h2") {
+                        stats.tls_alpn_h2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive)).await
+                }
+                Ok(Err(e)) => {
+                    stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    ledger.outcome = "tls-handshake-failed";
+                    if let Some(skipped) = TLS_FAIL_LOG.allow(now_ms()) {
+                        tracing::info!(
+                            frontend = %ctx.name, client = %ledger.client(), error = %e, skipped,
+                            "TLS handshake failed"
+                        );
+                    }
+                    return;
+                }
+                Err(_) => {
+                    stats.tls_handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                    ledger.outcome = "tls-handshake-timeout";
+                    return;
+                }
+            }
+        }
     };
     ledger.bytes_in = phase.bytes_in.load(Ordering::Relaxed);
     ledger.bytes_out = phase.bytes_out.load(Ordering::Relaxed);
@@ -74,6 +108,15 @@ pub(crate) async fn serve(mut ledger: Ledger, stream: TcpStream) {
             Err(e) => classify(&*e),
         }
     };
+}
+
+/// HTTP/2 (by its preface, which ALPN `h2` promises over TLS) or HTTP/1 on a client stream.
+async fn run<S: ClientStream>(conn: &Arc<ConnInfo>, mut io: HttpIo<S>) -> Result<(), BoxError> {
+    match io.sniff_h2().await {
+        Ok(true) => serve_h2(conn, io).await,
+        Ok(false) => serve_h1(conn, io).await,
+        Err(e) => Err(Box::new(e)),
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,7 +140,10 @@ fn service(
 /// HTTP/1: hyper serves the connection while requests come; after `PARK_AFTER` without one
 /// it lets go, and the socket waits alone until the client speaks again. An upgrade (101)
 /// ends hyper's part too: the socket then carries the tunnel.
-async fn serve_h1(conn: &Arc<ConnInfo>, mut io: HttpIo) -> Result<(), BoxError> {
+async fn serve_h1<S: ClientStream>(
+    conn: &Arc<ConnInfo>,
+    mut io: HttpIo<S>,
+) -> Result<(), BoxError> {
     let settings = &conn.ctx.frontend.http;
     let mut builder = http1::Builder::new();
     builder
@@ -116,7 +162,7 @@ async fn serve_h1(conn: &Arc<ConnInfo>, mut io: HttpIo) -> Result<(), BoxError> 
                     r?;
                     break;
                 }
-                () = quiet_for(phase, PARK_AFTER), if !parking && !stopping => {
+                () = quiet_for(phase, PARK_AFTER), if S::PARKS && !parking && !stopping => {
                     parking = true;
                     Pin::new(&mut c).graceful_shutdown();
                 }
@@ -166,7 +212,7 @@ async fn quiet_for(phase: &Phase, d: std::time::Duration) {
 
 /// HTTP/2 (prior knowledge): hyper serves every stream; GOAWAY on shutdown or a replaced
 /// frontend, the open streams finish.
-async fn serve_h2(conn: &Arc<ConnInfo>, io: HttpIo) -> Result<(), BoxError> {
+async fn serve_h2<S: ClientStream>(conn: &Arc<ConnInfo>, io: HttpIo<S>) -> Result<(), BoxError> {
     let settings = &conn.ctx.frontend.http;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
@@ -314,7 +360,7 @@ async fn proxy(
     let fwd = Forwarding {
         peer: client,
         trusted: &settings.trusted_proxies,
-        proto: "http",
+        proto: conn.proto,
         forwarded: settings.forwarded,
     };
     // The request id is the client's own when valid: keep it for the access log.
@@ -659,7 +705,7 @@ pub(crate) struct Tunnel {
 /// Relays an upgraded connection (WebSocket) both ways until either side closes. The
 /// request's record (and so its server slot) lives as long as the tunnel does, and the
 /// client's ledger with it.
-async fn run_tunnel(mut client: HttpIo, t: Tunnel) -> Result<(), BoxError> {
+async fn run_tunnel<S: ClientStream>(mut client: HttpIo<S>, t: Tunnel) -> Result<(), BoxError> {
     let Tunnel { mut exchange, server, sender } = t;
     let _sender = sender;
     match server.await {
