@@ -649,19 +649,29 @@ fn serve_here(
             return;
         }
     };
-    tracker.spawn(async move {
-        match ctx.service {
-            Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
-            Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
-            Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
-            Service::Http | Service::Https => crate::http::serve(ledger, stream).await,
-            // A UDP service never gets a TCP connection.
-            Service::UdpProxy
-            | Service::UdpFanout
-            | Service::UdpDatagram
-            | Service::DirectoryUdp => drop(ledger),
+    // One task per service kind: a task is as large as its future, and an HTTP
+    // connection's is larger than a TCP one's (a TCP connection must not carry its size).
+    match ctx.service {
+        Service::Http | Service::Https => {
+            tracker.spawn(crate::http::serve(ledger, stream));
         }
-    });
+        _ => {
+            tracker.spawn(async move {
+                match ctx.service {
+                    Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
+                    Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
+                    Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
+                    // A UDP service never gets a TCP connection; HTTP has its own task.
+                    Service::Http
+                    | Service::Https
+                    | Service::UdpProxy
+                    | Service::UdpFanout
+                    | Service::UdpDatagram
+                    | Service::DirectoryUdp => drop(ledger),
+                }
+            });
+        }
+    }
 }
 
 /// Takes `n` units of `limits`, waiting for them to free; `Err` when the worker is stopping.

@@ -45,57 +45,79 @@ const MAX_STREAMS: u32 = 100;
 /// enough that a busy keep-alive client never does.
 const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
-pub(crate) async fn serve(mut ledger: Ledger, stream: TcpStream) {
-    let ctx = ledger.ctx().clone();
-    let settings = &ctx.frontend.http;
-    let phase = Arc::new(Phase::default());
-    let conn = Arc::new(ConnInfo {
+pub(crate) async fn serve(ledger: Ledger, stream: TcpStream) {
+    // The TLS path's future (a rustls session inside) is several times the plain one's and
+    // lives as long as the connection: boxed, so plain connections do not carry its size.
+    match ledger.ctx().tls.clone() {
+        None => serve_plain(ledger, stream).await,
+        Some(acceptor) => Box::pin(serve_tls(ledger, stream, acceptor)).await,
+    }
+}
+
+fn conn_info(ledger: &Ledger, phase: &Arc<Phase>, proto: &'static str) -> Arc<ConnInfo> {
+    Arc::new(ConnInfo {
         shared: ledger.shared().clone(),
-        ctx: ctx.clone(),
+        ctx: ledger.ctx().clone(),
         peer: ledger.client(),
         phase: phase.clone(),
         tunnel: std::sync::Mutex::new(None),
-        proto: if ctx.tls.is_some() { "https" } else { "http" },
-    });
+        proto,
+    })
+}
+
+async fn serve_plain(mut ledger: Ledger, stream: TcpStream) {
+    let settings = &ledger.ctx().frontend.http;
     let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
-    let res = match &ctx.tls {
-        None => run(&conn, HttpIo::new(stream, phase.clone(), header_timeout, keepalive)).await,
-        Some(acceptor) => {
-            // The handshake is part of the first request's head: header_timeout bounds it.
-            let started = Instant::now();
-            let stats = &ctx.stats;
-            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-                    stats.tls_handshake_time.record(started.elapsed());
-                    let (_, session) = tls.get_ref();
-                    if session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-                        stats.tls_v13.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if session.alpn_protocol() == Some(b"h2") {
-                        stats.tls_alpn_h2.fetch_add(1, Ordering::Relaxed);
-                    }
-                    run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive)).await
-                }
-                Ok(Err(e)) => {
-                    stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    ledger.outcome = "tls-handshake-failed";
-                    if let Some(skipped) = TLS_FAIL_LOG.allow(now_ms()) {
-                        tracing::info!(
-                            frontend = %ctx.name, client = %ledger.client(), error = %e, skipped,
-                            "TLS handshake failed"
-                        );
-                    }
-                    return;
-                }
-                Err(_) => {
-                    stats.tls_handshake_timeouts.fetch_add(1, Ordering::Relaxed);
-                    ledger.outcome = "tls-handshake-timeout";
-                    return;
-                }
+    let phase = Arc::new(Phase::default());
+    let conn = conn_info(&ledger, &phase, "http");
+    let res = run(&conn, HttpIo::new(stream, phase.clone(), header_timeout, keepalive)).await;
+    finish(&mut ledger, &phase, res);
+}
+
+async fn serve_tls(mut ledger: Ledger, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+    let ctx = ledger.ctx().clone();
+    let settings = &ctx.frontend.http;
+    let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
+    let phase = Arc::new(Phase::default());
+    let conn = conn_info(&ledger, &phase, "https");
+    // The handshake is part of the first request's head: header_timeout bounds it.
+    let started = Instant::now();
+    let stats = &ctx.stats;
+    let res = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            stats.tls_handshake_time.record(started.elapsed());
+            let (_, session) = tls.get_ref();
+            if session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                stats.tls_v13.fetch_add(1, Ordering::Relaxed);
             }
+            if session.alpn_protocol() == Some(b"h2") {
+                stats.tls_alpn_h2.fetch_add(1, Ordering::Relaxed);
+            }
+            run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive)).await
+        }
+        Ok(Err(e)) => {
+            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            ledger.outcome = "tls-handshake-failed";
+            if let Some(skipped) = TLS_FAIL_LOG.allow(now_ms()) {
+                tracing::info!(
+                    frontend = %ctx.name, client = %ledger.client(), error = %e, skipped,
+                    "TLS handshake failed"
+                );
+            }
+            return;
+        }
+        Err(_) => {
+            stats.tls_handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            ledger.outcome = "tls-handshake-timeout";
+            return;
         }
     };
+    finish(&mut ledger, &phase, res);
+}
+
+/// The connection's bytes and how it ended, for its ledger (and access-log line).
+fn finish(ledger: &mut Ledger, phase: &Phase, res: Result<(), BoxError>) {
     ledger.bytes_in = phase.bytes_in.load(Ordering::Relaxed);
     ledger.bytes_out = phase.bytes_out.load(Ordering::Relaxed);
     ledger.outcome = if phase.header_timed_out.load(Ordering::Relaxed) {
