@@ -199,6 +199,9 @@ pub struct Frontend {
     pub routes: Vec<Route>,
     /// `https`: `[frontend.NAME.tls]`, the certificates and TLS settings.
     pub tls: Option<TlsFrontend>,
+    /// Sources that must open with a PROXY protocol header (v1 or v2); its address is then
+    /// the client's. Empty: no header is read.
+    pub accept_proxy: Vec<ipnet::IpNet>,
 }
 
 /// `[frontend.NAME.tls]` of an `https` frontend.
@@ -353,6 +356,7 @@ impl Frontend {
             http: HttpFrontend::default(),
             routes: Vec::new(),
             tls: None,
+            accept_proxy: Vec::new(),
         }
     }
 }
@@ -389,6 +393,9 @@ pub struct Pool {
     pub retry_budget_percent: u32,
     /// HTTP: `sticky = { cookie, ttl }`, a cookie that keeps a client on its server.
     pub sticky: Option<Sticky>,
+    /// TCP: `send_proxy = "v1" | "v2"`, a PROXY protocol header naming the client first on
+    /// every server connection.
+    pub send_proxy: Option<ProxyVersion>,
     /// What the hashing algorithms hash (`hash = "header:NAME" | "cookie:NAME" | "path"`);
     /// the client's address by default and whenever the keyed part is missing.
     pub hash: HashKey,
@@ -425,6 +432,12 @@ impl Default for PoolHttp {
 }
 
 pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
 
 /// `sticky = { cookie = "NAME", ttl = "1h" }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -521,6 +534,7 @@ impl Pool {
             http: PoolHttp::default(),
             retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
             sticky: None,
+            send_proxy: None,
             hash: HashKey::Client,
         }
     }

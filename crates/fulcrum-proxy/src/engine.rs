@@ -649,14 +649,26 @@ fn serve_here(
             return;
         }
     };
+    // A trusted balancer in front sends a PROXY header first; its client is the client.
+    let proxied = ctx.frontend.accept_proxy.iter().any(|n| n.contains(&peer.ip().to_canonical()));
     // One task per service kind: a task is as large as its future, and an HTTP
     // connection's is larger than a TCP one's (a TCP connection must not carry its size).
     match ctx.service {
         Service::Http | Service::Https => {
-            tracker.spawn(crate::http::serve(ledger, stream));
+            tracker.spawn(async move {
+                let (mut ledger, mut stream) = (ledger, stream);
+                if proxied && !take_proxy_header(&mut ledger, &mut stream).await {
+                    return;
+                }
+                crate::http::serve(ledger, stream).await
+            });
         }
         _ => {
             tracker.spawn(async move {
+                let (mut ledger, mut stream) = (ledger, stream);
+                if proxied && !take_proxy_header(&mut ledger, &mut stream).await {
+                    return;
+                }
                 match ctx.service {
                     Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
                     Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
@@ -670,6 +682,31 @@ fn serve_here(
                     | Service::DirectoryUdp => drop(ledger),
                 }
             });
+        }
+    }
+}
+
+static PROXY_HEADER_LOG: crate::ratelog::RateLimit = crate::ratelog::RateLimit::new(1_000);
+
+/// Reads the PROXY header a trusted source (`accept_proxy`) must send first; its client becomes
+/// the connection's client. Without a valid one the connection is closed (`bad-proxy-header`).
+async fn take_proxy_header(ledger: &mut Ledger, stream: &mut TcpStream) -> bool {
+    match crate::proxyproto::read_header(stream).await {
+        Ok(Some(client)) => {
+            ledger.set_client(client);
+            true
+        }
+        // UNKNOWN / LOCAL: the balancer in front speaks for itself (its health check).
+        Ok(None) => true,
+        Err(e) => {
+            ledger.outcome = "bad-proxy-header";
+            if let Some(skipped) = PROXY_HEADER_LOG.allow(crate::clock::now_ms()) {
+                tracing::warn!(
+                    frontend = %ledger.ctx().name, source = %ledger.client(), error = %e,
+                    skipped, "connection without a valid PROXY header closed"
+                );
+            }
+            false
         }
     }
 }

@@ -135,6 +135,11 @@ impl Ledger {
         self.client
     }
 
+    /// The client as a trusted PROXY header names it (`accept_proxy`).
+    pub(crate) fn set_client(&mut self, client: SocketAddr) {
+        self.client = client;
+    }
+
     /// Holds `server`, whose `active` count the caller has already raised for this client:
     /// from now on the ledger lowers it when the client ends.
     pub(crate) fn hold(&mut self, server: Picked) {

@@ -17,6 +17,7 @@ mod ledger;
 mod listener;
 mod park;
 mod probe;
+mod proxyproto;
 mod pull;
 mod queue;
 mod ratelog;

@@ -463,6 +463,8 @@ pub struct PoolState {
     pub queue: Arc<PoolQueue>,
     /// HTTP frontends: how to talk to the servers (`[pool.X.http]`).
     pub http: fulcrum_config::PoolHttp,
+    /// `send_proxy`: a PROXY header first on every server connection (TCP).
+    pub send_proxy: Option<fulcrum_config::ProxyVersion>,
     /// HTTP: `sticky = { cookie, ttl }`, with each server's cookie value.
     pub sticky: Option<StickyState>,
     /// HTTP: what hashing algorithms hash (`hash`); the client address by default.
@@ -693,6 +695,7 @@ impl Snapshot {
                 http: p.http,
                 hash: p.hash.clone(),
                 sticky,
+                send_proxy: p.send_proxy,
                 retry_budget: fulcrum_core::retry::RetryBudget::new(p.retry_budget_percent),
                 http_retries: std::sync::atomic::AtomicU64::new(0),
             }));
@@ -804,6 +807,7 @@ mod tests {
             http: fulcrum_config::PoolHttp::default(),
             hash: Default::default(),
             sticky: None,
+            send_proxy: None,
             retry_budget: fulcrum_core::retry::RetryBudget::new(20),
             http_retries: Default::default(),
         }

@@ -47,6 +47,14 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
     };
     let index = server.index;
     ledger.hold(server);
+    let mut upstream = upstream;
+    if let Some(version) = pool.send_proxy {
+        let local = client.local_addr().unwrap_or(peer);
+        if crate::proxyproto::send(&mut upstream, version, ledger.client(), local).await.is_err() {
+            ledger.outcome = "server-error";
+            return;
+        }
+    }
     let Copied { outcome, bytes_in, bytes_out } =
         proxy(&client, &upstream, idle, send_timeout, ledger.shared().splice).await;
     let failed = match outcome {

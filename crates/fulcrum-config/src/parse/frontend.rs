@@ -34,6 +34,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "forwarded",
     "route",
     "tls",
+    "accept_proxy",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -190,6 +191,7 @@ impl Walker<'_> {
         ok &= self.line_protocol(t, path, &mut f);
         ok &= self.http_frontend(t, path, &mut f);
         ok &= self.tls_frontend(t, v, path, &mut f);
+        ok &= self.proxy_protocol(t, path, &mut f, c);
         if let Some(x) = t.get("sessions") {
             let key = format!("{path}.sessions");
             match self.boolean(x, &key) {

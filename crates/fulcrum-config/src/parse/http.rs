@@ -232,6 +232,67 @@ impl Walker<'_> {
         ok
     }
 
+    /// `accept_proxy` of a frontend (TCP proxy, `http`, `https`), and the check that a pool
+    /// with `send_proxy` serves no HTTP frontend (not supported there yet).
+    pub(super) fn proxy_protocol(
+        &mut self,
+        t: &DeTable<'_>,
+        path: &str,
+        f: &mut Frontend,
+        c: &Config,
+    ) -> bool {
+        let mut ok = true;
+        if let Some(x) = t.get("accept_proxy") {
+            let key = format!("{path}.accept_proxy");
+            let fits =
+                f.protocol.is_http() || (f.protocol == Protocol::Tcp && f.mode == Mode::Proxy);
+            if !fits {
+                self.error(
+                    x,
+                    &key,
+                    "only tcp (proxy mode), http and https frontends read a PROXY header",
+                );
+                ok = false;
+            }
+            match x.get_ref() {
+                DeValue::Array(items) if !items.is_empty() => {
+                    for (i, item) in items.iter().enumerate() {
+                        let ikey = format!("{key}[{i}]");
+                        match self.string(item, &ikey).map(parse_net) {
+                            Some(Ok(n)) => f.accept_proxy.push(n),
+                            Some(Err(e)) => {
+                                self.error(item, &ikey, e);
+                                ok = false;
+                            }
+                            None => ok = false,
+                        }
+                    }
+                }
+                _ => {
+                    self.error(x, &key, "expected a non-empty list of addresses or CIDR ranges");
+                    ok = false;
+                }
+            }
+        }
+        if f.protocol.is_http()
+            && let Some(p) = c.pool(&f.pool)
+            && p.send_proxy.is_some()
+        {
+            if let Some(x) = t.get("pool") {
+                self.error(
+                    x,
+                    &format!("{path}.pool"),
+                    format!(
+                        "pool \"{}\" has send_proxy, which HTTP frontends do not support yet",
+                        p.name
+                    ),
+                );
+            }
+            ok = false;
+        }
+        ok
+    }
+
     /// `[pool.NAME.http]`, `retry_budget` and `sticky`.
     pub(super) fn pool_http(&mut self, t: &DeTable<'_>, path: &str, pool: &mut Pool) {
         if let Some(v) = t.get("http") {
@@ -268,6 +329,17 @@ impl Walker<'_> {
                         h.response_timeout = d;
                     }
                 }
+            }
+        }
+        if let Some(x) = t.get("send_proxy") {
+            let key = format!("{path}.send_proxy");
+            match self.string(x, &key) {
+                Some("v1") => pool.send_proxy = Some(ProxyVersion::V1),
+                Some("v2") => pool.send_proxy = Some(ProxyVersion::V2),
+                Some(other) => {
+                    self.error(x, &key, format!("unknown version \"{other}\" (expected: v1, v2)"))
+                }
+                None => {}
             }
         }
         if let Some(x) = t.get("retry_budget") {

@@ -30,6 +30,7 @@ const POOL_KEYS: &[&str] = &[
     "http",
     "retry_budget",
     "sticky",
+    "send_proxy",
     "hash",
 ];
 const QUEUE_KEYS: &[&str] = &["size", "timeout"];

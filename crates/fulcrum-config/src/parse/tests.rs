@@ -640,3 +640,49 @@ version = "h3"
         assert!(errs.contains(want), "{want} not in:\n{errs}");
     }
 }
+
+#[test]
+fn proxy_protocol_keys() {
+    let c = parse_str(
+        r#"
+[frontend.web]
+bind = "127.0.0.1:1000"
+pool = "p"
+accept_proxy = ["10.0.0.0/8", "127.0.0.1"]
+[pool.p]
+servers = []
+send_proxy = "v2"
+"#,
+        "f.toml",
+    )
+    .unwrap();
+    assert_eq!(c.frontends[0].accept_proxy.len(), 2);
+    assert_eq!(c.pools[0].send_proxy, Some(ProxyVersion::V2));
+    let errs = errors(
+        r#"
+[frontend.u]
+bind = "127.0.0.1:1000"
+protocol = "udp"
+pool = "p"
+accept_proxy = ["10.0.0.0/8"]
+[frontend.h]
+bind = "127.0.0.1:1001"
+protocol = "http"
+pool = "q"
+[pool.p]
+servers = []
+send_proxy = "v3"
+[pool.q]
+servers = []
+send_proxy = "v1"
+"#,
+    )
+    .join("\n");
+    for want in [
+        "frontend.u.accept_proxy: only tcp (proxy mode), http and https frontends read a PROXY header",
+        "pool.p.send_proxy: unknown version \"v3\" (expected: v1, v2)",
+        "frontend.h.pool: pool \"q\" has send_proxy, which HTTP frontends do not support yet",
+    ] {
+        assert!(errs.contains(want), "{want} not in:\n{errs}");
+    }
+}

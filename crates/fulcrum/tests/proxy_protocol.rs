@@ -1,0 +1,199 @@
+//! The PROXY protocol against HAProxy as a real peer, both ways:
+//!
+//! * `haproxy_sends_v1_and_v2_and_fulcrum_logs_the_real_client`: HAProxy in front with
+//!   `send-proxy` / `send-proxy-v2`, fulcrum with `accept_proxy`; the access line names the
+//!   client behind HAProxy, bytes pass intact; a trusted source without a header is closed.
+//! * `fulcrum_sends_v1_and_v2_and_haproxy_sees_the_real_client`: fulcrum's pool with
+//!   `send_proxy`, HAProxy behind with `accept-proxy` answering with the source it was told.
+//! * `an_untrusted_source_with_a_header_is_refused_over_http`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+struct Haproxy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    /// HAProxy with `body` after a `frontend f` binding a free port (`{port}` in `body`).
+    fn start(body: &str) -> Haproxy {
+        for _ in 0..5 {
+            let port = closed_port();
+            let dir = tempfile::tempdir().unwrap();
+            let conf = format!(
+                "global\n    log stderr format raw local0 err\ndefaults\n    timeout connect 2s\n    \
+                 timeout client 10s\n    timeout server 10s\n{}",
+                body.replace("{port}", &port.to_string())
+            );
+            let path = dir.path().join("haproxy.cfg");
+            std::fs::write(&path, conf).unwrap();
+            let mut child = Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("haproxy (apt-get install haproxy)");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Haproxy { child, port, _dir: dir };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("haproxy did not start");
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects to `to` from `from` (a loopback address playing a client).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+fn access(d: &Daemon) -> Vec<serde_json::Value> {
+    d.log.lock().unwrap().iter().filter(|v| v["target"] == "fulcrum::access").cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_sends_v1_and_v2_and_fulcrum_logs_the_real_client() {
+    let echo = Backend::start(Mode::Echo).await;
+    let toml = format!(
+        r#"
+workers = 1
+access_log = true
+[frontend.web]
+bind = "127.0.0.1:0"
+pool = "app"
+accept_proxy = ["127.0.0.1/32"]
+[pool.app]
+servers = ["{}"]
+"#,
+        echo.addr
+    );
+    let d = Daemon::run_config(&toml);
+    let front = d.addr("web");
+    for (version, from) in [("send-proxy", "127.0.0.2"), ("send-proxy-v2", "127.0.0.3")] {
+        let h = Haproxy::start(&format!(
+            "listen l\n    mode tcp\n    bind 127.0.0.1:{{port}}\n    server s {front} {version}\n"
+        ));
+        let mut c = connect_from(from, SocketAddr::from(([127, 0, 0, 1], h.port))).await;
+        let data = pattern(100_000);
+        c.write_all(&data).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(back == data, "{version}: {} bytes back of {}", back.len(), data.len());
+        let client_ip = from.to_string();
+        wait_until_async(Duration::from_secs(5), "the access line", || {
+            access(&d).iter().any(|e| {
+                e["client"].as_str().is_some_and(|c| c.starts_with(&format!("{client_ip}:")))
+                    && e["bytes_in"] == 100_000
+            })
+        })
+        .await;
+    }
+    // A trusted source without a header is closed before anything reaches the server.
+    let before = echo.accepts();
+    let mut c = TcpStream::connect(front).await.unwrap();
+    c.write_all(b"hello there, no header\n").await.unwrap();
+    let mut back = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back)).await.unwrap();
+    assert!(back.is_empty(), "{r:?}");
+    wait_until_async(Duration::from_secs(5), "the refusal's access line", || {
+        access(&d).iter().any(|e| e["outcome"] == "bad-proxy-header")
+    })
+    .await;
+    assert_eq!(echo.accepts(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fulcrum_sends_v1_and_v2_and_haproxy_sees_the_real_client() {
+    for (version, keyword, from) in
+        [("v1", "accept-proxy", "127.0.0.4"), ("v2", "accept-proxy", "127.0.0.5")]
+    {
+        let h = Haproxy::start(&format!(
+            "frontend f\n    mode http\n    bind 127.0.0.1:{{port}} {keyword}\n    \
+             http-request return status 200 content-type text/plain lf-string \"src=%[src]\"\n"
+        ));
+        let toml = format!(
+            r#"
+workers = 1
+[frontend.web]
+bind = "127.0.0.1:0"
+pool = "app"
+[pool.app]
+servers = ["127.0.0.1:{}"]
+send_proxy = "{version}"
+"#,
+            h.port
+        );
+        let d = Daemon::run_config(&toml);
+        let mut c = connect_from(from, d.addr("web")).await;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&back);
+        assert!(text.starts_with("HTTP/1.1 200"), "{version}: {text}");
+        assert!(text.ends_with(&format!("src={from}")), "{version}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_source_with_a_header_is_refused_over_http() {
+    let echo = Backend::start(Mode::Echo).await;
+    let toml = format!(
+        r#"
+workers = 1
+[frontend.web]
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "app"
+accept_proxy = ["127.0.0.1/32"]
+[pool.app]
+servers = ["{}"]
+"#,
+        echo.addr
+    );
+    let d = Daemon::run_config(&toml);
+    let mut c = connect_from("127.0.0.6", d.addr("web")).await;
+    c.write_all(b"PROXY TCP4 6.6.6.6 127.0.0.1 1234 80\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back)).await;
+    let text = String::from_utf8_lossy(&back);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(echo.accepts(), 0);
+}
