@@ -35,8 +35,9 @@ impl Dns {
         std::fs::write(&path, hosts).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         // A port free for UDP and TCP now; another program may take it before dnsmasq binds
-        // it, so a few tries.
-        for _ in 0..5 {
+        // it, so several tries; why the last one failed is in the panic message.
+        let mut last = String::new();
+        for _ in 0..20 {
             let port = {
                 let u = UdpSocket::bind("127.0.0.1:0").unwrap();
                 let p = u.local_addr().unwrap().port();
@@ -61,7 +62,7 @@ impl Dns {
                 .arg(format!("--addn-hosts={}", path.display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn dnsmasq");
             // Ready once it accepts DNS over TCP; gone early means the port was taken.
@@ -71,13 +72,19 @@ impl Dns {
                     return Dns { child: Some(child), port, hosts: path, _dir: dir };
                 }
                 if child.try_wait().unwrap().is_some() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        use std::io::Read;
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    last = format!("port {port}: {}", err.trim());
                     break;
                 }
                 assert!(Instant::now() < end, "dnsmasq did not start");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        panic!("dnsmasq could not bind a free port in 5 tries");
+        panic!("dnsmasq could not bind a free port in 20 tries; last: {last}");
     }
 
     /// Replaces the hosts file; dnsmasq reads it again on SIGHUP.
