@@ -265,6 +265,9 @@ async fn the_recipe_starts_registers_uses_drains_and_stops_backends() {
     release(&mut held, &idle, 1);
     wait_until_async(LIMIT, "the idle backend to be stopped", || !api.addresses().contains(&idle))
         .await;
+    // The server leaves the pool when its agent session ends, which may come before the
+    // scale event is listed: wait for the event.
+    wait_until_async(LIMIT, "the scale-in event", || !api.scaled_in().is_empty()).await;
     assert_eq!(api.scaled_in(), std::slice::from_ref(&idle));
     let idle_port = idle.rsplit(':').next().unwrap();
     wait_until_async(LIMIT, "its process to end", || !running(pid_of[idle_port])).await;
