@@ -22,6 +22,7 @@ mod pull;
 mod queue;
 mod ratelog;
 mod resolve;
+mod routes;
 mod splice;
 mod state;
 mod stats;

@@ -226,7 +226,7 @@ pub(crate) struct Exchange {
     /// The route that matched (its index; `None`: the frontend's own pool).
     pub(crate) route: Option<usize>,
     /// The routes it belongs to, for its counters.
-    pub(crate) routes: Option<Arc<crate::state::HttpRoutes>>,
+    pub(crate) routes: Option<Arc<crate::routes::HttpRoutes>>,
 }
 
 impl Exchange {

@@ -31,7 +31,8 @@ use crate::clock::now_ms;
 use crate::ledger::Ledger;
 use crate::queue::{Refusal, take_or_wait};
 use crate::ratelog::RateLimit;
-use crate::state::{NoSlot, PoolState, RouteState, RouteTarget};
+use crate::routes::{RouteState, RouteTarget};
+use crate::state::{NoSlot, PoolState};
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 static TLS_FAIL_LOG: RateLimit = RateLimit::new(1_000);
