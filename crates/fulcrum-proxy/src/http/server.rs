@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use fulcrum_config::HttpVersion;
 use fulcrum_core::balance::{MAX_ATTEMPTS, Tried, hash_bytes, hash_ip};
-use fulcrum_core::blame::connect_failed;
+use fulcrum_core::blame::{Side, connect_failed, stream_failed};
 use fulcrum_core::route::{
     Headers, RequestView, cookie_value, hash_input, https_location, strip_path,
 };
@@ -585,7 +585,11 @@ async fn proxy(
                 }
 
                 let now = now_ms();
-                if let Some(s) = pool.servers.get(index) {
+                // Whose fault is the one rule of fulcrum-core::blame, as for TCP: the server
+                // failed before any byte of an answer (the client's own faults left above).
+                if stream_failed(Side::Server, false).counts_against_server()
+                    && let Some(s) = pool.servers.get(index)
+                {
                     s.stats.on_connect_failure(&pool.eject, pool.may_eject(now), now);
                 }
                 if CONNECT_FAIL_LOG.allow(now).is_some() {
