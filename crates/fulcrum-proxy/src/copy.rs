@@ -83,6 +83,8 @@ pub enum Outcome {
     SendTimeout,
     ClientError,
     ServerError,
+    /// A source not trusted to send a PROXY header (`accept_proxy`) opened with one.
+    UntrustedProxyHeader,
 }
 
 impl Outcome {
@@ -93,6 +95,7 @@ impl Outcome {
             Outcome::SendTimeout => "send-timeout",
             Outcome::ClientError => "client-error",
             Outcome::ServerError => "server-error",
+            Outcome::UntrustedProxyHeader => "untrusted-proxy-header",
         }
     }
 }
@@ -122,6 +125,8 @@ struct Dir<'a> {
     stalled: Option<&'a AtomicU64>,
     /// Set when a write towards the server failed and this direction ended quietly.
     server_write_failed: &'a AtomicBool,
+    /// From the client only: the first read is refused if it opens with a PROXY header.
+    refuse_proxy_header: bool,
 }
 
 impl Dir<'_> {
@@ -133,8 +138,10 @@ impl Dir<'_> {
     async fn run(&self) -> Result<(), Outcome> {
         let mut bulk = self.splice == SpliceMode::Always;
         let mut receiver_local = None;
+        // The first read goes through a buffer when it must be looked at.
+        let mut first = self.refuse_proxy_header;
         loop {
-            if bulk {
+            if bulk && !first {
                 match Pipe::take() {
                     Ok(pipe) => return self.run_splice(pipe).await,
                     // Out of descriptors for a pipe: the buffer path still works.
@@ -156,6 +163,12 @@ impl Dir<'_> {
                 // this line, so data arriving after the read raises a fresh edge that sets
                 // readiness again; and EOF (read-closed) is never cleared by tokio.
                 let _ = self.src.try_io(Interest::READABLE, would_block);
+            }
+            if first {
+                first = false;
+                if fulcrum_core::proxy_header::looks_like_header(&buf.get()[..n]) {
+                    return Err(Outcome::UntrustedProxyHeader);
+                }
             }
             if write_all(self.dst, &buf.get()[..n], self.stalled).await.is_err() {
                 return self.dst_failed();
@@ -274,13 +287,15 @@ pub(crate) fn stall_ends(stalled: Option<&AtomicU64>) {
 }
 
 /// Proxies between `client` and `server` until both directions end, an error, or `idle`
-/// passes with no byte moving.
+/// passes with no byte moving. With `refuse_proxy_header`, a client whose first bytes are a
+/// PROXY header ends the connection before they reach the server.
 pub async fn proxy(
     client: &TcpStream,
     server: &TcpStream,
     idle: Duration,
     send_timeout: Duration,
     splice: SpliceMode,
+    refuse_proxy_header: bool,
 ) -> Copied {
     let bytes_in = AtomicU64::new(0);
     let bytes_out = AtomicU64::new(0);
@@ -300,6 +315,7 @@ pub async fn proxy(
         dst_fails: s,
         stalled: None,
         server_write_failed: &server_write_failed,
+        refuse_proxy_header,
     };
     let down = Dir {
         src: server,
@@ -312,6 +328,7 @@ pub async fn proxy(
         dst_fails: c,
         stalled: Some(&stalled),
         server_write_failed: &server_write_failed,
+        refuse_proxy_header: false,
     };
     // The first error in either direction ends both: a reset side cannot take more bytes.
     let both = async {
@@ -380,6 +397,7 @@ mod tests {
                 Duration::from_secs(10),
                 Duration::from_secs(10),
                 SpliceMode::Auto,
+                false,
             )
             .await
         });

@@ -691,6 +691,7 @@ static PROXY_HEADER_LOG: crate::ratelog::RateLimit = crate::ratelog::RateLimit::
 /// Reads the PROXY header a trusted source (`accept_proxy`) must send first; its client becomes
 /// the connection's client. Without a valid one the connection is closed (`bad-proxy-header`).
 async fn take_proxy_header(ledger: &mut Ledger, stream: &mut TcpStream) -> bool {
+    ledger.set_proxied();
     match crate::proxyproto::read_header(stream).await {
         Ok(Some(client)) => {
             ledger.set_client(client);

@@ -55,11 +55,14 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
             return;
         }
     }
+    // A source that may not send a PROXY header is refused one (accept_proxy names those
+    // that may; the trusted ones' headers were read before this).
+    let refuse = !ledger.ctx().frontend.accept_proxy.is_empty() && !ledger.proxied();
     let Copied { outcome, bytes_in, bytes_out } =
-        proxy(&client, &upstream, idle, send_timeout, ledger.shared().splice).await;
+        proxy(&client, &upstream, idle, send_timeout, ledger.shared().splice, refuse).await;
     let failed = match outcome {
         Outcome::ServerError => Some(Side::Server),
-        Outcome::ClientError => Some(Side::Client),
+        Outcome::ClientError | Outcome::UntrustedProxyHeader => Some(Side::Client),
         Outcome::Done | Outcome::IdleTimeout | Outcome::SendTimeout => None,
     };
     if let Some(server) = pool.servers.get(index) {

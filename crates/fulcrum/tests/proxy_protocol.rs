@@ -5,7 +5,7 @@
 //!   client behind HAProxy, bytes pass intact; a trusted source without a header is closed.
 //! * `fulcrum_sends_v1_and_v2_and_haproxy_sees_the_real_client`: fulcrum's pool with
 //!   `send_proxy`, HAProxy behind with `accept-proxy` answering with the source it was told.
-//! * `an_untrusted_source_with_a_header_is_refused_over_http`.
+//! * `an_untrusted_source_with_a_header_is_refused_over_http` and `..._over_tcp`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -196,4 +196,45 @@ servers = ["{}"]
     let text = String::from_utf8_lossy(&back);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert_eq!(echo.accepts(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_source_with_a_header_is_refused_over_tcp() {
+    let echo = Backend::start(Mode::Echo).await;
+    let toml = format!(
+        r#"
+workers = 1
+[frontend.l4]
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+accept_proxy = ["127.0.0.1/32"]
+[pool.app]
+servers = ["{}"]
+"#,
+        echo.addr
+    );
+    let d = Daemon::run_config(&toml);
+    // An untrusted client's own bytes pass as they are.
+    let mut plain = connect_from("127.0.0.6", d.addr("l4")).await;
+    plain.write_all(b"hello").await.unwrap();
+    let mut got = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), plain.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&got, b"hello");
+    // A header from it, v1 or v2, never reaches the server: nothing comes back but the close.
+    let v2 =
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x06\x06\x06\x06\x7f\x00\x00\x01\x04\xd2\x00\x50";
+    for header in [&b"PROXY TCP4 6.6.6.6 127.0.0.1 1234 80\r\nrest"[..], &v2[..]] {
+        let mut c = connect_from("127.0.0.6", d.addr("l4")).await;
+        c.write_all(header).await.unwrap();
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back)).await;
+        assert!(back.is_empty(), "echoed {back:?}");
+    }
+    wait_until(Duration::from_secs(10), "two refusals in the access log", || {
+        access(&d).iter().filter(|l| l["outcome"] == "untrusted-proxy-header").count() == 2
+    });
 }
