@@ -49,6 +49,20 @@ async fn read(s: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
 
 /// The header naming `client` (and `local`, where it connected) for a server connection.
 pub(crate) fn header(version: ProxyVersion, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    build(version, ppp::v2::Protocol::Stream, client, local)
+}
+
+/// The v2 header a UDP session's datagrams to its server start with (v1 has no UDP form).
+pub(crate) fn datagram_header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    build(ProxyVersion::V2, ppp::v2::Protocol::Datagram, client, local)
+}
+
+fn build(
+    version: ProxyVersion,
+    protocol: ppp::v2::Protocol,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Vec<u8> {
     // A v4 client seen on a v6 socket (or the other way) is written in one family.
     let (client, local) = match (client, local) {
         (SocketAddr::V4(_), SocketAddr::V6(l)) => match l.ip().to_ipv4_mapped() {
@@ -88,7 +102,7 @@ pub(crate) fn header(version: ProxyVersion, client: SocketAddr, local: SocketAdd
             };
             ppp::v2::Builder::with_addresses(
                 ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-                ppp::v2::Protocol::Stream,
+                protocol,
                 addresses,
             )
             .build()
@@ -120,6 +134,10 @@ mod tests {
         let v2 = header(ProxyVersion::V2, c, l);
         let h = ppp::v2::Header::try_from(&v2[..]).unwrap();
         assert_eq!(h.command, ppp::v2::Command::Proxy);
+        assert!(matches!(h.addresses, ppp::v2::Addresses::IPv4(a) if a.source_port == 4321));
+        let d = datagram_header(c, l);
+        let h = ppp::v2::Header::try_from(&d[..]).unwrap();
+        assert_eq!(h.protocol, ppp::v2::Protocol::Datagram);
         assert!(matches!(h.addresses, ppp::v2::Addresses::IPv4(a) if a.source_port == 4321));
     }
 }

@@ -6,6 +6,8 @@
 //! * `fulcrum_sends_v1_and_v2_and_haproxy_sees_the_real_client`: fulcrum's pool with
 //!   `send_proxy`, HAProxy behind with `accept-proxy` answering with the source it was told.
 //! * `an_untrusted_source_with_a_header_is_refused_over_http` and `..._over_tcp`.
+//! * `udp_sessions_send_a_v2_datagram_header_with_every_datagram` (no real peer speaks it:
+//!   the test server parses the header with ppp).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -237,4 +239,54 @@ servers = ["{}"]
     wait_until(Duration::from_secs(10), "two refusals in the access log", || {
         access(&d).iter().filter(|l| l["outcome"] == "untrusted-proxy-header").count() == 2
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_send_a_v2_datagram_header_with_every_datagram() {
+    // The server: reads a datagram, checks it opens with a v2 DGRAM header, answers with
+    // the source the header named and the payload after it.
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let serve = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            let (n, from) = server.recv_from(&mut buf).await.unwrap();
+            let h = ppp::v2::Header::try_from(&buf[..n]).expect("a v2 header first");
+            assert_eq!(h.protocol, ppp::v2::Protocol::Datagram);
+            let source = match h.addresses {
+                ppp::v2::Addresses::IPv4(a) => SocketAddr::from((a.source_address, a.source_port)),
+                other => panic!("addresses {other:?}"),
+            };
+            let payload = &buf[h.len()..n];
+            let answer = format!("{source} {}", String::from_utf8_lossy(payload));
+            server.send_to(answer.as_bytes(), from).await.unwrap();
+        }
+    });
+    let toml = format!(
+        r#"
+workers = 1
+[frontend.dns]
+bind = "127.0.0.1:0"
+protocol = "udp"
+pool = "app"
+[pool.app]
+servers = ["{server_addr}"]
+send_proxy = "v2"
+"#
+    );
+    let d = Daemon::run_config(&toml);
+    let client = tokio::net::UdpSocket::bind("127.0.0.7:0").await.unwrap();
+    let me = client.local_addr().unwrap();
+    for i in 0..3 {
+        let msg = format!("ping {i}");
+        client.send_to(msg.as_bytes(), d.addr("dns")).await.unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), client.recv_from(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        // The answer comes back as the server wrote it: no header towards the client.
+        assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("{me} {msg}"));
+    }
+    serve.await.unwrap();
 }

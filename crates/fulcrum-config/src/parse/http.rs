@@ -274,6 +274,26 @@ impl Walker<'_> {
                 }
             }
         }
+        if f.protocol == Protocol::Udp
+            && let Some(p) = c.pool(&f.pool)
+            && let Some(v) = p.send_proxy
+        {
+            // Sessions have one client each, whose header every datagram carries; v1 is
+            // text for TCP only.
+            let why = if f.mode != Mode::Proxy || !f.sessions {
+                Some("a udp frontend sends a PROXY header only in proxy mode with sessions")
+            } else if v == ProxyVersion::V1 {
+                Some("a udp frontend sends PROXY v2 only (v1 has no UDP form)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if let Some(x) = t.get("pool") {
+                    self.error(x, &format!("{path}.pool"), format!("pool \"{}\": {why}", p.name));
+                }
+                ok = false;
+            }
+        }
         if f.protocol.is_http()
             && let Some(p) = c.pool(&f.pool)
             && p.send_proxy.is_some()
