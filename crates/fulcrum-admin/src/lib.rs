@@ -8,6 +8,7 @@ mod agent;
 mod api;
 mod controller;
 mod metrics;
+pub mod notify;
 mod openapi;
 mod resolver;
 mod scale;

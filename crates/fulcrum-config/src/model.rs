@@ -32,6 +32,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// One log line per finished connection.
     pub access_log: bool,
+    /// `access_log_file`: the access log goes to this file (reopened on SIGUSR1) instead of
+    /// stderr with the other logs.
+    pub access_log_file: Option<PathBuf>,
     pub frontends: Vec<Frontend>,
     pub pools: Vec<Pool>,
     /// Where runtime changes made through the admin API are kept across restarts.
@@ -92,6 +95,7 @@ impl Default for Config {
             max_connections: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             access_log: true,
+            access_log_file: None,
             frontends: Vec::new(),
             pools: Vec::new(),
             state_file: None,

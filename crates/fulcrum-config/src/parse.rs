@@ -63,6 +63,7 @@ const TOP_KEYS: &[&str] = &[
     "max_connections",
     "drain_timeout",
     "access_log",
+    "access_log_file",
     "state_file",
     "admin",
     "agent",
@@ -87,6 +88,11 @@ impl Walker<'_> {
         }
         if let Some(v) = doc.get("access_log") {
             c.access_log = self.boolean(v, "access_log").unwrap_or(true);
+        }
+        if let Some(v) = doc.get("access_log_file")
+            && let Some(s) = self.string(v, "access_log_file").map(str::to_string)
+        {
+            c.access_log_file = Some(self.relative(&s));
         }
         if let Some(v) = doc.get("state_file") {
             if let Some(s) = self.string(v, "state_file").map(str::to_string) {

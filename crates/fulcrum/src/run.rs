@@ -175,6 +175,9 @@ fn serve(
     park_yield: bool,
 ) -> Result<(), Failure> {
     let token = admin_token(&config)?;
+    if let Some(path) = &config.access_log_file {
+        crate::logging::open_access_file(path).map_err(Failure::Config)?;
+    }
     if let Some(a) = &config.agent {
         fulcrum_admin::read_key(&a.key_file).map_err(Failure::Config)?;
     }
@@ -223,7 +226,11 @@ fn serve(
             tracing::info!(address = %addr, "agent listener ready");
         }
                 tracing::info!(workers, max_connections = max, version = env!("CARGO_PKG_VERSION"), "fulcrum started");
+        // Every listener (frontends, admin, agent) is bound and accepting by now.
+        fulcrum_admin::notify::ready();
+        fulcrum_admin::notify::spawn_watchdog(stop_admin.clone());
         let signal = wait_for_stop(&controller).await?;
+        fulcrum_admin::notify::stopping();
         tracing::info!(
             signal,
             drain_timeout = ?drain,
@@ -246,7 +253,8 @@ fn serve(
     })
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile.
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile, SIGUSR1 reopens
+/// the access log file.
 async fn wait_for_stop(controller: &Mutex<Controller>) -> Result<&'static str, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
     let sig = |k: SignalKind, name: &str| {
@@ -255,8 +263,10 @@ async fn wait_for_stop(controller: &Mutex<Controller>) -> Result<&'static str, F
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    let mut usr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
     loop {
         tokio::select! {
+            _ = usr1.recv() => crate::logging::reopen_access_file(),
             _ = term.recv() => return Ok("SIGTERM"),
             _ = int.recv() => return Ok("SIGINT"),
             _ = hup.recv() => {
