@@ -62,7 +62,20 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
         Command::Ctl(args) => crate::ctl::run(args),
         Command::Backend(args) => crate::backend::run(args),
         Command::Load(args) => crate::load::run(args),
+        Command::Completions { shell } => {
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "fulcrum", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => manpages(&dir).map_err(Failure::Runtime),
     }
+}
+
+/// `fulcrum.1` and one page per command (`fulcrum-run.1`, `fulcrum-ctl.1`, ...), for packages.
+fn manpages(dir: &std::path::Path) -> Result<(), String> {
+    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Routes no request can reach, because an earlier route of the same frontend matches every
