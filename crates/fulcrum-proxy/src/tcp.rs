@@ -59,8 +59,10 @@ pub async fn serve(mut ledger: Ledger, mut client: TcpStream) {
             copied
         }
         Upstream::Tls(mut s) => {
+            // Boxed, as the handshake below: the TLS path's futures must not grow the task
+            // of every plain TCP connection.
             let copied = crate::copy_stream::proxy(&mut client, &mut *s, idle, send_timeout);
-            let copied = copied.await;
+            let copied = Box::pin(copied).await;
             drop(s);
             copied
         }
@@ -182,7 +184,8 @@ async fn open(
     }
     match (&pool.tls, &server.tls_name) {
         (Some(tls), Some(name)) => {
-            let s = tls.handshake(stream, name.clone(), Alpn::Stream, deadline).await?;
+            let handshake = tls.handshake(stream, name.clone(), Alpn::Stream, deadline);
+            let s = Box::pin(handshake).await?;
             Ok(Upstream::Tls(Box::new(s)))
         }
         _ => Ok(Upstream::Plain(stream)),
