@@ -15,6 +15,7 @@
 //!   every request (the next server is tried); a TCP client of a bad pool is closed.
 //! * `a_server_name_the_certificate_lacks_is_refused`: 502, counted, the reason logged.
 //! * `health_checks_go_through_tls_and_mark_a_broken_server_down`: http and tcp checks.
+//! * `a_reload_reads_changed_tls_files_and_a_bad_one_keeps_what_serves`.
 //! * `a_bad_ca_file_stops_the_start_and_check_naming_pool_and_file`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -482,6 +483,61 @@ fall = 2
         let (status, body) = curl(&format!("http://{}/x", d.addr("web")));
         assert_eq!(status, 200, "{body}");
     }
+}
+
+#[test]
+fn a_reload_reads_changed_tls_files_and_a_bad_one_keeps_what_serves() {
+    let pki = pki();
+    let n = tls_nginx(&pki, "server", "");
+    // The pool's CA file starts as the wrong CA.
+    let ca = pki.path("pool-ca.pem");
+    std::fs::copy(pki.path("other.pem"), &ca).unwrap();
+    let toml = format!(
+        "workers = 1\n[frontend.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"app\"\n\
+         [pool.app]\nservers = [\"{}\"]\n[pool.app.tls]\nca = \"{}\"\n",
+        n.addr(),
+        ca.display()
+    );
+    let d = Daemon::run_config(&toml);
+    let url = format!("http://{}/x", d.addr("web"));
+    assert_eq!(curl(&url).0, 502);
+    let reload = |d: &Daemon, what: &str, count: &dyn Fn(&Daemon) -> usize| {
+        let before = count(d);
+        d.signal(rustix::process::Signal::HUP);
+        wait_until(Duration::from_secs(10), what, || count(d) > before);
+    };
+    let reloaded = |d: &Daemon| d.count("configuration reloaded");
+    let failed = |d: &Daemon| {
+        d.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| {
+                v["message"].as_str().is_some_and(|m| m.starts_with("reload on SIGHUP failed"))
+            })
+            .count()
+    };
+    // The right CA in the same file: a reload reads it again (the settings did not change,
+    // the file did).
+    std::fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    reload(&d, "the reload", &reloaded);
+    assert_eq!(curl(&url).0, 200);
+    // A file that is no CA bundle: the reload fails naming it, and the last good settings
+    // keep serving.
+    std::fs::write(&ca, "garbage\n").unwrap();
+    reload(&d, "the failed reload", &failed);
+    let e = d
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|v| v["message"].as_str().is_some_and(|m| m.starts_with("reload on SIGHUP failed")))
+        .cloned()
+        .unwrap();
+    let said = e.to_string();
+    assert!(said.contains(&format!("pool app: ca {}", ca.display())), "{said}");
+    assert_eq!(curl(&url).0, 200);
 }
 
 #[test]
