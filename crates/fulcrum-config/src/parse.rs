@@ -9,6 +9,7 @@
 //! * `frontend`: `[frontend.NAME]` and its `fanout` table;
 //! * `pool`: `[pool.NAME]`, its `eject` policy and `servers`;
 //! * `http`: an HTTP frontend's limits and headers, a pool's `http` table, `retry_budget`, `sticky`;
+//! * `tls`: an `https` frontend's `tls` table and a pool's `tls` table (TLS to its servers);
 //! * `checks`: a pool's `health`, `agent_pull` and `scale_out`/`scale_in` tables;
 //! * `route`: a frontend's HTTP `route` entries and a pool's `hash` key;
 //! * `control`: the top-level `[admin]`, `[agent]` and `[resolver]` tables.
@@ -19,6 +20,7 @@ mod frontend;
 mod http;
 mod pool;
 mod route;
+mod tls;
 mod values;
 
 use std::collections::HashSet;

@@ -48,14 +48,14 @@ thread_local! {
 }
 
 /// A buffer from the worker's pool, returned on drop.
-struct Buf(Option<Box<[u8]>>);
+pub(crate) struct Buf(Option<Box<[u8]>>);
 
 impl Buf {
-    fn take() -> Buf {
+    pub(crate) fn take() -> Buf {
         let b = BUFS.with(|p| p.borrow_mut().pop());
         Buf(Some(b.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())))
     }
-    fn get(&mut self) -> &mut [u8] {
+    pub(crate) fn get(&mut self) -> &mut [u8] {
         self.0.as_deref_mut().unwrap_or(&mut [])
     }
 }
@@ -337,28 +337,7 @@ pub async fn proxy(
             Err(o) => o,
         }
     };
-    let idle_ms = idle.as_millis() as u64;
-    let send_ms = send_timeout.as_millis() as u64;
-    // One timer per connection, for both limits: it wakes at the nearer of the idle deadline
-    // and (while a write to the client waits) the send deadline, at least every send_timeout.
-    let watchdog = async {
-        let mut wait = idle.min(send_timeout);
-        loop {
-            tokio::time::sleep(wait).await;
-            let now = now_ms();
-            let quiet = now.saturating_sub(activity.load(Ordering::Relaxed));
-            if quiet >= idle_ms {
-                return Outcome::IdleTimeout;
-            }
-            let since = stalled.load(Ordering::Relaxed);
-            let stalled_for = if since == 0 { 0 } else { now.saturating_sub(since) };
-            if since != 0 && stalled_for >= send_ms {
-                return Outcome::SendTimeout;
-            }
-            let to_send = if since == 0 { send_ms } else { send_ms - stalled_for };
-            wait = Duration::from_millis((idle_ms - quiet).min(to_send).max(1));
-        }
-    };
+    let watchdog = watchdog(idle, send_timeout, &activity, &stalled);
     let mut outcome = tokio::select! {
         o = both => o,
         o = watchdog => o,
@@ -371,6 +350,36 @@ pub async fn proxy(
         outcome = Outcome::ServerError;
     }
     Copied { outcome, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out }
+}
+
+/// Waits until the pair has been idle for `idle` (no byte either way since `activity`) or a
+/// write to the client has waited `send_timeout` (since `stalled`, 0 = none waits). One timer
+/// per connection for both limits: it wakes at the nearer deadline, at least every
+/// `send_timeout`.
+pub(crate) async fn watchdog(
+    idle: Duration,
+    send_timeout: Duration,
+    activity: &AtomicU64,
+    stalled: &AtomicU64,
+) -> Outcome {
+    let idle_ms = idle.as_millis() as u64;
+    let send_ms = send_timeout.as_millis() as u64;
+    let mut wait = idle.min(send_timeout);
+    loop {
+        tokio::time::sleep(wait).await;
+        let now = now_ms();
+        let quiet = now.saturating_sub(activity.load(Ordering::Relaxed));
+        if quiet >= idle_ms {
+            return Outcome::IdleTimeout;
+        }
+        let since = stalled.load(Ordering::Relaxed);
+        let stalled_for = if since == 0 { 0 } else { now.saturating_sub(since) };
+        if since != 0 && stalled_for >= send_ms {
+            return Outcome::SendTimeout;
+        }
+        let to_send = if since == 0 { send_ms } else { send_ms - stalled_for };
+        wait = Duration::from_millis((idle_ms - quiet).min(to_send).max(1));
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use crate::ratelog::RateLimit;
 use crate::resolve::{NameSet, NameUse};
 use crate::state::{Names, QueueRegistry, Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
+use crate::upstream_tls::TlsRegistry;
 
 /// Settings that are not part of the config file's routing model.
 #[derive(Debug, Clone)]
@@ -110,6 +111,8 @@ pub struct Engine {
     name_set: watch::Sender<Arc<NameSet>>,
     registry: StatsRegistry,
     queues: QueueRegistry,
+    /// Each pool's TLS to its servers, built when its settings or files change.
+    tls: TlsRegistry,
     frontend_stats: HashMap<String, Arc<FrontendStats>>,
     generation: AtomicU64,
     workers: usize,
@@ -159,6 +162,7 @@ impl Engine {
             name_set: watch::Sender::new(Arc::default()),
             registry: StatsRegistry::new(),
             queues: QueueRegistry::new(),
+            tls: TlsRegistry::default(),
             frontend_stats: HashMap::new(),
             generation: AtomicU64::new(0),
             workers,
@@ -189,6 +193,7 @@ impl Engine {
             &mut self.queues,
             &self.frontend_stats,
             &mut names,
+            &mut self.tls,
         )?;
         // Bind what is new or moved before touching anything; a frontend whose address and
         // protocol are unchanged keeps its sockets (new descriptors of them) even when its
@@ -288,6 +293,7 @@ impl Engine {
         });
         self.frontend_stats.retain(|name, _| config.frontends.iter().any(|f| &f.name == name));
         self.queues.retain(|name, _| config.pools.iter().any(|p| &p.name == name));
+        self.tls.retain(|name| config.pools.iter().any(|p| p.name == name && p.tls.is_some()));
         names.retain(|key, _| {
             config.pools.iter().flat_map(|p| &p.servers).any(|s| &s.address.to_string() == key)
         });

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use fulcrum_config::{TlsFrontend, TlsVersion};
+use fulcrum_config::{CertFiles, TlsFrontend, TlsVersion};
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -53,6 +54,34 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// A PEM certificate chain (leaf first) and the private key that belongs to it: a frontend's
+/// certificate, or the client certificate a pool presents to its servers. An error names the
+/// file and the reason.
+pub(crate) fn certified_key(
+    c: &CertFiles,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let cert_path = c.cert.display();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
+        .map_err(|e| format!("certificate {cert_path}: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate {cert_path}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("certificate {cert_path}: no CERTIFICATE block in the file"));
+    }
+    let key_path = c.key.display();
+    let key =
+        PrivateKeyDer::from_pem_file(&c.key).map_err(|e| format!("private key {key_path}: {e}"))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("private key {key_path}: {e}"))?;
+    let key = CertifiedKey::new(chain, signing);
+    key.keys_match()
+        .map_err(|e| format!("private key {key_path} does not belong to {cert_path}: {e}"))?;
+    Ok(key)
+}
+
 /// The server configuration of an `https` frontend; an error names the file and the reason.
 // ring's provider is deprecated in rustls 0.23.4x only for lacking post-quantum key exchange
 // (X25519MLKEM768, which needs aws-lc-rs); it is kept for its build time (docs/tls.md).
@@ -61,29 +90,15 @@ pub fn server_config(t: &TlsFrontend) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut certs = Vec::with_capacity(t.certificates.len());
     for c in &t.certificates {
-        let cert_path = c.cert.display();
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
-            .map_err(|e| format!("certificate {cert_path}: {e}"))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("certificate {cert_path}: {e}"))?;
-        let Some(leaf) = chain.first() else {
-            return Err(format!("certificate {cert_path}: no CERTIFICATE block in the file"));
+        let key = certified_key(c, &provider)?;
+        let names: Vec<String> = match key.cert.first() {
+            Some(leaf) => webpki::EndEntityCert::try_from(leaf)
+                .map_err(|e| format!("certificate {}: {e}", c.cert.display()))?
+                .valid_dns_names()
+                .map(str::to_ascii_lowercase)
+                .collect(),
+            None => Vec::new(),
         };
-        let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| format!("certificate {cert_path}: {e}"))?
-            .valid_dns_names()
-            .map(str::to_ascii_lowercase)
-            .collect();
-        let key_path = c.key.display();
-        let key = PrivateKeyDer::from_pem_file(&c.key)
-            .map_err(|e| format!("private key {key_path}: {e}"))?;
-        let signing = provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| format!("private key {key_path}: {e}"))?;
-        let key = CertifiedKey::new(chain, signing);
-        key.keys_match()
-            .map_err(|e| format!("private key {key_path} does not belong to {cert_path}: {e}"))?;
         certs.push(Entry { names, key: Arc::new(key) });
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {

@@ -38,13 +38,22 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
             for w in route_warnings(&c, &config.display().to_string()) {
                 eprintln!("warning: {w}");
             }
-            // Certificates are read as `run` reads them: a file it would refuse fails here.
+            // Certificates and CA files are read as `run` reads them: a file it would refuse fails
+            // here.
             let mut bad = Vec::new();
             for f in &c.frontends {
                 if let Some(t) = &f.tls
                     && let Err(e) = fulcrum_proxy::tls_server_config(t)
                 {
                     bad.push(format!("{}: frontend {}: {e}", config.display(), f.name));
+                }
+            }
+            let mut tls = fulcrum_proxy::TlsRegistry::default();
+            for p in &c.pools {
+                if let Some(t) = &p.tls
+                    && let Err(e) = tls.get(&p.name, t)
+                {
+                    bad.push(format!("{}: pool {}: {e}", config.display(), p.name));
                 }
             }
             if !bad.is_empty() {

@@ -17,62 +17,16 @@ use std::process::{Command, Stdio};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A test CA and two leaf certificates signed by it: `a.test` and `*.b.test`.
-struct Pki {
-    dir: tempfile::TempDir,
-}
+include!("support/pki.rs");
 
 impl Pki {
+    /// A test CA and two leaf certificates signed by it: `a.test` and `*.b.test`.
     fn make() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(d).output().expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend_from_slice(&ec);
-        ca.extend_from_slice(&["-days", "2", "-subj", "/CN=fulcrum test CA", "-keyout", "ca.key"]);
-        ca.extend_from_slice(&["-out", "ca.pem"]);
-        run(&ca);
-        for (file, name) in [("a", "a.test"), ("b", "*.b.test")] {
-            let subj = format!("/CN={name}");
-            let (key, csr, pem) =
-                (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
-            let mut req = vec!["req"];
-            req.extend_from_slice(&ec);
-            req.extend_from_slice(&["-subj", &subj, "-keyout", &key, "-out", &csr]);
-            run(&req);
-            let ext = format!("{file}.ext");
-            std::fs::write(d.join(&ext), format!("subjectAltName=DNS:{name}\n")).unwrap();
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &pem,
-            ]);
-        }
-        Pki { dir }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
+        let pki = Pki::new();
+        pki.ca("ca");
+        pki.leaf("ca", "a", "a.test", "DNS:a.test");
+        pki.leaf("ca", "b", "*.b.test", "DNS:*.b.test");
+        pki
     }
 
     fn tls_table(&self, extra: &str) -> String {

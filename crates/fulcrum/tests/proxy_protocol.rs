@@ -20,56 +20,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-struct Haproxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    /// HAProxy with `body` after a `frontend f` binding a free port (`{port}` in `body`).
-    fn start(body: &str) -> Haproxy {
-        for _ in 0..5 {
-            let port = closed_port();
-            let dir = tempfile::tempdir().unwrap();
-            let conf = format!(
-                "global\n    log stderr format raw local0 err\ndefaults\n    timeout connect 2s\n    \
-                 timeout client 10s\n    timeout server 10s\n{}",
-                body.replace("{port}", &port.to_string())
-            );
-            let path = dir.path().join("haproxy.cfg");
-            std::fs::write(&path, conf).unwrap();
-            let mut child = Command::new("haproxy")
-                .arg("-db")
-                .arg("-f")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("haproxy (apt-get install haproxy)");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Haproxy { child, port, _dir: dir };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("haproxy did not start");
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+include!("support/servers.rs");
 
 /// Connects to `to` from `from` (a loopback address playing a client).
 async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
@@ -101,7 +52,7 @@ servers = ["{}"]
     let d = Daemon::run_config(&toml);
     let front = d.addr("web");
     for (version, from) in [("send-proxy", "127.0.0.2"), ("send-proxy-v2", "127.0.0.3")] {
-        let h = Haproxy::start(&format!(
+        let h = haproxy(&format!(
             "listen l\n    mode tcp\n    bind 127.0.0.1:{{port}}\n    server s {front} {version}\n"
         ));
         let mut c = connect_from(from, SocketAddr::from(([127, 0, 0, 1], h.port))).await;
@@ -142,7 +93,7 @@ async fn fulcrum_sends_v1_and_v2_and_haproxy_sees_the_real_client() {
     for (version, keyword, from) in
         [("v1", "accept-proxy", "127.0.0.4"), ("v2", "accept-proxy", "127.0.0.5")]
     {
-        let h = Haproxy::start(&format!(
+        let h = haproxy(&format!(
             "frontend f\n    mode http\n    bind 127.0.0.1:{{port}} {keyword}\n    \
              http-request return status 200 content-type text/plain lf-string \"src=%[src]\"\n"
         ));

@@ -191,6 +191,7 @@ impl Walker<'_> {
         ok &= self.line_protocol(t, path, &mut f);
         ok &= self.http_frontend(t, path, &mut f);
         ok &= self.tls_frontend(t, v, path, &mut f);
+        ok &= self.frontend_pool_tls(t, path, &f, c);
         if let Some(x) = t.get("sessions") {
             let key = format!("{path}.sessions");
             match self.boolean(x, &key) {

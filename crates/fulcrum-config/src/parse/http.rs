@@ -19,8 +19,6 @@ pub(super) const HTTP_FRONTEND_KEYS: &[&str] = &[
 ];
 const POOL_HTTP_KEYS: &[&str] = &["version", "max_idle", "idle_timeout", "response_timeout"];
 const STICKY_KEYS: &[&str] = &["cookie", "ttl"];
-const TLS_KEYS: &[&str] = &["certificates", "min_version", "sni_strict"];
-const CERT_KEYS: &[&str] = &["cert", "key"];
 
 /// Most bytes a request head may be allowed (hyper's read buffer holds the whole head).
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
@@ -116,119 +114,6 @@ impl Walker<'_> {
                 }
             }
         }
-        ok
-    }
-
-    /// `[frontend.NAME.tls]`: required on `https`, refused elsewhere.
-    pub(super) fn tls_frontend(
-        &mut self,
-        t: &DeTable<'_>,
-        v: &Value<'_>,
-        path: &str,
-        f: &mut Frontend,
-    ) -> bool {
-        let tpath = format!("{path}.tls");
-        let Some(x) = t.get("tls") else {
-            if f.protocol == Protocol::Https {
-                self.error(
-                    v,
-                    &tpath,
-                    "missing table (an https frontend needs [frontend.NAME.tls] with \
-                     certificates = [{ cert = \"PATH\", key = \"PATH\" }])",
-                );
-                return false;
-            }
-            return true;
-        };
-        if f.protocol != Protocol::Https {
-            self.error(x, &tpath, "only a protocol = \"https\" frontend terminates TLS");
-            return false;
-        }
-        let Some(tt) = self.table(x, &tpath) else { return false };
-        self.check_keys(tt, &tpath, TLS_KEYS);
-        let mut ok = true;
-        let mut tls = TlsFrontend {
-            certificates: Vec::new(),
-            min_version: TlsVersion::V1_2,
-            sni_strict: false,
-        };
-        match tt.get("certificates") {
-            Some(cv) => {
-                let ckey = format!("{tpath}.certificates");
-                match cv.get_ref() {
-                    DeValue::Array(items) if !items.is_empty() => {
-                        for (i, item) in items.iter().enumerate() {
-                            let ikey = format!("{ckey}[{i}]");
-                            let Some(it) = self.table(item, &ikey) else {
-                                ok = false;
-                                continue;
-                            };
-                            self.check_keys(it, &ikey, CERT_KEYS);
-                            let mut file = |k: &str| -> Option<std::path::PathBuf> {
-                                match it.get(k) {
-                                    Some(pv) => self
-                                        .string(pv, &format!("{ikey}.{k}"))
-                                        .map(|p| self.relative(p)),
-                                    None => {
-                                        self.error(
-                                            item,
-                                            &format!("{ikey}.{k}"),
-                                            "missing key (a PEM file)",
-                                        );
-                                        None
-                                    }
-                                }
-                            };
-                            match (file("cert"), file("key")) {
-                                (Some(cert), Some(key)) => {
-                                    tls.certificates.push(CertFiles { cert, key })
-                                }
-                                _ => ok = false,
-                            }
-                        }
-                    }
-                    _ => {
-                        self.error(
-                            cv,
-                            &ckey,
-                            "expected a non-empty list of { cert = \"PATH\", key = \"PATH\" }",
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            None => {
-                self.error(
-                    x,
-                    &format!("{tpath}.certificates"),
-                    "missing key (at least one { cert, key })",
-                );
-                ok = false;
-            }
-        }
-        if let Some(mv) = tt.get("min_version") {
-            let key = format!("{tpath}.min_version");
-            match self.string(mv, &key) {
-                Some("1.2") => tls.min_version = TlsVersion::V1_2,
-                Some("1.3") => tls.min_version = TlsVersion::V1_3,
-                Some(other) => {
-                    self.error(
-                        mv,
-                        &key,
-                        format!("unsupported version \"{other}\" (expected: \"1.2\", \"1.3\")"),
-                    );
-                    ok = false;
-                }
-                None => ok = false,
-            }
-        }
-        if let Some(sv) = tt.get("sni_strict") {
-            match self.boolean(sv, &format!("{tpath}.sni_strict")) {
-                Some(b) => tls.sni_strict = b,
-                None => ok = false,
-            }
-        }
-        f.tls = Some(tls);
         ok
     }
 
