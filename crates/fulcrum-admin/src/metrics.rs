@@ -495,6 +495,7 @@ impl Collector for Scrape {
                 .collect(),
         )?;
         self.encode_http(&mut enc)?;
+        self.encode_sni(&mut enc)?;
         Ok(())
     }
 }
@@ -601,11 +602,11 @@ impl Scrape {
         let mut rows = Vec::new();
         for f in s.frontends.iter() {
             let Some(routes) = &f.routes else { continue };
-            for (i, r) in routes.routes.iter().enumerate() {
+            for r in &routes.routes {
                 for (class, c) in CLASSES.iter().zip(&r.responses) {
                     let l = vec![
                         ("frontend", f.name.to_string()),
-                        ("route", i.to_string()),
+                        ("route", r.index.to_string()),
                         ("class", class.to_string()),
                     ];
                     rows.push((l, counter(load(c))));
@@ -655,6 +656,49 @@ impl Scrape {
                 .collect(),
         )?;
         Ok(())
+    }
+}
+
+impl Scrape {
+    /// Frontends with routes by SNI: what each connection's first bytes were, and the route
+    /// each connection took.
+    fn encode_sni(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snapshot;
+        let mut rows = Vec::new();
+        for f in s.frontends.iter().filter(|f| f.sni.is_some()) {
+            for (result, c) in fulcrum_proxy::SNI_RESULTS.iter().zip(&f.stats.sni_hellos) {
+                let l = vec![("frontend", f.name.to_string()), ("result", result.to_string())];
+                rows.push((l, counter(load(c))));
+            }
+        }
+        family(
+            enc,
+            "fulcrum_sni_hellos",
+            "Connections of frontends with routes by SNI, by what their first bytes were: sni \
+             (a ClientHello with a server name), no-sni, not-tls, closed (before a whole \
+             ClientHello), timeout (none within sni_timeout: closed).",
+            MetricType::Counter,
+            rows,
+        )?;
+        let mut rows = Vec::new();
+        for f in &s.frontends {
+            let Some(sni) = &f.sni else { continue };
+            for r in &sni.routes {
+                let l = vec![("frontend", f.name.to_string()), ("route", r.index.to_string())];
+                rows.push((l, counter(load(&r.routed))));
+            }
+            let l = vec![("frontend", f.name.to_string()), ("route", "default".to_string())];
+            rows.push((l, counter(load(&sni.default))));
+        }
+        family(
+            enc,
+            "fulcrum_sni_routed",
+            "Connections routed by their ClientHello's server name: by route (index in the \
+             frontend's list), or default (tcp: the frontend's pool; https: TLS terminated by \
+             fulcrum); counted since the routes were last built (start or reload).",
+            MetricType::Counter,
+            rows,
+        )
     }
 }
 

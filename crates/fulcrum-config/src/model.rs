@@ -199,8 +199,11 @@ pub struct Frontend {
     /// HTTP frontends: limits, timeouts and forwarding headers.
     pub http: HttpFrontend,
     /// HTTP: `[[frontend.NAME.route]]`, tried in order; a request no route matches goes to
-    /// `pool`.
+    /// `pool`. `tcp` and `https`: also the routes by SNI (`Route::is_sni`), which take a
+    /// connection before any HTTP.
     pub routes: Vec<Route>,
+    /// Routes by SNI: how long a client has to send its whole ClientHello; closed after it.
+    pub sni_timeout: Duration,
     /// `https`: `[frontend.NAME.tls]`, the certificates and TLS settings.
     pub tls: Option<TlsFrontend>,
     /// Sources that must open with a PROXY protocol header (v1 or v2); its address is then
@@ -279,6 +282,7 @@ impl Default for HttpFrontend {
     }
 }
 
+pub const DEFAULT_SNI_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// `sessions = false`: how long a datagram's answer is waited for unless `session_timeout`
 /// says otherwise (each waiting datagram holds a socket and a slot of the in-flight table).
@@ -341,6 +345,11 @@ impl Default for Fanout {
 }
 
 impl Frontend {
+    /// Whether a connection's ClientHello is read for its server name (`sni` routes).
+    pub fn has_sni_routes(&self) -> bool {
+        self.routes.iter().any(Route::is_sni)
+    }
+
     pub fn new(name: &str, bind: ListenAddr, pool: &str) -> Self {
         Self {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
@@ -359,6 +368,7 @@ impl Frontend {
             quit: None,
             http: HttpFrontend::default(),
             routes: Vec::new(),
+            sni_timeout: DEFAULT_SNI_TIMEOUT,
             tls: None,
             accept_proxy: Vec::new(),
         }
@@ -616,8 +626,10 @@ impl std::str::FromStr for ServerState {
 }
 
 /// One `[[frontend.NAME.route]]`: conditions (all must hold; an absent one always does) and
-/// what to do with a matching request (docs/routing.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// what to do with a matching request (docs/routing.md). A route with `sni` is a TLS route
+/// instead (docs/tls.md, "Passthrough by SNI"): read from the ClientHello, it sends the whole
+/// connection to `pool` untouched; it has no other condition or action.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Route {
     /// Exact names or `*.domain` wildcards, lower case; any may match.
     pub hosts: Vec<String>,
@@ -639,11 +651,22 @@ pub struct Route {
     pub remove_headers: Vec<String>,
     /// `redirect = "https"`: answer 301 with the same URL over HTTPS instead of forwarding.
     pub redirect_https: bool,
+    /// TLS routes (`tcp` frontends, and `https` ones with `passthrough`): server names as
+    /// `fulcrum_core::sni::pattern` gives them (lower case, exact or `*.domain`); any may match.
+    pub sni: Vec<String>,
+    /// `https`: a connection this route's `sni` matches is passed through to `pool`, not
+    /// terminated. Always set with `sni` on an `https` frontend, never without it.
+    pub passthrough: bool,
     /// The line of the route's table in the config file (0 when not from a file), for warnings.
     pub line: usize,
 }
 
 impl Route {
+    /// A TLS route: chosen by the ClientHello's server name, before any HTTP.
+    pub fn is_sni(&self) -> bool {
+        !self.sni.is_empty()
+    }
+
     /// The route's conditions, as fulcrum-core matches them (`RouteTable::build`, `shadowed`).
     pub fn spec(&self) -> RouteSpec {
         RouteSpec {

@@ -17,4 +17,5 @@ pub mod resolve;
 pub mod retry;
 pub mod route;
 pub mod scale;
+pub mod sni;
 pub mod udp;

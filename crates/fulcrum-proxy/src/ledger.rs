@@ -86,6 +86,9 @@ pub struct Ledger {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub outcome: &'static str,
+    /// The `protocol` of the access-log line: the service's name, unless the connection
+    /// became something else (an `https` connection passed through by SNI).
+    pub(crate) protocol: &'static str,
 }
 
 impl Ledger {
@@ -112,6 +115,7 @@ impl Ledger {
     fn open(shared: Arc<Shared>, ctx: Arc<AcceptCtx>, client: SocketAddr, slots: Slots) -> Self {
         ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        let protocol = ctx.service.log_name();
         Ledger {
             shared,
             ctx,
@@ -123,6 +127,7 @@ impl Ledger {
             bytes_in: 0,
             bytes_out: 0,
             outcome: "stopped",
+            protocol,
         }
     }
 
@@ -191,7 +196,7 @@ impl Drop for Ledger {
             tracing::info!(
                 target: "fulcrum::access",
                 client = %self.client, frontend = %self.ctx.name,
-                protocol = self.ctx.service.log_name(), server, bytes_in = self.bytes_in,
+                protocol = self.protocol, server, bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out, duration_ms = self.started.elapsed().as_millis() as u64,
                 outcome = self.outcome
             );

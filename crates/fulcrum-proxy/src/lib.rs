@@ -25,6 +25,7 @@ mod queue;
 mod ratelog;
 mod resolve;
 mod routes;
+mod sni;
 mod splice;
 mod state;
 mod stats;
@@ -43,9 +44,9 @@ pub use ratelog::RateLimit;
 pub use resolve::{Answer, LOOKUP_TIMEOUT, NameSet, NameUse, Resolver, lookup_blocking};
 pub use state::{
     AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, Names, PoolState, ServerEntry, ServerStats,
-    Snapshot, resolve_names,
+    Snapshot, SniRoutes, resolve_names,
 };
-pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, descriptor_budget};
+pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, SNI_RESULTS, descriptor_budget};
 pub use tls::server_config as tls_server_config;
 pub use upstream_tls::{TlsRegistry, UpstreamTls, UpstreamTlsStats};
 

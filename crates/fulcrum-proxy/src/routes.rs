@@ -1,9 +1,13 @@
-//! What an HTTP frontend's snapshot carries beyond the pools: its routes as the workers use
-//! them (built from the config once per snapshot) and a pool's sticky-cookie values.
+//! What a frontend's snapshot carries beyond the pools: its HTTP routes and its routes by SNI
+//! as the workers use them (built from the config once per snapshot), and a pool's
+//! sticky-cookie values.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use fulcrum_config::Config;
 
-use crate::state::ServerEntry;
+use crate::state::{PoolState, ServerEntry};
 
 /// An HTTP frontend's routes as the workers use them: the matcher (fulcrum-core) and, per
 /// route, where a match goes and what is changed on the way.
@@ -15,6 +19,9 @@ pub struct HttpRoutes {
 
 #[derive(Debug)]
 pub struct RouteState {
+    /// The route's place in the frontend's `route` list (its name in metrics): routes by SNI
+    /// share the list but are not here.
+    pub index: usize,
     pub target: RouteTarget,
     pub strip_prefix: Option<String>,
     pub remove_headers: Vec<http::HeaderName>,
@@ -36,10 +43,12 @@ impl HttpRoutes {
         f: &fulcrum_config::Frontend,
         config: &Config,
     ) -> Result<HttpRoutes, String> {
-        let specs: Vec<_> = f.routes.iter().map(|r| r.spec()).collect();
+        let http: Vec<(usize, &fulcrum_config::Route)> =
+            f.routes.iter().enumerate().filter(|(_, r)| !r.is_sni()).collect();
+        let specs: Vec<_> = http.iter().map(|(_, r)| r.spec()).collect();
         let table = fulcrum_core::route::RouteTable::build(&specs)?;
-        let mut routes = Vec::with_capacity(f.routes.len());
-        for (i, r) in f.routes.iter().enumerate() {
+        let mut routes = Vec::with_capacity(http.len());
+        for &(i, r) in &http {
             let target = match &r.pool {
                 _ if r.redirect_https => RouteTarget::RedirectHttps,
                 Some(p) => RouteTarget::Pool(
@@ -64,6 +73,7 @@ impl HttpRoutes {
             let remove_headers =
                 r.remove_headers.iter().map(|n| name(n)).collect::<Result<_, _>>()?;
             routes.push(RouteState {
+                index: i,
                 target,
                 strip_prefix: r.strip_prefix.clone(),
                 remove_headers,
@@ -72,6 +82,55 @@ impl HttpRoutes {
             });
         }
         Ok(HttpRoutes { table, routes })
+    }
+}
+
+/// A frontend's routes by SNI as the workers use them: the matcher (fulcrum-core) and, per
+/// route, its pool and what it took.
+#[derive(Debug)]
+pub struct SniRoutes {
+    pub table: fulcrum_core::sni::SniTable,
+    /// In the table's order.
+    pub routes: Vec<SniRoute>,
+    /// Connections no route took: to the frontend's pool (`tcp`), or TLS terminated by
+    /// fulcrum (`https`).
+    pub default: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct SniRoute {
+    /// The route's place in the frontend's `route` list (its name in metrics).
+    pub index: usize,
+    pub pool: Arc<PoolState>,
+    /// Connections this route took, since the routes were built (start or reload).
+    pub routed: AtomicU64,
+}
+
+impl SniRoutes {
+    /// `None` when the frontend has no route by SNI. `pools` are the snapshot's, in the
+    /// config's order.
+    pub(crate) fn build(
+        f: &fulcrum_config::Frontend,
+        config: &Config,
+        pools: &[Arc<PoolState>],
+    ) -> Result<Option<SniRoutes>, String> {
+        let mut names = Vec::new();
+        let mut routes = Vec::new();
+        for (i, r) in f.routes.iter().enumerate().filter(|(_, r)| r.is_sni()) {
+            let pool = r
+                .pool
+                .as_ref()
+                .and_then(|p| config.pools.iter().position(|x| &x.name == p))
+                .and_then(|p| pools.get(p))
+                .ok_or_else(|| format!("route[{i}]: no pool"))?;
+            names.push(r.sni.clone());
+            routes.push(SniRoute { index: i, pool: pool.clone(), routed: AtomicU64::new(0) });
+        }
+        if routes.is_empty() {
+            return Ok(None);
+        }
+        let table = fulcrum_core::sni::SniTable::build(&names);
+        Ok(Some(SniRoutes { table, routes, default: AtomicU64::new(0) }))
     }
 }
 

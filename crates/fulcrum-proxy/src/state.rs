@@ -13,7 +13,7 @@ use fulcrum_core::balance::{Balancer, LoadView, Metric, PickInput, SHARE_ONE, Se
 use fulcrum_core::eject::{EjectPolicy, FailureOutcome, is_ejected};
 
 use crate::queue::PoolQueue;
-pub use crate::routes::{HttpRoutes, StickyState};
+pub use crate::routes::{HttpRoutes, SniRoutes, StickyState};
 use crate::stats::FrontendStats;
 use crate::upstream_tls::TlsRegistry;
 
@@ -582,6 +582,10 @@ pub struct FrontendState {
     pub pool: usize,
     /// HTTP: the frontend's routes, built once per snapshot (`None`: every request to `pool`).
     pub routes: Option<Arc<HttpRoutes>>,
+    /// `tcp` and `https`: the routes by SNI (`None`: no ClientHello is read).
+    pub sni: Option<Arc<SniRoutes>>,
+    /// How long a client has to send its ClientHello when `sni` is set.
+    pub sni_timeout: Duration,
     /// A `protocol = "http"` frontend.
     pub http: bool,
     pub idle_timeout: Duration,
@@ -720,7 +724,10 @@ impl Snapshot {
             let pool = config.pools.iter().position(|p| p.name == f.pool).ok_or_else(|| {
                 format!("frontend {}: pool \"{}\" is not defined", f.name, f.pool)
             })?;
-            let routes = if f.routes.is_empty() {
+            let sni = SniRoutes::build(f, config, &pools)
+                .map_err(|e| format!("frontend {}: {e}", f.name))?
+                .map(Arc::new);
+            let routes = if !f.routes.iter().any(|r| !r.is_sni()) {
                 None
             } else {
                 Some(Arc::new(
@@ -732,6 +739,8 @@ impl Snapshot {
                 name: Arc::from(f.name.as_str()),
                 pool,
                 routes,
+                sni,
+                sni_timeout: f.sni_timeout,
                 http: f.protocol.is_http(),
                 idle_timeout: f.idle_timeout,
                 send_timeout: f.send_timeout,

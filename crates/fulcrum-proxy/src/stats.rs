@@ -68,6 +68,9 @@ pub fn descriptor_budget(nofile: u64) -> usize {
     nofile.saturating_sub(DESCRIPTOR_RESERVE).clamp(64, 4_000_000) as usize
 }
 
+/// The names of [`FrontendStats::sni_hellos`]' counters, in order (the `result` label).
+pub const SNI_RESULTS: [&str; 5] = ["sni", "no-sni", "not-tls", "closed", "timeout"];
+
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub struct FrontendStats {
@@ -85,6 +88,10 @@ pub struct FrontendStats {
     pub tls_v13: AtomicU64,
     pub tls_alpn_h2: AtomicU64,
     pub tls_handshake_time: crate::state::Histogram,
+    /// Frontends with routes by SNI: what the first bytes of each connection were, by
+    /// [`SNI_RESULTS`] (a named ClientHello, one without a name, not TLS, closed before a
+    /// whole ClientHello, none within `sni_timeout`).
+    pub sni_hellos: [AtomicU64; 5],
     pub connections_total: AtomicU64,
     pub connections_active: AtomicU64,
     /// Clients closed because no server could take them.

@@ -2,7 +2,9 @@
 //! candidate (never the same server twice), then hand both sockets to the copy engine and
 //! log the outcome. A connect is the TCP handshake, then the PROXY header (`send_proxy`), then
 //! the TLS handshake (`[pool.X.tls]`): a failure in any of them is a failed connect, and the
-//! next server is tried.
+//! next server is tried. A frontend with routes by SNI first peeks at the ClientHello for the
+//! pool (`sni.rs`); a connection an `https` frontend passes through comes here too
+//! ([`relay`]), so both take the one pick and admission path below.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,20 +21,50 @@ use crate::copy::{Copied, Outcome, proxy};
 use crate::ledger::{Ledger, Picked};
 use crate::queue::{Refusal, take_or_wait};
 use crate::ratelog::RateLimit;
+use crate::sni::Verdict;
 use crate::state::{NoSlot, PoolState, ServerEntry};
 use crate::upstream_tls::Alpn;
 
 static NO_SERVER_LOG: RateLimit = RateLimit::new(1_000);
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
-pub async fn serve(mut ledger: Ledger, mut client: TcpStream) {
+pub async fn serve(mut ledger: Ledger, client: TcpStream) {
     // TCP_NODELAY is inherited from the listener (listener.rs): no setsockopt here.
-    let (pool, idle, send_timeout) = {
+    let (pool, timeouts, sni_wait) = {
         let snap = ledger.shared().state.load();
         let Some(fe) = snap.frontend(&ledger.ctx().name) else { return };
         let Some(pool) = snap.pools.get(fe.pool) else { return };
-        (pool.clone(), fe.idle_timeout, fe.send_timeout)
+        let timeouts = Timeouts { idle: fe.idle_timeout, send: fe.send_timeout };
+        (pool.clone(), timeouts, fe.sni.as_ref().map(|_| fe.sni_timeout))
     };
+    let pool = match sni_wait {
+        None => pool,
+        // Boxed: a connection of a frontend without routes by SNI does not carry the
+        // ClientHello reader's size in its task.
+        Some(wait) => match Box::pin(crate::sni::choose(&mut ledger, &client, wait)).await {
+            Verdict::Route(pool) | Verdict::Default(pool) => pool,
+            Verdict::Close => return,
+        },
+    };
+    relay(ledger, client, pool, timeouts).await
+}
+
+/// A proxied connection's waits: `idle_timeout` and `send_timeout` of its frontend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub(crate) idle: std::time::Duration,
+    pub(crate) send: std::time::Duration,
+}
+
+/// Proxies `client` to a server of `pool` (picked, admitted and connected by [`connect`]),
+/// as plain bytes both ways, until both sides end.
+pub(crate) async fn relay(
+    mut ledger: Ledger,
+    mut client: TcpStream,
+    pool: Arc<PoolState>,
+    timeouts: Timeouts,
+) {
+    let Timeouts { idle, send: send_timeout } = timeouts;
     let peer = ledger.client();
     let local = client.local_addr().unwrap_or(peer);
     let (server, upstream) = match connect(&pool, peer, local).await {

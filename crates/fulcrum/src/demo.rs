@@ -103,6 +103,8 @@ async fn tour(connections: u32) -> Result<(), String> {
         set_headers: Vec::new(),
         remove_headers: Vec::new(),
         redirect_https: false,
+        sni: Vec::new(),
+        passthrough: false,
         line: 0,
     });
     frontends.push(http);

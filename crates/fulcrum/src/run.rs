@@ -90,18 +90,36 @@ fn manpages(dir: &std::path::Path) -> Result<(), String> {
 /// Routes no request can reach, because an earlier route of the same frontend matches every
 /// request they do (`fulcrum_core::route::shadowed`): one line each, e.g.
 /// `f.toml:23: frontend.web.route[2] is unreachable: route[0] matches every request it does`.
+/// Routes by SNI likewise, for each name an earlier route already has
+/// (`fulcrum_core::sni::duplicates`): `f.toml:30: frontend.tls.route[3]: sni "a.test" is
+/// unreachable: route[1] has it`.
 pub fn route_warnings(c: &Config, file: &str) -> Vec<String> {
     let mut out = Vec::new();
     for f in &c.frontends {
-        let specs: Vec<_> = f.routes.iter().map(fulcrum_config::Route::spec).collect();
+        let at = |i: usize| match f.routes[i].line {
+            0 => file.to_string(),
+            line => format!("{file}:{line}"),
+        };
+        // HTTP routes and routes by SNI share the list; each kind is matched on its own.
+        let (sni, http): (Vec<usize>, Vec<usize>) =
+            (0..f.routes.len()).partition(|&i| f.routes[i].is_sni());
+        let specs: Vec<_> = http.iter().map(|&i| f.routes[i].spec()).collect();
         for (later, earlier) in fulcrum_core::route::shadowed(&specs) {
-            let at = match f.routes[later].line {
-                0 => file.to_string(),
-                line => format!("{file}:{line}"),
-            };
+            let (later, earlier) = (http[later], http[earlier]);
             out.push(format!(
-                "{at}: frontend.{}.route[{later}] is unreachable: \
+                "{}: frontend.{}.route[{later}] is unreachable: \
                  route[{earlier}] matches every request it does",
+                at(later),
+                f.name
+            ));
+        }
+        let names: Vec<&[String]> = sni.iter().map(|&i| f.routes[i].sni.as_slice()).collect();
+        for (later, name, earlier) in fulcrum_core::sni::duplicates(&names) {
+            let (later, earlier) = (sni[later], sni[earlier]);
+            out.push(format!(
+                "{}: frontend.{}.route[{later}]: sni \"{name}\" is unreachable: \
+                 route[{earlier}] has it",
+                at(later),
                 f.name
             ));
         }

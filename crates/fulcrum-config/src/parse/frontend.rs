@@ -35,6 +35,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "route",
     "tls",
     "accept_proxy",
+    "sni_timeout",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -215,16 +216,24 @@ impl Walker<'_> {
         }
         // After `sessions`: whether a UDP pool may send PROXY headers depends on it.
         ok &= self.proxy_protocol(t, path, &mut f, c);
-        ok &= self.frontend_routes(t, path, c, &mut f);
-        if let Some(x) = t.get("route")
-            && !f.protocol.is_http()
-        {
-            self.error(
-                x,
-                &format!("{path}.route"),
-                "only a protocol = \"http\" frontend routes requests",
-            );
-            ok = false;
+        let routes_ok = self.frontend_routes(t, path, c, &mut f);
+        ok &= routes_ok;
+        if let Some(x) = t.get("sni_timeout") {
+            let key = format!("{path}.sni_timeout");
+            if routes_ok && !f.has_sni_routes() {
+                self.error(
+                    x,
+                    &key,
+                    "only read on a frontend with routes by `sni` (a tcp frontend, or an https \
+                     one with passthrough routes)",
+                );
+                ok = false;
+            } else {
+                match self.fanout_duration(x, &key, true) {
+                    Some(d) => f.sni_timeout = d,
+                    None => ok = false,
+                }
+            }
         }
         ok.then_some(f)
     }

@@ -2,6 +2,10 @@
 //! `path_prefix`, `path_regex`, `method`, `header`; actions: `pool`, `strip_prefix`,
 //! `set_headers`, `remove_headers`, `redirect`) and a pool's `hash` key. Regexes are compiled
 //! here once to report them (fulcrum-core compiles them again for matching).
+//!
+//! Routes by SNI share the array: on a `tcp` frontend every route is one (`sni` and `pool`),
+//! on an `https` frontend a route with `sni` and `passthrough = true` is one, and nothing
+//! else may be in such a route.
 
 use fulcrum_core::balance::Algorithm;
 use fulcrum_core::route::check_regex;
@@ -21,7 +25,11 @@ const ROUTE_KEYS: &[&str] = &[
     "set_headers",
     "remove_headers",
     "redirect",
+    "sni",
+    "passthrough",
 ];
+/// The keys of a route by SNI: the connection is not read beyond its ClientHello.
+const SNI_ROUTE_KEYS: &[&str] = &["sni", "passthrough", "pool"];
 const HEADER_KEYS: &[&str] = &["name", "value", "value_regex"];
 /// Headers that frame the message or manage the connection: the proxy owns them.
 const MANAGED_HEADERS: &[&str] = &[
@@ -47,6 +55,20 @@ impl Walker<'_> {
     ) -> bool {
         let Some(v) = t.get("route") else { return true };
         let key = format!("{path}.route");
+        let routed = match f.protocol {
+            Protocol::Http | Protocol::Https => true,
+            Protocol::Tcp => f.mode == Mode::Proxy,
+            Protocol::Udp | Protocol::Directory | Protocol::DirectoryUdp => false,
+        };
+        if !routed {
+            self.error(
+                v,
+                &key,
+                "only http and https frontends (by request) and tcp frontends in proxy mode \
+                 (by the SNI of a TLS ClientHello) have routes",
+            );
+            return false;
+        }
         let DeValue::Array(items) = v.get_ref() else {
             let found = v.get_ref().type_str();
             self.error(v, &key, format!("expected an array of tables ([[{key}]]), found {found}"));
@@ -54,7 +76,25 @@ impl Walker<'_> {
         };
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            match self.route(item, &format!("{key}[{i}]"), c) {
+            let path = format!("{key}[{i}]");
+            let Some(rt) = self.table(item, &path) else {
+                ok = false;
+                continue;
+            };
+            // `passthrough = false` is an HTTP route that says so.
+            let passthrough = rt.get("passthrough").map(|x| x.get_ref().as_bool() != Some(false));
+            let by_sni = match f.protocol {
+                Protocol::Tcp => true,
+                Protocol::Https => rt.get("sni").is_some() || passthrough == Some(true),
+                // An http frontend has no ClientHello: `route` refuses the keys.
+                _ => false,
+            };
+            let r = if by_sni {
+                self.sni_route(item, &path, c, f.protocol)
+            } else {
+                self.route(item, &path, c)
+            };
+            match r {
                 Some(r) => f.routes.push(r),
                 None => ok = false,
             }
@@ -62,24 +102,132 @@ impl Walker<'_> {
         ok
     }
 
+    /// A route by SNI: `sni` (one name or a list) and `pool`, with `passthrough = true` on an
+    /// `https` frontend. Every other key is an error naming it.
+    fn sni_route(
+        &mut self,
+        v: &Value<'_>,
+        path: &str,
+        c: &Config,
+        protocol: Protocol,
+    ) -> Option<Route> {
+        let t = self.table(v, path)?;
+        self.check_keys(t, path, ROUTE_KEYS);
+        let errors = self.errors.len();
+        let key = |k: &str| format!("{path}.{k}");
+        let mut r = Route { line: self.position(v.span().start).0, ..Route::default() };
+        let keys = match protocol {
+            Protocol::Https => "`sni`, `passthrough = true` and `pool`",
+            _ => "`sni` and `pool`",
+        };
+        for (k, x) in t.iter() {
+            let k = k.get_ref().as_ref();
+            if ROUTE_KEYS.contains(&k) && !SNI_ROUTE_KEYS.contains(&k) {
+                self.error(
+                    x,
+                    &key(k),
+                    format!(
+                        "a route by SNI reads nothing but the ClientHello's server name: \
+                         it has {keys} only"
+                    ),
+                );
+            }
+        }
+        match (protocol, t.get("sni"), t.get("passthrough")) {
+            (Protocol::Tcp, _, Some(x)) => self.error(
+                x,
+                &key("passthrough"),
+                "a tcp frontend passes every connection through: leave `passthrough` out",
+            ),
+            (Protocol::Https, Some(_), None) => self.error(
+                v,
+                &key("passthrough"),
+                "missing key: a route by `sni` on an https frontend passes its connections \
+                 through untouched, so say so with passthrough = true (fulcrum's own \
+                 certificates are chosen by SNI in [frontend.NAME.tls])",
+            ),
+            (Protocol::Https, _, Some(x)) => match self.boolean(x, &key("passthrough")) {
+                Some(true) => r.passthrough = true,
+                Some(false) => self.error(
+                    x,
+                    &key("passthrough"),
+                    "a route by `sni` on an https frontend passes its connections through: \
+                     it must be true (or route terminated requests by `host`)",
+                ),
+                None => {}
+            },
+            _ => {}
+        }
+        match t.get("sni") {
+            Some(x) => {
+                for (item, k, name) in self.one_or_many(x, &key("sni")) {
+                    match fulcrum_core::sni::pattern(name) {
+                        Ok(p) if !r.sni.contains(&p) => r.sni.push(p),
+                        Ok(_) => {}
+                        Err(e) => self.error(item, &k, e),
+                    }
+                }
+            }
+            None if protocol == Protocol::Https && r.passthrough => self.error(
+                v,
+                &key("sni"),
+                "missing key: a passthrough route is chosen by the ClientHello's server name \
+                 (sni = \"a.example.com\" or \"*.example.com\")",
+            ),
+            None if protocol == Protocol::Tcp => self.error(
+                v,
+                &key("sni"),
+                "missing key: a tcp frontend routes a connection by the server name of its \
+                 TLS ClientHello (sni = \"a.example.com\" or \"*.example.com\")",
+            ),
+            None => {}
+        }
+        match t.get("pool") {
+            Some(x) => r.pool = self.route_pool(x, &key("pool"), c),
+            None => self.error(
+                v,
+                &key("pool"),
+                "missing key (the pool the connections with these names go to)",
+            ),
+        }
+        (self.errors.len() == errors).then_some(r)
+    }
+
+    /// A route's `pool`: a defined pool's name.
+    fn route_pool(&mut self, x: &Value<'_>, key: &str, c: &Config) -> Option<String> {
+        let p = self.string(x, key)?;
+        if c.pool(p).is_none() {
+            self.error(x, key, format!("pool \"{p}\" is not defined (add a [pool.{p}] table)"));
+            return None;
+        }
+        Some(p.to_string())
+    }
+
     fn route(&mut self, v: &Value<'_>, path: &str, c: &Config) -> Option<Route> {
         let t = self.table(v, path)?;
         self.check_keys(t, path, ROUTE_KEYS);
         let errors = self.errors.len();
         let key = |k: &str| format!("{path}.{k}");
-        let mut r = Route {
-            hosts: Vec::new(),
-            path_prefix: None,
-            path_regex: None,
-            methods: Vec::new(),
-            header: None,
-            pool: None,
-            strip_prefix: None,
-            set_headers: Vec::new(),
-            remove_headers: Vec::new(),
-            redirect_https: false,
-            line: self.position(v.span().start).0,
-        };
+        let mut r = Route { line: self.position(v.span().start).0, ..Route::default() };
+        // An https frontend's routes by SNI went to `sni_route`: here they are misplaced.
+        if let Some(x) = t.get("sni") {
+            self.error(
+                x,
+                &key("sni"),
+                "only tcp and https frontends read the SNI of a TLS ClientHello \
+                 (an http frontend routes by `host`)",
+            );
+        }
+        if let Some(x) = t.get("passthrough")
+            && self.boolean(x, &key("passthrough")) == Some(true)
+        {
+            self.error(
+                x,
+                &key("passthrough"),
+                "only an https frontend terminates TLS, so only it can pass connections \
+                 through (by `sni`)",
+            );
+        }
         if let Some(x) = t.get("host") {
             for (item, k, h) in self.one_or_many(x, &key("host")) {
                 match host_pattern(h) {
@@ -127,18 +275,7 @@ impl Walker<'_> {
             }
         }
         if let Some(x) = t.get("pool") {
-            let k = key("pool");
-            if let Some(p) = self.string(x, &k) {
-                if c.pool(p).is_none() {
-                    self.error(
-                        x,
-                        &k,
-                        format!("pool \"{p}\" is not defined (add a [pool.{p}] table)"),
-                    );
-                } else {
-                    r.pool = Some(p.to_string());
-                }
-            }
+            r.pool = self.route_pool(x, &key("pool"), c);
         }
         if let Some(x) = t.get("strip_prefix") {
             let k = key("strip_prefix");

@@ -75,16 +75,20 @@ async fn serve_plain(mut ledger: Ledger, stream: TcpStream) {
     finish(&mut ledger, &phase, res);
 }
 
-async fn serve_tls(mut ledger: Ledger, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+async fn serve_tls(ledger: Ledger, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
     let ctx = ledger.ctx().clone();
     let settings = &ctx.frontend.http;
     let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
-    let phase = Arc::new(Phase::default());
-    let conn = conn_info(&ledger, &phase, "https");
     // The handshake is part of the first request's head: header_timeout bounds it.
     let started = Instant::now();
+    // Passthrough routes decide first: a name of theirs is a server's to terminate.
+    let terminated = crate::sni::passthrough(ledger, stream, header_timeout).await;
+    let Some((mut ledger, stream)) = terminated else { return };
+    let phase = Arc::new(Phase::default());
+    let conn = conn_info(&ledger, &phase, "https");
     let stats = &ctx.stats;
-    let res = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+    let left = header_timeout.saturating_sub(started.elapsed());
+    let res = match tokio::time::timeout(left, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
             stats.tls_handshake_time.record(started.elapsed());

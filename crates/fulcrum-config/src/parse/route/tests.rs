@@ -74,6 +74,8 @@ redirect = "https"
             set_headers: vec![("X-A".into(), "1".into()), ("Host".into(), "internal".into())],
             remove_headers: vec!["X-B".into(), "Cookie".into()],
             redirect_https: false,
+            sni: Vec::new(),
+            passthrough: false,
             line: 5,
         }
     );
@@ -212,4 +214,116 @@ fn route_spec_feeds_core_matching_and_shadowing() {
     let specs: Vec<RouteSpec> = r.iter().map(Route::spec).collect();
     assert_eq!(fulcrum_core::route::shadowed(&specs), vec![(1, 0)]);
     assert!(fulcrum_core::route::RouteTable::build(&specs).is_ok());
+}
+
+/// A frontend `f` of `protocol` (default pool `app`, `extra` keys after it) with `routes`,
+/// and pools `app`, `a` and `b`. The routes start on line 6.
+fn sni_config(protocol: &str, extra: &str, routes: &str) -> String {
+    let tls = if protocol == "https" {
+        "[frontend.f.tls]\ncertificates = [{ cert = \"c.pem\", key = \"c.key\" }]\n"
+    } else {
+        ""
+    };
+    format!(
+        "[frontend.f]\nbind = \"9000\"\nprotocol = \"{protocol}\"\npool = \"app\"\n{extra}\n\
+         {routes}\n{tls}[pool.app]\nservers = []\n[pool.a]\nservers = []\n[pool.b]\nservers = []\n"
+    )
+}
+
+fn sni_errors(protocol: &str, extra: &str, routes: &str) -> Vec<String> {
+    match parse_str(&sni_config(protocol, extra, routes), "f.toml") {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn sni_routes_parse_on_tcp_and_https() {
+    let routes = "[[frontend.f.route]]\nsni = \"A.Example.com.\"\npool = \"a\"\n\
+                  [[frontend.f.route]]\nsni = [\"*.example.com\", \"b.test\", \"b.test\"]\npool = \"b\"\n";
+    let c = parse_str(&sni_config("tcp", "sni_timeout = \"250ms\"", routes), "f.toml").unwrap();
+    let f = &c.frontends[0];
+    assert!(f.has_sni_routes());
+    assert_eq!(f.sni_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(
+        f.routes[0],
+        Route {
+            sni: vec!["a.example.com".into()],
+            pool: Some("a".into()),
+            line: 6,
+            ..Route::default()
+        }
+    );
+    assert_eq!(f.routes[1].sni, ["*.example.com", "b.test"]);
+    assert!(f.routes.iter().all(|r| r.is_sni() && !r.passthrough));
+
+    // The default wait, and an https frontend mixing terminated and passed-through names.
+    let c = parse_str(&sni_config("tcp", "", routes), "f.toml").unwrap();
+    assert_eq!(c.frontends[0].sni_timeout, DEFAULT_SNI_TIMEOUT);
+    let mixed = "[[frontend.f.route]]\nhost = \"www.test\"\npool = \"b\"\n\
+                 [[frontend.f.route]]\nsni = \"pass.test\"\npassthrough = true\npool = \"a\"\n\
+                 [[frontend.f.route]]\npath_prefix = \"/x\"\npassthrough = false\npool = \"a\"\n";
+    let c = parse_str(&sni_config("https", "sni_timeout = \"1s\"", mixed), "f.toml").unwrap();
+    let r = &c.frontends[0].routes;
+    assert_eq!(r.len(), 3);
+    assert!(!r[0].is_sni() && r[1].is_sni() && !r[2].is_sni());
+    assert!(r[1].passthrough && !r[2].passthrough);
+    assert_eq!(r[1].sni, ["pass.test"]);
+    assert!(c.frontends[0].has_sni_routes());
+}
+
+#[test]
+fn sni_route_errors_name_the_key() {
+    let route = |body: &str| format!("[[frontend.f.route]]\n{body}\n");
+    #[rustfmt::skip]
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // tcp: only sni and pool, and both.
+        ("tcp", "", "sni = \"a.test\"\npool = \"a\"\nhost = \"a.test\"", "f.toml:9:8: frontend.f.route[0].host: a route by SNI reads nothing but the ClientHello's server name: it has `sni` and `pool` only"),
+        ("tcp", "", "sni = \"a.test\"\npool = \"a\"\npath_prefix = \"/\"", "frontend.f.route[0].path_prefix: a route by SNI reads nothing but"),
+        ("tcp", "", "sni = \"a.test\"\npool = \"a\"\nredirect = \"https\"", "frontend.f.route[0].redirect: a route by SNI"),
+        ("tcp", "", "pool = \"a\"\npath_prefix = \"/\"", "frontend.f.route[0].sni: missing key: a tcp frontend routes a connection by the server name of its TLS ClientHello"),
+        ("tcp", "", "sni = \"a.test\"", "f.toml:6:1: frontend.f.route[0].pool: missing key (the pool the connections with these names go to)"),
+        ("tcp", "", "sni = \"a.test\"\npool = \"nope\"", "frontend.f.route[0].pool: pool \"nope\" is not defined"),
+        ("tcp", "", "sni = \"a.test\"\npool = \"a\"\npassthrough = true", "frontend.f.route[0].passthrough: a tcp frontend passes every connection through"),
+        ("tcp", "", "sni = \"a.test\"\npool = \"a\"\ncolour = 1", "frontend.f.route[0].colour: unknown key (expected one of: host,"),
+        ("tcp", "", "sni = []\npool = \"a\"", "frontend.f.route[0].sni: must not be empty"),
+        ("tcp", "", "sni = 5\npool = \"a\"", "frontend.f.route[0].sni: expected a string or a list of strings, found integer"),
+        ("tcp", "", "sni = \"*\"\npool = \"a\"", "frontend.f.route[0].sni: \"*\" names no host"),
+        ("tcp", "", "sni = [\"a.test\", \"a.*.test\"]\npool = \"a\"", "frontend.f.route[0].sni[1]: \"a.*.test\": a wildcard is only allowed as the whole first label"),
+        ("tcp", "", "sni = \"10.1.2.3\"\npool = \"a\"", "frontend.f.route[0].sni: \"10.1.2.3\": a client's SNI is never an IP address"),
+        ("tcp", "", "sni = \"a.test:443\"\npool = \"a\"", "frontend.f.route[0].sni: \"a.test:443\": give the name without a port"),
+        ("tcp", "mode = \"fanout\"", "sni = \"a.test\"\npool = \"a\"", "frontend.f.route: only http and https frontends (by request) and tcp frontends in proxy mode"),
+        ("udp", "", "sni = \"a.test\"\npool = \"a\"", "frontend.f.route: only http and https frontends (by request) and tcp frontends in proxy mode"),
+        // https: sni and passthrough = true go together, and nothing else with them.
+        ("https", "", "sni = \"a.test\"\npool = \"a\"", "f.toml:6:1: frontend.f.route[0].passthrough: missing key: a route by `sni` on an https frontend passes its connections through untouched"),
+        ("https", "", "sni = \"a.test\"\npassthrough = false\npool = \"a\"", "frontend.f.route[0].passthrough: a route by `sni` on an https frontend passes its connections through: it must be true"),
+        ("https", "", "passthrough = true\npool = \"a\"", "frontend.f.route[0].sni: missing key: a passthrough route is chosen by the ClientHello's server name"),
+        ("https", "", "passthrough = true\nhost = \"a.test\"\npool = \"a\"", "frontend.f.route[0].host: a route by SNI reads nothing but the ClientHello's server name: it has `sni`, `passthrough = true` and `pool` only"),
+        ("https", "", "sni = \"a.test\"\npassthrough = true\npool = \"a\"\nset_headers = { \"X\" = \"1\" }", "frontend.f.route[0].set_headers: a route by SNI"),
+        ("https", "", "sni = \"a.test\"\npassthrough = \"yes\"\npool = \"a\"", "frontend.f.route[0].passthrough: expected true or false, found string"),
+        // http: no ClientHello to read.
+        ("http", "", "sni = \"a.test\"\npool = \"a\"", "frontend.f.route[0].sni: only tcp and https frontends read the SNI of a TLS ClientHello"),
+        ("http", "", "passthrough = true\npool = \"a\"", "frontend.f.route[0].passthrough: only an https frontend terminates TLS"),
+        ("http", "", "passthrough = false\npath_prefix = \"/\"", "f.toml:6:1: frontend.f.route[0].pool: missing key (the pool matching requests go to"),
+        // sni_timeout: only where a ClientHello is read.
+        ("tcp", "sni_timeout = \"1s\"", "", "f.toml:5:15: frontend.f.sni_timeout: only read on a frontend with routes by `sni`"),
+        ("https", "sni_timeout = \"1s\"", "host = \"a.test\"\npool = \"a\"", "frontend.f.sni_timeout: only read on a frontend with routes by `sni`"),
+        ("tcp", "sni_timeout = \"0s\"", "sni = \"a.test\"\npool = \"a\"", "frontend.f.sni_timeout: must be greater than zero"),
+        ("tcp", "sni_timeout = \"2h\"", "sni = \"a.test\"\npool = \"a\"", "frontend.f.sni_timeout: must be at most 1h"),
+    ];
+    for (protocol, extra, body, want) in cases {
+        let routes = if body.is_empty() { String::new() } else { route(body) };
+        let errs = sni_errors(protocol, extra, &routes);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(want) || (e.starts_with("f.toml:") && e.contains(want))),
+            "{protocol} {extra} {body}\nwant {want}\ngot {errs:#?}"
+        );
+    }
+    // One error for each thing wrong, not one per missing part.
+    let errs = sni_errors("https", "", &route("sni = \"a.test\"\npool = \"a\"\nhost = \"x\""));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    // `sni` on an http route: that, and nothing about its HTTP keys.
+    let errs = sni_errors("http", "", &route("sni = \"a.test\"\nhost = \"a.test\"\npool = \"a\""));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
 }
