@@ -1,11 +1,16 @@
 //! What a request and a response carry across the proxy: hop-by-hop headers removed both
 //! ways, the forwarding headers (`X-Forwarded-For/-Proto/-Host`, `Via`, `X-Request-Id`,
-//! opt-in `Forwarded`), and who the client is when a trusted proxy says so.
+//! opt-in `Forwarded`), who the client is when a trusted proxy says so, and the request head
+//! rewritten for the server (a route's changes, the target form its HTTP version wants).
 
 use std::net::IpAddr;
 
+use fulcrum_config::HttpVersion;
+use fulcrum_core::route::strip_path;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Version, request::Parts};
+use http::{Uri, Version, request::Parts};
+
+use crate::routes::RouteState;
 use ipnet::IpNet;
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -198,6 +203,66 @@ fn valid_request_id(v: &[u8]) -> bool {
 fn new_request_id() -> HeaderValue {
     let n = fastrand::u128(..);
     HeaderValue::from_str(&format!("{n:032x}")).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The request target as the server's protocol wants it: origin form and a `Host` header
+/// for HTTP/1.1, an absolute URI (`:scheme` `https` over TLS to the server, `:authority`) for
+/// HTTP/2.
+pub(crate) fn adapt_target(
+    parts: &mut http::request::Parts,
+    host: Option<&HeaderValue>,
+    v: HttpVersion,
+    tls: bool,
+) {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    match v {
+        HttpVersion::H1 => {
+            if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+                if let Ok(u) = pq.parse::<Uri>() {
+                    parts.uri = u;
+                }
+            }
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(h) = host
+            {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+        }
+        HttpVersion::H2 => {
+            let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let scheme = if tls { "https" } else { "http" };
+            if let Ok(u) =
+                Uri::builder().scheme(scheme).authority(authority).path_and_query(pq).build()
+            {
+                parts.uri = u;
+            }
+            parts.headers.remove(header::HOST);
+        }
+    }
+}
+
+/// What a route changes before the request goes on: its path prefix off (the query kept),
+/// then the headers it removes and sets.
+pub(crate) fn apply_route(r: &RouteState, parts: &mut http::request::Parts) {
+    if let Some(prefix) = &r.strip_prefix {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let stripped = strip_path(target, prefix);
+        if stripped != target {
+            let mut p = parts.uri.clone().into_parts();
+            if let Ok(pq) = stripped.parse() {
+                p.path_and_query = Some(pq);
+                if let Ok(u) = Uri::from_parts(p) {
+                    parts.uri = u;
+                }
+            }
+        }
+    }
+    for n in &r.remove_headers {
+        parts.headers.remove(n);
+    }
+    for (n, v) in &r.set_headers {
+        parts.headers.insert(n, v.clone());
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,7 @@ use bytes::Bytes;
 use fulcrum_config::HttpVersion;
 use fulcrum_core::balance::{MAX_ATTEMPTS, Tried, hash_bytes, hash_ip};
 use fulcrum_core::blame::{Side, connect_failed, stream_failed};
-use fulcrum_core::route::{
-    Headers, RequestView, cookie_value, hash_input, https_location, strip_path,
-};
+use fulcrum_core::route::{Headers, RequestView, cookie_value, hash_input, https_location};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -31,7 +29,7 @@ use crate::clock::now_ms;
 use crate::ledger::Ledger;
 use crate::queue::{Refusal, take_or_wait};
 use crate::ratelog::RateLimit;
-use crate::routes::{RouteState, RouteTarget};
+use crate::routes::RouteTarget;
 use crate::state::{NoSlot, PoolState};
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
@@ -395,9 +393,9 @@ async fn proxy(
     if let Some((routes, i)) = &route
         && let Some(r) = routes.routes.get(*i)
     {
-        apply_route(r, &mut parts);
+        hdr::apply_route(r, &mut parts);
     }
-    adapt_target(&mut parts, host.as_ref(), pool.http.version, pool.tls.is_some());
+    hdr::adapt_target(&mut parts, host.as_ref(), pool.http.version, pool.tls.is_some());
     let template = Template {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -624,42 +622,6 @@ fn upstream_version(v: HttpVersion) -> Version {
     }
 }
 
-/// The request target as the server's protocol wants it: origin form and a `Host` header
-/// for HTTP/1.1, an absolute URI (`:scheme` `https` over TLS to the server, `:authority`) for
-/// HTTP/2.
-fn adapt_target(
-    parts: &mut http::request::Parts,
-    host: Option<&HeaderValue>,
-    v: HttpVersion,
-    tls: bool,
-) {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    match v {
-        HttpVersion::H1 => {
-            if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-                if let Ok(u) = pq.parse::<Uri>() {
-                    parts.uri = u;
-                }
-            }
-            if !parts.headers.contains_key(header::HOST)
-                && let Some(h) = host
-            {
-                parts.headers.insert(header::HOST, h.clone());
-            }
-        }
-        HttpVersion::H2 => {
-            let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            let scheme = if tls { "https" } else { "http" };
-            if let Ok(u) =
-                Uri::builder().scheme(scheme).authority(authority).path_and_query(pq).build()
-            {
-                parts.uri = u;
-            }
-            parts.headers.remove(header::HOST);
-        }
-    }
-}
-
 struct Failed {
     error: hyper::Error,
     /// The request, when the connection handed it back without writing a byte of it.
@@ -763,30 +725,6 @@ struct HeaderView<'a>(&'a HeaderMap);
 impl Headers for HeaderView<'_> {
     fn get(&self, name: &str) -> Option<&[u8]> {
         self.0.get(name).map(HeaderValue::as_bytes)
-    }
-}
-
-/// What a route changes before the request goes on: its path prefix off (the query kept),
-/// then the headers it removes and sets.
-fn apply_route(r: &RouteState, parts: &mut http::request::Parts) {
-    if let Some(prefix) = &r.strip_prefix {
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let stripped = strip_path(target, prefix);
-        if stripped != target {
-            let mut p = parts.uri.clone().into_parts();
-            if let Ok(pq) = stripped.parse() {
-                p.path_and_query = Some(pq);
-                if let Ok(u) = Uri::from_parts(p) {
-                    parts.uri = u;
-                }
-            }
-        }
-    }
-    for n in &r.remove_headers {
-        parts.headers.remove(n);
-    }
-    for (n, v) in &r.set_headers {
-        parts.headers.insert(n, v.clone());
     }
 }
 
