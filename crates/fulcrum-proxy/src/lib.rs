@@ -43,7 +43,10 @@ pub use state::{
     Snapshot, resolve_names,
 };
 pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, descriptor_budget};
-pub use tls::server_config as tls_server_config;
+pub use tls::{
+    CertInfo, CertRole, Loaded as TlsLoaded, Refresh, TlsState, rfc3339,
+    server_config as tls_server_config,
+};
 
 /// Raises the soft open-file limit to the hard limit (each proxied connection holds two
 /// descriptors, more while splicing); returns the limit now in force.

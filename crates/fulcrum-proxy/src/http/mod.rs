@@ -40,4 +40,13 @@ pub(crate) struct ConnInfo {
     pub(crate) tunnel: std::sync::Mutex<Option<server::Tunnel>>,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub(crate) proto: &'static str,
+    /// `https`: the client certificate header and the verified subject to put in it.
+    pub(crate) client_cert: Option<ClientCert>,
+}
+
+/// An `https` connection's `client_cert_header` (in the TLS material it was accepted with)
+/// and its client's verified subject, if it presented a certificate.
+pub(crate) struct ClientCert {
+    pub(crate) loaded: Arc<crate::tls::Loaded>,
+    pub(crate) subject: Option<http::HeaderValue>,
 }

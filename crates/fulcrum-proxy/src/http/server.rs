@@ -22,11 +22,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::ConnInfo;
 use super::body::{Exchange, ReqBody, RespBody, ServerSlot, Upload};
 use super::headers::{self as hdr, Forwarding, X_REQUEST_ID};
 use super::io::{ClientStream, HttpIo, Phase};
 use super::upstream::{self, Sender};
+use super::{ClientCert, ConnInfo};
 use crate::clock::now_ms;
 use crate::ledger::Ledger;
 use crate::queue::{Refusal, take_or_wait};
@@ -49,13 +49,20 @@ const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 pub(crate) async fn serve(ledger: Ledger, stream: TcpStream) {
     // The TLS path's future (a rustls session inside) is several times the plain one's and
     // lives as long as the connection: boxed, so plain connections do not carry its size.
-    match ledger.ctx().tls.clone() {
+    // Each connection takes the certificates in force now and keeps them: a reload that
+    // swaps them changes nothing for it.
+    match ledger.ctx().tls.as_ref().map(|t| t.current()) {
         None => serve_plain(ledger, stream).await,
-        Some(acceptor) => Box::pin(serve_tls(ledger, stream, acceptor)).await,
+        Some(tls) => Box::pin(serve_tls(ledger, stream, tls)).await,
     }
 }
 
-fn conn_info(ledger: &Ledger, phase: &Arc<Phase>, proto: &'static str) -> Arc<ConnInfo> {
+fn conn_info(
+    ledger: &Ledger,
+    phase: &Arc<Phase>,
+    proto: &'static str,
+    client_cert: Option<ClientCert>,
+) -> Arc<ConnInfo> {
     Arc::new(ConnInfo {
         shared: ledger.shared().clone(),
         ctx: ledger.ctx().clone(),
@@ -63,6 +70,7 @@ fn conn_info(ledger: &Ledger, phase: &Arc<Phase>, proto: &'static str) -> Arc<Co
         phase: phase.clone(),
         tunnel: std::sync::Mutex::new(None),
         proto,
+        client_cert,
     })
 }
 
@@ -70,20 +78,21 @@ async fn serve_plain(mut ledger: Ledger, stream: TcpStream) {
     let settings = &ledger.ctx().frontend.http;
     let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
     let phase = Arc::new(Phase::default());
-    let conn = conn_info(&ledger, &phase, "http");
+    let conn = conn_info(&ledger, &phase, "http", None);
     let res = run(&conn, HttpIo::new(stream, phase.clone(), header_timeout, keepalive)).await;
     finish(&mut ledger, &phase, res);
 }
 
-async fn serve_tls(mut ledger: Ledger, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+async fn serve_tls(mut ledger: Ledger, stream: TcpStream, tls: Arc<crate::tls::Loaded>) {
     let ctx = ledger.ctx().clone();
     let settings = &ctx.frontend.http;
     let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
     let phase = Arc::new(Phase::default());
-    let conn = conn_info(&ledger, &phase, "https");
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     // The handshake is part of the first request's head: header_timeout bounds it.
     let started = Instant::now();
     let stats = &ctx.stats;
+    let tls_loaded = tls;
     let res = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
@@ -95,6 +104,14 @@ async fn serve_tls(mut ledger: Ledger, stream: TcpStream, acceptor: tokio_rustls
             if session.alpn_protocol() == Some(b"h2") {
                 stats.tls_alpn_h2.fetch_add(1, Ordering::Relaxed);
             }
+            // The verified client's subject, read once for all the connection's requests.
+            let subject = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::tls::certificate_subject(leaf))
+                .and_then(|s| HeaderValue::from_str(&s).ok());
+            let client_cert = ClientCert { loaded: tls_loaded.clone(), subject };
+            let conn = conn_info(&ledger, &phase, "https", Some(client_cert));
             run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive)).await
         }
         Ok(Err(e)) => {
@@ -385,6 +402,7 @@ async fn proxy(
         trusted: &settings.trusted_proxies,
         proto: conn.proto,
         forwarded: settings.forwarded,
+        client_cert: conn.client_cert.as_ref().map(|c| (&c.loaded.header, c.subject.as_ref())),
     };
     // The request id is the client's own when valid: keep it for the access log.
     ex.request_id = Some(hdr::prepare_request(&mut parts, host.as_ref(), upgrade, &fwd));

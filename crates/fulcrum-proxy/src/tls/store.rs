@@ -1,0 +1,297 @@
+//! Each `https` frontend's TLS material as loaded, and how it is replaced without touching
+//! open connections: a frontend's [`TlsState`] holds its [`Loaded`] material behind an
+//! `ArcSwap`; an accepted connection loads it once and keeps that `Arc` (its rustls
+//! configuration, its `client_cert_header`) for its whole life. A reload or a file change
+//! builds new material on the control plane and stores it in one swap; a build that fails
+//! leaves the old material serving and is counted and kept as the frontend's last error.
+//!
+//! The state lives as long as the frontend's name does, across rebinds, so the listener
+//! generations of one frontend always serve the same certificates.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use fulcrum_config::{Config, Protocol, TlsFrontend};
+use http::HeaderName;
+use rustls::ServerConfig;
+
+use super::{Digests, Files, x509};
+
+/// What a loaded certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRole {
+    /// Served to clients (`certificates`).
+    Server,
+    /// Trusted to sign client certificates (`client_ca`).
+    ClientCa,
+}
+
+impl CertRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            CertRole::Server => "server",
+            CertRole::ClientCa => "client_ca",
+        }
+    }
+}
+
+/// One loaded certificate as the admin API and metrics report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub role: CertRole,
+    pub file: PathBuf,
+    /// DNS names of its subject alternative names (server certificates), lower case.
+    pub names: Vec<String>,
+    /// RFC 4514 string of its subject.
+    pub subject: String,
+    /// Validity in seconds since the Unix epoch.
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+impl CertInfo {
+    pub(crate) fn new(role: CertRole, file: PathBuf, names: Vec<String>, f: x509::Facts) -> Self {
+        CertInfo {
+            role,
+            file,
+            names,
+            subject: f.subject,
+            not_before: f.not_before,
+            not_after: f.not_after,
+        }
+    }
+
+    /// A short name for labels: the first DNS name, else the subject's CN, else the subject.
+    pub fn label(&self) -> &str {
+        if let Some(n) = self.names.first() {
+            return n;
+        }
+        self.subject.split(',').find_map(|rdn| rdn.strip_prefix("CN=")).unwrap_or(&self.subject)
+    }
+}
+
+/// One frontend's TLS material, built from its files at one moment.
+pub struct Loaded {
+    /// The settings it was built from.
+    pub settings: TlsFrontend,
+    digests: Digests,
+    pub config: Arc<ServerConfig>,
+    /// `client_cert_header`, removed from every request and set to the verified subject.
+    pub header: HeaderName,
+    pub certs: Vec<CertInfo>,
+    /// When it was built, seconds since the Unix epoch.
+    pub loaded_at: u64,
+}
+
+impl Loaded {
+    fn build(t: &TlsFrontend, files: &Files, previous: Option<&Loaded>) -> Result<Loaded, String> {
+        let prev = previous.map(|p| (&p.settings, p.client_ca_digest(), &*p.config));
+        let built = super::build(t, files, prev)?;
+        let header = HeaderName::from_bytes(t.client_cert_header.as_bytes())
+            .map_err(|e| format!("client_cert_header \"{}\": {e}", t.client_cert_header))?;
+        Ok(Loaded {
+            settings: t.clone(),
+            digests: files.digests(),
+            config: built.config,
+            header,
+            certs: built.certs,
+            loaded_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        })
+    }
+
+    /// The digest of the `client_ca` file (the last one, when there is such a file).
+    fn client_ca_digest(&self) -> Option<&[u8; 32]> {
+        self.settings.client_ca.as_ref().and_then(|_| self.digests.last())
+    }
+}
+
+/// A frontend's current TLS material and what became of its reloads.
+pub struct TlsState {
+    current: ArcSwap<Loaded>,
+    /// Material replaced by a reload or a file change.
+    pub reloads: AtomicU64,
+    /// New material that could not be loaded (the old kept serving).
+    pub reload_failures: AtomicU64,
+    last_error: ArcSwapOption<String>,
+}
+
+impl TlsState {
+    fn new(loaded: Loaded) -> TlsState {
+        TlsState {
+            current: ArcSwap::from_pointee(loaded),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            last_error: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The material new connections get now; a connection loads it once.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// Why the last attempt to load new material failed, until one succeeds.
+    pub fn last_error(&self) -> Option<Arc<String>> {
+        self.last_error.load_full()
+    }
+
+    fn failed(&self, e: &str) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        self.last_error.store(Some(Arc::new(e.to_string())));
+    }
+
+    fn replace(&self, loaded: Arc<Loaded>) {
+        self.current.store(loaded);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.last_error.store(None);
+    }
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState")
+            .field("certs", &self.current().certs)
+            .field("reloads", &self.reloads)
+            .field("reload_failures", &self.reload_failures)
+            .finish()
+    }
+}
+
+/// What a look at one frontend's files found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    Unchanged,
+    Reloaded,
+    /// The new files could not be loaded; the old material keeps serving.
+    Failed(String),
+}
+
+/// The TLS material of every `https` frontend, by frontend name (owned by the engine).
+#[derive(Default)]
+pub struct TlsStore {
+    states: HashMap<String, Arc<TlsState>>,
+}
+
+/// The material a change will leave each `https` frontend with, built but not yet in force.
+pub(crate) struct Prepared {
+    next: Vec<(String, Arc<TlsState>, Option<Arc<Loaded>>)>,
+}
+
+impl Prepared {
+    pub(crate) fn get(&self, frontend: &str) -> Option<Arc<TlsState>> {
+        self.next.iter().find(|(n, _, _)| n == frontend).map(|(_, s, _)| s.clone())
+    }
+}
+
+impl TlsStore {
+    /// Builds what `config` needs, changing nothing: material whose settings are unchanged is
+    /// kept as it is, unless `reread` (a reload) asks to read the files again, and even then
+    /// it is kept when their contents are the same. An error names the frontend, the file and
+    /// the reason.
+    pub(crate) fn prepare(&self, config: &Config, reread: bool) -> Result<Prepared, String> {
+        let mut next = Vec::new();
+        for f in &config.frontends {
+            let (Protocol::Https, Some(t)) = (f.protocol, &f.tls) else { continue };
+            let name = &f.name;
+            let Some(state) = self.states.get(name) else {
+                let loaded = Files::read(t)
+                    .and_then(|files| Loaded::build(t, &files, None))
+                    .map_err(|e| format!("frontend {name}: {e}"))?;
+                next.push((name.clone(), Arc::new(TlsState::new(loaded)), None));
+                continue;
+            };
+            let cur = state.current();
+            if !reread && cur.settings == *t {
+                next.push((name.clone(), state.clone(), None));
+                continue;
+            }
+            let loaded = match Self::rebuild(t, &cur) {
+                Ok(l) => l,
+                Err(e) => {
+                    let e = format!("frontend {name}: {e}");
+                    state.failed(&e);
+                    return Err(e);
+                }
+            };
+            next.push((name.clone(), state.clone(), loaded.map(Arc::new)));
+        }
+        Ok(Prepared { next })
+    }
+
+    /// New material for `t` from its files, or `None` when settings and contents are those of
+    /// `cur`.
+    fn rebuild(t: &TlsFrontend, cur: &Loaded) -> Result<Option<Loaded>, String> {
+        let files = Files::read(t)?;
+        if cur.settings == *t && cur.digests == files.digests() {
+            return Ok(None);
+        }
+        Loaded::build(t, &files, Some(cur)).map(Some)
+    }
+
+    /// Puts prepared material in force; frontends no longer `https` let theirs go.
+    pub(crate) fn commit(&mut self, p: Prepared) {
+        self.states.clear();
+        for (name, state, loaded) in p.next {
+            if let Some(l) = loaded {
+                log_reloaded(&name, &l);
+                state.replace(l);
+            }
+            self.states.insert(name, state);
+        }
+    }
+
+    /// Reads every frontend's files again with the settings in force, and swaps in the
+    /// material of those whose contents changed. Each frontend stands alone: one with a bad
+    /// file keeps its old material (the failure is counted and returned) and the others go on.
+    pub fn refresh(&self) -> Vec<(String, Refresh)> {
+        let mut out = Vec::new();
+        for (name, state) in &self.states {
+            let cur = state.current();
+            let r = match Self::rebuild(&cur.settings, &cur) {
+                Ok(None) => Refresh::Unchanged,
+                Ok(Some(l)) => {
+                    let l = Arc::new(l);
+                    log_reloaded(name, &l);
+                    state.replace(l);
+                    Refresh::Reloaded
+                }
+                Err(e) => {
+                    let e = format!("frontend {name}: {e}");
+                    state.failed(&e);
+                    Refresh::Failed(e)
+                }
+            };
+            out.push((name.clone(), r));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Every file the frontends' TLS reads, sorted, without repeats.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self
+            .states
+            .values()
+            .flat_map(|s| super::paths(&s.current().settings).cloned().collect::<Vec<_>>())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+fn log_reloaded(frontend: &str, l: &Loaded) {
+    for c in l.certs.iter().filter(|c| c.role == CertRole::Server) {
+        tracing::info!(
+            frontend,
+            file = %c.file.display(),
+            subject = %c.subject,
+            not_after = %x509::rfc3339(c.not_after),
+            "certificate loaded"
+        );
+    }
+}
