@@ -10,82 +10,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "support/tls.rs"]
+mod tls_support;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::*;
+use tls_support::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A test CA and two leaf certificates signed by it: `a.test` and `*.b.test`.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn make() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(d).output().expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend_from_slice(&ec);
-        ca.extend_from_slice(&["-days", "2", "-subj", "/CN=fulcrum test CA", "-keyout", "ca.key"]);
-        ca.extend_from_slice(&["-out", "ca.pem"]);
-        run(&ca);
-        for (file, name) in [("a", "a.test"), ("b", "*.b.test")] {
-            let subj = format!("/CN={name}");
-            let (key, csr, pem) =
-                (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
-            let mut req = vec!["req"];
-            req.extend_from_slice(&ec);
-            req.extend_from_slice(&["-subj", &subj, "-keyout", &key, "-out", &csr]);
-            run(&req);
-            let ext = format!("{file}.ext");
-            std::fs::write(d.join(&ext), format!("subjectAltName=DNS:{name}\n")).unwrap();
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &pem,
-            ]);
-        }
-        Pki { dir }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
-    fn tls_table(&self, extra: &str) -> String {
-        format!(
-            "[frontend.web.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}, \
-             {{ cert = \"{}\", key = \"{}\" }}]\n{extra}\n",
-            self.path("a.pem").display(),
-            self.path("a.key").display(),
-            self.path("b.pem").display(),
-            self.path("b.key").display()
-        )
-    }
-}
 
 /// An HTTP/1 keep-alive backend answering `proto=<X-Forwarded-Proto>`.
 fn backend() -> std::net::SocketAddr {
