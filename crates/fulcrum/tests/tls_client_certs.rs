@@ -86,7 +86,7 @@ async fn required_client_certificates_refuse_clients_without_one_and_pass_the_su
         assert!(ok, "{version} with the client certificate: {head}");
         assert_eq!(
             header_values(&head, "x-client-cert-subject"),
-            [want.clone()],
+            std::slice::from_ref(&want),
             "{version}: {head}"
         );
     }
