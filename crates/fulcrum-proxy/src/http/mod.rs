@@ -10,6 +10,7 @@
 //! * `upstream.rs`: the worker's idle server connections.
 //! * `body.rs`: request and response bodies and the per-request record (`Exchange`) that
 //!   gives everything back and writes the access-log line when the response ends.
+//! * `https.rs`: the TLS handshake of an `https` connection and its verified client.
 //! * `headers.rs`: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`, `Forwarded`.
 //!
 //! Built on hyper 1: its HTTP/1 parser is strict where smuggling lives (conflicting
@@ -18,6 +19,7 @@
 
 mod body;
 mod headers;
+mod https;
 mod io;
 mod server;
 mod upstream;

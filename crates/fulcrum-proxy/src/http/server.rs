@@ -35,7 +35,6 @@ use crate::routes::{RouteState, RouteTarget};
 use crate::state::{NoSlot, PoolState};
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
-static TLS_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
 /// Most concurrent streams an HTTP/2 client may open (each may hold a server connection).
 const MAX_STREAMS: u32 = 100;
@@ -53,11 +52,11 @@ pub(crate) async fn serve(ledger: Ledger, stream: TcpStream) {
     // swaps them changes nothing for it.
     match ledger.ctx().tls.as_ref().map(|t| t.current()) {
         None => serve_plain(ledger, stream).await,
-        Some(tls) => Box::pin(serve_tls(ledger, stream, tls)).await,
+        Some(tls) => Box::pin(super::https::serve_tls(ledger, stream, tls)).await,
     }
 }
 
-fn conn_info(
+pub(super) fn conn_info(
     ledger: &Ledger,
     phase: &Arc<Phase>,
     proto: &'static str,
@@ -83,59 +82,8 @@ async fn serve_plain(mut ledger: Ledger, stream: TcpStream) {
     finish(&mut ledger, &phase, res);
 }
 
-async fn serve_tls(mut ledger: Ledger, stream: TcpStream, tls: Arc<crate::tls::Loaded>) {
-    let ctx = ledger.ctx().clone();
-    let settings = &ctx.frontend.http;
-    let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
-    let phase = Arc::new(Phase::default());
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    // The handshake is part of the first request's head: header_timeout bounds it.
-    let started = Instant::now();
-    let stats = &ctx.stats;
-    let tls_loaded = tls;
-    let res = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => {
-            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-            stats.tls_handshake_time.record(started.elapsed());
-            let (_, session) = tls.get_ref();
-            if session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-                stats.tls_v13.fetch_add(1, Ordering::Relaxed);
-            }
-            if session.alpn_protocol() == Some(b"h2") {
-                stats.tls_alpn_h2.fetch_add(1, Ordering::Relaxed);
-            }
-            // The verified client's subject, read once for all the connection's requests.
-            let subject = session
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| crate::tls::certificate_subject(leaf))
-                .and_then(|s| HeaderValue::from_str(&s).ok());
-            let client_cert = ClientCert { loaded: tls_loaded.clone(), subject };
-            let conn = conn_info(&ledger, &phase, "https", Some(client_cert));
-            run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive)).await
-        }
-        Ok(Err(e)) => {
-            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-            ledger.outcome = "tls-handshake-failed";
-            if let Some(skipped) = TLS_FAIL_LOG.allow(now_ms()) {
-                tracing::info!(
-                    frontend = %ctx.name, client = %ledger.client(), error = %e, skipped,
-                    "TLS handshake failed"
-                );
-            }
-            return;
-        }
-        Err(_) => {
-            stats.tls_handshake_timeouts.fetch_add(1, Ordering::Relaxed);
-            ledger.outcome = "tls-handshake-timeout";
-            return;
-        }
-    };
-    finish(&mut ledger, &phase, res);
-}
-
 /// The connection's bytes and how it ended, for its ledger (and access-log line).
-fn finish(ledger: &mut Ledger, phase: &Phase, res: Result<(), BoxError>) {
+pub(super) fn finish(ledger: &mut Ledger, phase: &Phase, res: Result<(), BoxError>) {
     ledger.bytes_in = phase.bytes_in.load(Ordering::Relaxed);
     ledger.bytes_out = phase.bytes_out.load(Ordering::Relaxed);
     ledger.outcome = if phase.header_timed_out.load(Ordering::Relaxed) {
@@ -151,7 +99,10 @@ fn finish(ledger: &mut Ledger, phase: &Phase, res: Result<(), BoxError>) {
 }
 
 /// HTTP/2 (by its preface, which ALPN `h2` promises over TLS) or HTTP/1 on a client stream.
-async fn run<S: ClientStream>(conn: &Arc<ConnInfo>, mut io: HttpIo<S>) -> Result<(), BoxError> {
+pub(super) async fn run<S: ClientStream>(
+    conn: &Arc<ConnInfo>,
+    mut io: HttpIo<S>,
+) -> Result<(), BoxError> {
     match io.sniff_h2().await {
         Ok(true) => serve_h2(conn, io).await,
         Ok(false) => serve_h1(conn, io).await,

@@ -295,3 +295,252 @@ fn log_reloaded(frontend: &str, l: &Loaded) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// A scratch directory with a CA and leaves made by `openssl` (the tool users make test
+    /// certificates with), removed on drop.
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let d = std::env::temp_dir().join(format!(
+                "fulcrum-tls-store-{tag}-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            let dir = Dir(d);
+            dir.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=store test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ]);
+            dir
+        }
+
+        fn openssl(&self, args: &[&str]) {
+            let out = Command::new("openssl").args(args).current_dir(&self.0).output().unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        /// `{file}.pem`/`{file}.key` for `a.test` with organisation `org`.
+        fn leaf(&self, file: &str, org: &str) {
+            let (key, csr, pem) =
+                (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
+            let subj = format!("/O={org}/CN=a.test");
+            self.openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &subj,
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ]);
+            std::fs::write(self.0.join("ext"), "subjectAltName=DNS:a.test\n").unwrap();
+            self.openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+                "-out",
+                &pem,
+            ]);
+        }
+
+        fn path(&self, f: &str) -> PathBuf {
+            self.0.join(f)
+        }
+
+        /// Copies `{from}.pem`/`.key` over `{to}.pem`/`.key`.
+        fn copy(&self, from: &str, to: &str) {
+            for ext in ["pem", "key"] {
+                std::fs::copy(
+                    self.path(&format!("{from}.{ext}")),
+                    self.path(&format!("{to}.{ext}")),
+                )
+                .unwrap();
+            }
+        }
+    }
+
+    /// One `https` frontend per name, each serving `{name}.pem`; `extra` goes in every TLS table.
+    fn config(dir: &Path, names: &[&str], extra: &str) -> Config {
+        // A plain frontend too: a config needs one, and it has no TLS.
+        let mut toml = String::from(
+            "[pool.p]\nservers = []\n[frontend.plain]\nbind = \"127.0.0.1:999\"\npool = \"p\"\n",
+        );
+        for (i, n) in names.iter().enumerate() {
+            toml.push_str(&format!(
+                "[frontend.{n}]\nbind = \"127.0.0.1:{}\"\nprotocol = \"https\"\npool = \"p\"\n\
+                 [frontend.{n}.tls]\ncertificates = [{{ cert = \"{n}.pem\", key = \"{n}.key\" }}]\n{extra}\n",
+                1000 + i
+            ));
+        }
+        fulcrum_config::parse_str(&toml, dir.join("f.toml").to_str().unwrap()).unwrap()
+    }
+
+    fn subject(s: &TlsState) -> String {
+        s.current().certs[0].subject.clone()
+    }
+
+    #[test]
+    fn material_is_read_again_only_on_reload_and_replaced_only_when_files_changed() {
+        let dir = Dir::new("reread");
+        dir.leaf("v1", "one");
+        dir.leaf("v2", "two");
+        dir.copy("v1", "web");
+        let mut store = TlsStore::default();
+        let cfg = config(&dir.0, &["web"], "");
+        let p = store.prepare(&cfg, false).unwrap();
+        let state = p.get("web").unwrap();
+        store.commit(p);
+        let first = state.current();
+        assert_eq!(subject(&state), "CN=a.test,O=one");
+        // Same files, read again or not: the very same material.
+        for reread in [false, true] {
+            let p = store.prepare(&cfg, reread).unwrap();
+            assert!(Arc::ptr_eq(&p.get("web").unwrap(), &state), "the state lives on");
+            store.commit(p);
+            assert!(Arc::ptr_eq(&state.current(), &first), "reread = {reread}");
+        }
+        // New files: an API change (no reread) keeps the old, a reload takes the new.
+        dir.copy("v2", "web");
+        let p = store.prepare(&cfg, false).unwrap();
+        store.commit(p);
+        assert_eq!(subject(&state), "CN=a.test,O=one");
+        let p = store.prepare(&cfg, true).unwrap();
+        assert_eq!(subject(&state), "CN=a.test,O=one", "prepare changes nothing");
+        store.commit(p);
+        assert_eq!(subject(&state), "CN=a.test,O=two");
+        assert_eq!(state.reloads.load(Ordering::Relaxed), 1);
+        // Resumption keys carry over a certificate change (same client rules).
+        assert!(Arc::ptr_eq(&first.config.ticketer, &state.current().config.ticketer));
+        // A frontend that leaves lets its material go.
+        let p = store.prepare(&config(&dir.0, &[], ""), true).unwrap();
+        store.commit(p);
+        assert!(store.files().is_empty());
+    }
+
+    #[test]
+    fn a_bad_file_fails_the_change_and_the_old_material_keeps_serving() {
+        let dir = Dir::new("bad");
+        dir.leaf("web", "one");
+        let mut store = TlsStore::default();
+        let cfg = config(&dir.0, &["web"], "");
+        let p = store.prepare(&cfg, false).unwrap();
+        let state = p.get("web").unwrap();
+        store.commit(p);
+        std::fs::write(dir.path("web.pem"), "not a certificate\n").unwrap();
+        let e = store.prepare(&cfg, true).err().unwrap();
+        let pem = dir.path("web.pem").display().to_string();
+        assert!(e.starts_with(&format!("frontend web: certificate {pem}")), "{e}");
+        assert_eq!(subject(&state), "CN=a.test,O=one");
+        assert_eq!(state.reload_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(state.last_error().as_deref(), Some(&e));
+        assert_eq!(store.refresh(), [("web".to_string(), Refresh::Failed(e))]);
+        // A key that belongs to another certificate is refused too.
+        dir.leaf("other", "two");
+        std::fs::copy(dir.path("other.pem"), dir.path("web.pem")).unwrap();
+        let r = store.refresh();
+        assert!(matches!(&r[0].1, Refresh::Failed(m) if m.contains("does not belong to")), "{r:?}");
+        std::fs::copy(dir.path("other.key"), dir.path("web.key")).unwrap();
+        assert_eq!(store.refresh(), [("web".to_string(), Refresh::Reloaded)]);
+        assert_eq!(subject(&state), "CN=a.test,O=two");
+        assert_eq!(state.last_error(), None);
+        assert_eq!(store.refresh(), [("web".to_string(), Refresh::Unchanged)]);
+    }
+
+    #[test]
+    fn refresh_treats_each_frontend_on_its_own() {
+        let dir = Dir::new("apart");
+        dir.leaf("one", "one");
+        dir.leaf("two", "two");
+        dir.leaf("new", "new");
+        let mut store = TlsStore::default();
+        let p = store.prepare(&config(&dir.0, &["one", "two"], ""), false).unwrap();
+        let (one, two) = (p.get("one").unwrap(), p.get("two").unwrap());
+        store.commit(p);
+        std::fs::write(dir.path("one.key"), "garbage").unwrap();
+        dir.copy("new", "two");
+        let r = store.refresh();
+        assert!(matches!(&r[0], (n, Refresh::Failed(_)) if n == "one"), "{r:?}");
+        assert_eq!(r[1], ("two".to_string(), Refresh::Reloaded));
+        assert_eq!(subject(&one), "CN=a.test,O=one");
+        assert_eq!(subject(&two), "CN=a.test,O=new");
+        let files: Vec<String> =
+            store.files().iter().map(|f| f.file_name().unwrap().to_string_lossy().into()).collect();
+        assert_eq!(files, ["one.key", "one.pem", "two.key", "two.pem"]);
+    }
+
+    #[test]
+    fn new_client_rules_start_new_sessions() {
+        let dir = Dir::new("clients");
+        dir.leaf("web", "one");
+        let mut store = TlsStore::default();
+        let p = store.prepare(&config(&dir.0, &["web"], ""), false).unwrap();
+        let state = p.get("web").unwrap();
+        store.commit(p);
+        let before = state.current();
+        assert_eq!(before.header, "x-client-cert-subject");
+        let p = store
+            .prepare(
+                &config(&dir.0, &["web"], "client_ca = \"ca.pem\"\nclient_cert_header = \"X-Who\""),
+                false,
+            )
+            .unwrap();
+        store.commit(p);
+        let after = state.current();
+        assert!(!Arc::ptr_eq(&before.config.ticketer, &after.config.ticketer));
+        assert_eq!(after.header, "x-who");
+        let roles: Vec<_> = after.certs.iter().map(|c| (c.role, c.label().to_string())).collect();
+        assert_eq!(
+            roles,
+            [
+                (CertRole::Server, "a.test".to_string()),
+                (CertRole::ClientCa, "store test CA".to_string())
+            ]
+        );
+    }
+}

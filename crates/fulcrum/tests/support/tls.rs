@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A test PKI in a temporary directory.
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    /// How long the certificates made are valid, in days.
+    pub days: String,
 }
 
 const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
@@ -22,7 +24,12 @@ impl Pki {
     /// The server CA (`ca.pem`) with `a.pem`/`a.key` (`a.test`) and `b.pem`/`b.key`
     /// (`*.b.test`).
     pub fn make() -> Pki {
-        let pki = Pki { dir: tempfile::tempdir().unwrap() };
+        Pki::make_for_days(2)
+    }
+
+    /// [`Pki::make`] with certificates valid for `days`.
+    pub fn make_for_days(days: u32) -> Pki {
+        let pki = Pki { dir: tempfile::tempdir().unwrap(), days: days.to_string() };
         pki.ca("ca", "fulcrum test CA");
         pki.leaf("a", "/CN=a.test", "subjectAltName=DNS:a.test", "ca");
         pki.leaf("b", "/CN=*.b.test", "subjectAltName=DNS:*.b.test", "ca");
@@ -56,17 +63,18 @@ impl Pki {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A self-signed CA `{file}.pem`/`{file}.key` valid for two days.
+    /// A self-signed CA `{file}.pem`/`{file}.key`.
     pub fn ca(&self, file: &str, cn: &str) {
         let (key, pem, subj) = (format!("{file}.key"), format!("{file}.pem"), format!("/CN={cn}"));
         let mut args = vec!["req", "-x509"];
         args.extend_from_slice(&EC);
-        args.extend_from_slice(&["-days", "2", "-subj", &subj, "-keyout", &key, "-out", &pem]);
+        args.extend_from_slice(&["-days", &self.days, "-subj", &subj, "-keyout", &key]);
+        args.extend_from_slice(&["-out", &pem]);
         self.openssl(&args);
     }
 
     /// A leaf `{file}.pem`/`{file}.key` for `subj`, with the extension lines `ext`, signed by
-    /// the CA `{ca}.pem`, valid for two days.
+    /// the CA `{ca}.pem`.
     pub fn leaf(&self, file: &str, subj: &str, ext: &str, ca: &str) {
         let (key, csr, pem) = (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
         let mut req = vec!["req"];
@@ -87,7 +95,7 @@ impl Pki {
             &ca_key,
             "-CAcreateserial",
             "-days",
-            "2",
+            &self.days,
             "-extfile",
             &extfile,
             "-out",
