@@ -87,11 +87,10 @@ async fn run(
                 }
             }
         }
-        // The files are read on a blocking thread, with the controller held so no reload
-        // changes the frontends meanwhile.
-        let guard = controller.clone().lock_owned().await;
-        let looked = tokio::task::spawn_blocking(move || guard.engine().refresh_certificates());
-        let Ok(results) = looked.await else { continue };
+        // Under the controller's lock, so no reload changes the frontends meanwhile, and on
+        // this thread, as a reload reads them: a few small local files, and the lock is never
+        // held across an await.
+        let results = controller.lock().await.engine().refresh_certificates();
         for (frontend, r) in results {
             match r {
                 Refresh::Unchanged => {}
