@@ -78,9 +78,24 @@ pub(crate) struct Files {
 /// SHA-256 of each file, in the order [`Files`] holds them.
 pub(crate) type Digests = Vec<[u8; 32]>;
 
+/// Largest certificate, key or CA file read: a CA bundle of every public root is about
+/// 200 KiB; a path to something endless (a device, a pipe) must not fill the memory.
+const MAX_FILE: u64 = 4 << 20;
+
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path)
-        .map_err(|e| format!("{what} {}: {}", path.display(), fulcrum_config::io_reason(&e)))
+    use std::io::Read;
+    let fail =
+        |e: std::io::Error| format!("{what} {}: {}", path.display(), fulcrum_config::io_reason(&e));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(fail)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(fail)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("{what} {}: larger than {} MiB", path.display(), MAX_FILE >> 20));
+    }
+    Ok(bytes)
 }
 
 impl Files {

@@ -490,6 +490,12 @@ mod tests {
         assert_eq!(subject(&state), "CN=a.test,O=two");
         assert_eq!(state.last_error(), None);
         assert_eq!(store.refresh(), [("web".to_string(), Refresh::Unchanged)]);
+        // A path to something endless is refused, not read to the end.
+        std::fs::remove_file(dir.path("web.pem")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path("web.pem")).unwrap();
+        let r = store.refresh();
+        assert!(matches!(&r[0].1, Refresh::Failed(m) if m.ends_with("larger than 4 MiB")), "{r:?}");
+        assert_eq!(subject(&state), "CN=a.test,O=two");
     }
 
     #[test]
