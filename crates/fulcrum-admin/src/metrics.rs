@@ -661,8 +661,8 @@ impl Scrape {
             enc,
             "fulcrum_tls_certificate_expiry_timestamp_seconds",
             "When each loaded certificate expires (its notAfter, seconds since the Unix epoch); \
-             role server for certificates served, client_ca for the CAs client certificates are \
-             checked against.",
+             role server for the leaf served, chain for the rest of its file, client_ca for the \
+             CAs client certificates are checked against.",
             MetricType::Gauge,
             rows,
         )?;

@@ -98,7 +98,7 @@ fn certs() -> Value {
                         "reloads": { "type": "integer" }, "reload_failures": { "type": "integer" },
                         "last_error": { "type": "string", "nullable": true, "description": "why the last attempt to load new files failed (the old certificates keep serving)" },
                         "certificates": { "type": "array", "items": { "type": "object", "properties": {
-                            "role": { "type": "string", "enum": ["server", "client_ca"] }, "file": { "type": "string" },
+                            "role": { "type": "string", "enum": ["server", "chain", "client_ca"] }, "file": { "type": "string" },
                             "names": { "type": "array", "items": { "type": "string" } }, "subject": { "type": "string", "description": "RFC 4514" },
                             "not_before": { "type": "string", "format": "date-time" }, "not_after": { "type": "string", "format": "date-time" },
                             "not_after_unix": { "type": "integer" }, "days_left": { "type": "number", "description": "negative once expired" } } } } } } } } } } } },

@@ -169,7 +169,10 @@ pub(crate) fn build(
             .valid_dns_names()
             .map(str::to_ascii_lowercase)
             .collect();
-        let facts = x509::facts(leaf).map_err(|e| format!("certificate {cert_path}: {e}"))?;
+        let mut facts = Vec::with_capacity(chain.len());
+        for c in &chain {
+            facts.push(x509::facts(c).map_err(|e| format!("certificate {cert_path}: {e}"))?);
+        }
         let key_path = c.key.display();
         let key = PrivateKeyDer::from_pem_slice(key_bytes)
             .map_err(|e| format!("private key {key_path}: {e}"))?;
@@ -180,7 +183,14 @@ pub(crate) fn build(
         let key = CertifiedKey::new(chain, signing);
         key.keys_match()
             .map_err(|e| format!("private key {key_path} does not belong to {cert_path}: {e}"))?;
-        infos.push(CertInfo::new(CertRole::Server, c.cert.clone(), names.clone(), facts));
+        for (i, f) in facts.into_iter().enumerate() {
+            let (role, names) = if i == 0 {
+                (CertRole::Server, names.clone())
+            } else {
+                (CertRole::Chain, Vec::new())
+            };
+            infos.push(CertInfo::new(role, c.cert.clone(), names, f));
+        }
         certs.push(Entry { names, key: Arc::new(key) });
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {

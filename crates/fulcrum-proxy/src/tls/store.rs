@@ -24,8 +24,10 @@ use super::{Digests, Files, x509};
 /// What a loaded certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertRole {
-    /// Served to clients (`certificates`).
+    /// Served to clients (`certificates`): the leaf of a chain.
     Server,
+    /// The rest of a served chain (intermediate CAs).
+    Chain,
     /// Trusted to sign client certificates (`client_ca`).
     ClientCa,
 }
@@ -34,6 +36,7 @@ impl CertRole {
     pub fn name(self) -> &'static str {
         match self {
             CertRole::Server => "server",
+            CertRole::Chain => "chain",
             CertRole::ClientCa => "client_ca",
         }
     }
@@ -518,6 +521,27 @@ mod tests {
         let files: Vec<String> =
             store.files().iter().map(|f| f.file_name().unwrap().to_string_lossy().into()).collect();
         assert_eq!(files, ["one.key", "one.pem", "two.key", "two.pem"]);
+    }
+
+    #[test]
+    fn every_certificate_of_a_served_chain_is_listed() {
+        let dir = Dir::new("chain");
+        dir.leaf("leaf", "one");
+        let mut pem = std::fs::read(dir.path("leaf.pem")).unwrap();
+        pem.extend(std::fs::read(dir.path("ca.pem")).unwrap());
+        std::fs::write(dir.path("web.pem"), pem).unwrap();
+        std::fs::copy(dir.path("leaf.key"), dir.path("web.key")).unwrap();
+        let mut store = TlsStore::default();
+        let p = store.prepare(&config(&dir.0, &["web"], ""), false).unwrap();
+        let state = p.get("web").unwrap();
+        store.commit(p);
+        let certs = &state.current().certs;
+        let seen: Vec<_> = certs.iter().map(|c| (c.role.name(), c.label().to_string())).collect();
+        assert_eq!(
+            seen,
+            [("server", "a.test".to_string()), ("chain", "store test CA".to_string())]
+        );
+        assert!(certs.iter().all(|c| c.file == dir.path("web.pem") && c.not_after > c.not_before));
     }
 
     #[test]
