@@ -117,11 +117,16 @@ pub struct Loaded {
 pub async fn reload_off_thread(
     controller: &tokio::sync::Mutex<Controller>,
 ) -> Result<(), ApiError> {
+    crate::notify::reloading();
     let path = controller.lock().await.config_path();
-    let loaded = tokio::task::spawn_blocking(move || Controller::load_for_reload(path))
-        .await
-        .map_err(|e| ApiError::new(500, format!("reload task failed: {e}")))??;
-    controller.lock().await.reload_with(loaded)
+    let result = match tokio::task::spawn_blocking(move || Controller::load_for_reload(path)).await
+    {
+        Ok(Ok(loaded)) => controller.lock().await.reload_with(loaded),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(ApiError::new(500, format!("reload task failed: {e}"))),
+    };
+    crate::notify::reloaded(result.as_ref().err().map(|e| e.message.as_str()));
+    result
 }
 
 /// What a pool's control-plane tasks were started for.

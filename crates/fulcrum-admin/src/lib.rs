@@ -9,6 +9,7 @@ mod api;
 mod certwatch;
 mod controller;
 mod metrics;
+pub mod notify;
 mod openapi;
 mod resolver;
 mod scale;

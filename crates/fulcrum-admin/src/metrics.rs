@@ -237,6 +237,25 @@ impl Collector for Scrape {
             MetricType::Counter,
             refused,
         )?;
+        let mut handshakes = Vec::new();
+        for p in &s.pools {
+            let Some(tls) = &p.tls else { continue };
+            for (result, c) in [
+                ("ok", &tls.stats.ok),
+                ("failed", &tls.stats.failed),
+                ("timeout", &tls.stats.timeout),
+            ] {
+                let l = vec![("pool", p.name.clone()), ("result", result.to_string())];
+                handshakes.push((l, counter(ld(c))));
+            }
+        }
+        family(
+            &mut enc,
+            "fulcrum_upstream_tls_handshakes",
+            "TLS handshakes with the pool's servers for clients ([pool.X.tls]; health checks not counted), by result: ok, failed (refused, bad certificate), timeout.",
+            MetricType::Counter,
+            handshakes,
+        )?;
         family(
             &mut enc,
             "fulcrum_connections_active",

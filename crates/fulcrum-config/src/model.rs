@@ -32,6 +32,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// One log line per finished connection.
     pub access_log: bool,
+    /// `access_log_file`: the access log goes to this file (reopened on SIGUSR1) instead of
+    /// stderr with the other logs.
+    pub access_log_file: Option<PathBuf>,
     pub frontends: Vec<Frontend>,
     pub pools: Vec<Pool>,
     /// Where runtime changes made through the admin API are kept across restarts.
@@ -92,6 +95,7 @@ impl Default for Config {
             max_connections: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             access_log: true,
+            access_log_file: None,
             frontends: Vec::new(),
             pools: Vec::new(),
             state_file: None,
@@ -236,7 +240,7 @@ pub enum ClientAuth {
 }
 
 /// A PEM certificate chain and its private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -420,6 +424,26 @@ pub struct Pool {
     /// What the hashing algorithms hash (`hash = "header:NAME" | "cookie:NAME" | "path"`);
     /// the client's address by default and whenever the keyed part is missing.
     pub hash: HashKey,
+    /// `[pool.NAME.tls]`: connections to the servers are TLS (`None`: plain TCP, also when
+    /// the table says `enabled = false`).
+    pub tls: Option<PoolTls>,
+}
+
+/// `[pool.NAME.tls]`: how fulcrum speaks TLS to a pool's servers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolTls {
+    /// PEM bundle of the CAs a server's certificate must chain to; `None`: the system's
+    /// roots.
+    pub ca: Option<PathBuf>,
+    /// Sent as SNI and verified against the certificate; `None`: each server's own host
+    /// name, or its IP address (verified, no SNI) when it is given by address.
+    pub server_name: Option<String>,
+    /// `false`: any certificate is accepted (logged at start as a warning).
+    pub verify: bool,
+    /// The client certificate presented to servers that ask for one (`cert`, `key`).
+    pub client_cert: Option<CertFiles>,
+    /// ALPN protocols offered on TCP connections (HTTP frontends offer their pool's version).
+    pub alpn: Vec<String>,
 }
 
 /// `[pool.NAME.http]`: how HTTP frontends talk to this pool's servers.
@@ -557,6 +581,7 @@ impl Pool {
             sticky: None,
             send_proxy: None,
             hash: HashKey::Client,
+            tls: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! * `frontend`: `[frontend.NAME]` and its `fanout` table;
 //! * `pool`: `[pool.NAME]`, its `eject` policy and `servers`;
 //! * `http`: an HTTP frontend's limits and headers, a pool's `http` table, `retry_budget`, `sticky`;
+//! * `tls`: an `https` frontend's `tls` table and a pool's `tls` table (TLS to its servers);
 //! * `checks`: a pool's `health`, `agent_pull` and `scale_out`/`scale_in` tables;
 //! * `route`: a frontend's HTTP `route` entries and a pool's `hash` key;
 //! * `control`: the top-level `[admin]`, `[agent]` and `[resolver]` tables.
@@ -19,6 +20,7 @@ mod frontend;
 mod http;
 mod pool;
 mod route;
+mod tls;
 mod values;
 
 use std::collections::HashSet;
@@ -63,6 +65,7 @@ const TOP_KEYS: &[&str] = &[
     "max_connections",
     "drain_timeout",
     "access_log",
+    "access_log_file",
     "state_file",
     "admin",
     "agent",
@@ -87,6 +90,11 @@ impl Walker<'_> {
         }
         if let Some(v) = doc.get("access_log") {
             c.access_log = self.boolean(v, "access_log").unwrap_or(true);
+        }
+        if let Some(v) = doc.get("access_log_file")
+            && let Some(s) = self.string(v, "access_log_file").map(str::to_string)
+        {
+            c.access_log_file = Some(self.relative(&s));
         }
         if let Some(v) = doc.get("state_file") {
             if let Some(s) = self.string(v, "state_file").map(str::to_string) {

@@ -51,7 +51,9 @@ pub fn is_local_resource(code: Option<i32>) -> bool {
 }
 
 /// A connect (or a timed-out connect, `code` None) that failed: nothing was sent yet, so
-/// another server may be tried.
+/// another server may be tried. A connect is everything before the client's first byte goes
+/// out: the TCP handshake, a PROXY header, and the TLS handshake with a server of a pool with
+/// TLS (a refused or unverifiable certificate is the server's failure like a refused port).
 pub fn connect_failed(code: Option<i32>) -> Verdict {
     let blame = if is_local_resource(code) { Blame::Local } else { Blame::Server };
     Verdict { blame, retry_safe: true }

@@ -11,6 +11,7 @@ pub mod eject;
 pub mod fanout;
 pub mod framing;
 pub mod health;
+pub mod proxy_header;
 pub mod queue;
 pub mod resolve;
 pub mod retry;

@@ -48,14 +48,14 @@ thread_local! {
 }
 
 /// A buffer from the worker's pool, returned on drop.
-struct Buf(Option<Box<[u8]>>);
+pub(crate) struct Buf(Option<Box<[u8]>>);
 
 impl Buf {
-    fn take() -> Buf {
+    pub(crate) fn take() -> Buf {
         let b = BUFS.with(|p| p.borrow_mut().pop());
         Buf(Some(b.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())))
     }
-    fn get(&mut self) -> &mut [u8] {
+    pub(crate) fn get(&mut self) -> &mut [u8] {
         self.0.as_deref_mut().unwrap_or(&mut [])
     }
 }
@@ -83,6 +83,8 @@ pub enum Outcome {
     SendTimeout,
     ClientError,
     ServerError,
+    /// A source not trusted to send a PROXY header (`accept_proxy`) opened with one.
+    UntrustedProxyHeader,
 }
 
 impl Outcome {
@@ -93,6 +95,7 @@ impl Outcome {
             Outcome::SendTimeout => "send-timeout",
             Outcome::ClientError => "client-error",
             Outcome::ServerError => "server-error",
+            Outcome::UntrustedProxyHeader => "untrusted-proxy-header",
         }
     }
 }
@@ -122,6 +125,8 @@ struct Dir<'a> {
     stalled: Option<&'a AtomicU64>,
     /// Set when a write towards the server failed and this direction ended quietly.
     server_write_failed: &'a AtomicBool,
+    /// From the client only: the first read is refused if it opens with a PROXY header.
+    refuse_proxy_header: bool,
 }
 
 impl Dir<'_> {
@@ -133,8 +138,10 @@ impl Dir<'_> {
     async fn run(&self) -> Result<(), Outcome> {
         let mut bulk = self.splice == SpliceMode::Always;
         let mut receiver_local = None;
+        // The first read goes through a buffer when it must be looked at.
+        let mut first = self.refuse_proxy_header;
         loop {
-            if bulk {
+            if bulk && !first {
                 match Pipe::take() {
                     Ok(pipe) => return self.run_splice(pipe).await,
                     // Out of descriptors for a pipe: the buffer path still works.
@@ -156,6 +163,12 @@ impl Dir<'_> {
                 // this line, so data arriving after the read raises a fresh edge that sets
                 // readiness again; and EOF (read-closed) is never cleared by tokio.
                 let _ = self.src.try_io(Interest::READABLE, would_block);
+            }
+            if first {
+                first = false;
+                if fulcrum_core::proxy_header::looks_like_header(&buf.get()[..n]) {
+                    return Err(Outcome::UntrustedProxyHeader);
+                }
             }
             if write_all(self.dst, &buf.get()[..n], self.stalled).await.is_err() {
                 return self.dst_failed();
@@ -274,13 +287,15 @@ pub(crate) fn stall_ends(stalled: Option<&AtomicU64>) {
 }
 
 /// Proxies between `client` and `server` until both directions end, an error, or `idle`
-/// passes with no byte moving.
+/// passes with no byte moving. With `refuse_proxy_header`, a client whose first bytes are a
+/// PROXY header ends the connection before they reach the server.
 pub async fn proxy(
     client: &TcpStream,
     server: &TcpStream,
     idle: Duration,
     send_timeout: Duration,
     splice: SpliceMode,
+    refuse_proxy_header: bool,
 ) -> Copied {
     let bytes_in = AtomicU64::new(0);
     let bytes_out = AtomicU64::new(0);
@@ -300,6 +315,7 @@ pub async fn proxy(
         dst_fails: s,
         stalled: None,
         server_write_failed: &server_write_failed,
+        refuse_proxy_header,
     };
     let down = Dir {
         src: server,
@@ -312,6 +328,7 @@ pub async fn proxy(
         dst_fails: c,
         stalled: Some(&stalled),
         server_write_failed: &server_write_failed,
+        refuse_proxy_header: false,
     };
     // The first error in either direction ends both: a reset side cannot take more bytes.
     let both = async {
@@ -320,28 +337,7 @@ pub async fn proxy(
             Err(o) => o,
         }
     };
-    let idle_ms = idle.as_millis() as u64;
-    let send_ms = send_timeout.as_millis() as u64;
-    // One timer per connection, for both limits: it wakes at the nearer of the idle deadline
-    // and (while a write to the client waits) the send deadline, at least every send_timeout.
-    let watchdog = async {
-        let mut wait = idle.min(send_timeout);
-        loop {
-            tokio::time::sleep(wait).await;
-            let now = now_ms();
-            let quiet = now.saturating_sub(activity.load(Ordering::Relaxed));
-            if quiet >= idle_ms {
-                return Outcome::IdleTimeout;
-            }
-            let since = stalled.load(Ordering::Relaxed);
-            let stalled_for = if since == 0 { 0 } else { now.saturating_sub(since) };
-            if since != 0 && stalled_for >= send_ms {
-                return Outcome::SendTimeout;
-            }
-            let to_send = if since == 0 { send_ms } else { send_ms - stalled_for };
-            wait = Duration::from_millis((idle_ms - quiet).min(to_send).max(1));
-        }
-    };
+    let watchdog = watchdog(idle, send_timeout, &activity, &stalled);
     let mut outcome = tokio::select! {
         o = both => o,
         o = watchdog => o,
@@ -354,6 +350,36 @@ pub async fn proxy(
         outcome = Outcome::ServerError;
     }
     Copied { outcome, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out }
+}
+
+/// Waits until the pair has been idle for `idle` (no byte either way since `activity`) or a
+/// write to the client has waited `send_timeout` (since `stalled`, 0 = none waits). One timer
+/// per connection for both limits: it wakes at the nearer deadline, at least every
+/// `send_timeout`.
+pub(crate) async fn watchdog(
+    idle: Duration,
+    send_timeout: Duration,
+    activity: &AtomicU64,
+    stalled: &AtomicU64,
+) -> Outcome {
+    let idle_ms = idle.as_millis() as u64;
+    let send_ms = send_timeout.as_millis() as u64;
+    let mut wait = idle.min(send_timeout);
+    loop {
+        tokio::time::sleep(wait).await;
+        let now = now_ms();
+        let quiet = now.saturating_sub(activity.load(Ordering::Relaxed));
+        if quiet >= idle_ms {
+            return Outcome::IdleTimeout;
+        }
+        let since = stalled.load(Ordering::Relaxed);
+        let stalled_for = if since == 0 { 0 } else { now.saturating_sub(since) };
+        if since != 0 && stalled_for >= send_ms {
+            return Outcome::SendTimeout;
+        }
+        let to_send = if since == 0 { send_ms } else { send_ms - stalled_for };
+        wait = Duration::from_millis((idle_ms - quiet).min(to_send).max(1));
+    }
 }
 
 #[cfg(test)]
@@ -380,6 +406,7 @@ mod tests {
                 Duration::from_secs(10),
                 Duration::from_secs(10),
                 SpliceMode::Auto,
+                false,
             )
             .await
         });

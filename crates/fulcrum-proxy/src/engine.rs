@@ -32,6 +32,7 @@ use crate::resolve::{NameSet, NameUse};
 use crate::state::{Names, QueueRegistry, Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
 use crate::tls::{Refresh, TlsStore};
+use crate::upstream_tls::TlsRegistry;
 
 /// Settings that are not part of the config file's routing model.
 #[derive(Debug, Clone)]
@@ -111,12 +112,14 @@ pub struct Engine {
     /// The names in use, published after every change for the resolver task.
     name_set: watch::Sender<Arc<NameSet>>,
     /// Each `https` frontend's certificates, swapped in place by reloads and file changes.
-    tls: TlsStore,
+    certs: TlsStore,
     /// The files the certificates were read from, published after every change for the
     /// certificate watcher.
     tls_files: watch::Sender<Arc<Vec<PathBuf>>>,
     registry: StatsRegistry,
     queues: QueueRegistry,
+    /// Each pool's TLS to its servers, built when its settings or files change.
+    tls: TlsRegistry,
     frontend_stats: HashMap<String, Arc<FrontendStats>>,
     generation: AtomicU64,
     workers: usize,
@@ -164,10 +167,11 @@ impl Engine {
             bound: Vec::new(),
             names: Names::new(),
             name_set: watch::Sender::new(Arc::default()),
-            tls: TlsStore::default(),
+            certs: TlsStore::default(),
             tls_files: watch::Sender::new(Arc::default()),
             registry: StatsRegistry::new(),
             queues: QueueRegistry::new(),
+            tls: TlsRegistry::default(),
             frontend_stats: HashMap::new(),
             generation: AtomicU64::new(0),
             workers,
@@ -209,10 +213,11 @@ impl Engine {
             &mut self.queues,
             &self.frontend_stats,
             &mut names,
+            &mut self.tls,
         )?;
         // Certificates are read here, on the control plane: a bad file stops the change
         // with its reason, and every frontend keeps what it had.
-        let tls = self.tls.prepare(config, reread_tls)?;
+        let tls = self.certs.prepare(config, reread_tls)?;
         for f in &mut snapshot.frontends {
             f.tls = tls.get(&f.name);
         }
@@ -268,7 +273,7 @@ impl Engine {
             fresh.push((f.name.clone(), b, to_workers));
         }
         self.shared.state.store(Arc::new(snapshot));
-        self.tls.commit(tls);
+        self.certs.commit(tls);
         // A change may have made room (servers added, caps raised): waiting clients look.
         for q in self.queues.values() {
             q.wake_head();
@@ -306,12 +311,13 @@ impl Engine {
         });
         self.frontend_stats.retain(|name, _| config.frontends.iter().any(|f| &f.name == name));
         self.queues.retain(|name, _| config.pools.iter().any(|p| &p.name == name));
+        self.tls.retain(|name| config.pools.iter().any(|p| p.name == name && p.tls.is_some()));
         names.retain(|key, _| {
             config.pools.iter().flat_map(|p| &p.servers).any(|s| &s.address.to_string() == key)
         });
         self.names = names;
         self.publish_names(config);
-        let files = Arc::new(self.tls.files());
+        let files = Arc::new(self.certs.files());
         self.tls_files.send_if_modified(|old| {
             let changed = *old != files;
             if changed {
@@ -326,7 +332,7 @@ impl Engine {
     /// contents changed, each frontend on its own (a bad file is reported and its frontend
     /// keeps the certificates it has). Nothing else changes; open connections are untouched.
     pub fn refresh_certificates(&self) -> Vec<(String, Refresh)> {
-        self.tls.refresh()
+        self.certs.refresh()
     }
 
     /// The certificate files in use, updated after every change.
@@ -729,6 +735,7 @@ static PROXY_HEADER_LOG: crate::ratelog::RateLimit = crate::ratelog::RateLimit::
 /// Reads the PROXY header a trusted source (`accept_proxy`) must send first; its client becomes
 /// the connection's client. Without a valid one the connection is closed (`bad-proxy-header`).
 async fn take_proxy_header(ledger: &mut Ledger, stream: &mut TcpStream) -> bool {
+    ledger.set_proxied();
     match crate::proxyproto::read_header(stream).await {
         Ok(Some(client)) => {
             ledger.set_client(client);

@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::context::Shared;
-use crate::probe::probe;
+use crate::probe::{ProbeTls, probe};
 use crate::state::{PoolState, Snapshot};
+use crate::upstream_tls::Alpn;
 
 /// Longest pause between rounds, whatever the config says: an `Instant` plus an arbitrary
 /// duration may overflow (and panic).
@@ -119,7 +120,15 @@ async fn round(state: &PoolState, check: &HealthCheck) -> Vec<(usize, Result<(),
             continue;
         }
         let (kind, addr, timeout) = (kind.clone(), server.addr, check.timeout);
-        probes.spawn(async move { (i, probe(&kind, addr, timeout).await) });
+        // HTTP probes speak HTTP/1.1 whatever the pool's version, and offer it by ALPN.
+        let alpn = if matches!(*kind, HealthKind::Http { .. }) { Alpn::H1 } else { Alpn::Stream };
+        let tls = match (&state.tls, &server.tls_name) {
+            (Some(t), Some(name)) => {
+                Some(ProbeTls { connector: t.connector(alpn).clone(), name: name.clone() })
+            }
+            _ => None,
+        };
+        probes.spawn(async move { (i, probe(&kind, addr, timeout, tls.as_ref()).await) });
     }
     let mut results = Vec::with_capacity(probes.len());
     while let Some(joined) = probes.join_next().await {
@@ -144,6 +153,7 @@ mod tests {
             &mut StatsRegistry::new(),
             &mut Default::default(),
             &Default::default(),
+            &mut Default::default(),
             &mut Default::default(),
         )
         .unwrap()

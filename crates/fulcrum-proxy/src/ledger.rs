@@ -81,6 +81,8 @@ pub struct Ledger {
     slots: Slots,
     /// The server this client is held on; its `active` count includes this client.
     server: Option<Picked>,
+    /// The connection came from an `accept_proxy` source (and opened with its header).
+    proxied: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub outcome: &'static str,
@@ -117,6 +119,7 @@ impl Ledger {
             started: Instant::now(),
             slots,
             server: None,
+            proxied: false,
             bytes_in: 0,
             bytes_out: 0,
             outcome: "stopped",
@@ -138,6 +141,16 @@ impl Ledger {
     /// The client as a trusted PROXY header names it (`accept_proxy`).
     pub(crate) fn set_client(&mut self, client: SocketAddr) {
         self.client = client;
+    }
+
+    /// Marks the connection as one from an `accept_proxy` source, whose header was read.
+    pub(crate) fn set_proxied(&mut self) {
+        self.proxied = true;
+    }
+
+    /// Whether the connection came from an `accept_proxy` source.
+    pub(crate) fn proxied(&self) -> bool {
+        self.proxied
     }
 
     /// Holds `server`, whose `active` count the caller has already raised for this client:

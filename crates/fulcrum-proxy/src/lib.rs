@@ -1,6 +1,7 @@
 //! fulcrum's data plane: worker threads that each own a current-thread tokio runtime and their
 //! own `SO_REUSEPORT` listeners, the routing snapshot they read without locks, upstream
-//! connect with retry and passive ejection, and the TCP copy engine (buffers or `splice(2)`).
+//! connect with retry and passive ejection, and the TCP copy engine (buffers or `splice(2)`,
+//! or through TLS to servers).
 //! It never parses configuration text and never decides *how* to balance: it asks
 //! `fulcrum-core` for picks and `fulcrum-config` for the model.
 
@@ -8,6 +9,7 @@ mod clock;
 mod connect;
 mod context;
 mod copy;
+mod copy_stream;
 mod directory;
 mod engine;
 mod fanout;
@@ -29,6 +31,7 @@ mod stats;
 mod tcp;
 mod tls;
 mod udp;
+mod upstream_tls;
 
 pub use clock::now_ms;
 pub use context::{AcceptCtx, Service, Shared, SpliceMode};
@@ -47,6 +50,7 @@ pub use tls::{
     CertInfo, CertRole, Loaded as TlsLoaded, Refresh, TlsState, rfc3339,
     server_config as tls_server_config,
 };
+pub use upstream_tls::{TlsRegistry, UpstreamTls, UpstreamTlsStats};
 
 /// Raises the soft open-file limit to the hard limit (each proxied connection holds two
 /// descriptors, more while splicing); returns the limit now in force.

@@ -15,6 +15,7 @@ use fulcrum_core::eject::{EjectPolicy, FailureOutcome, is_ejected};
 use crate::queue::PoolQueue;
 pub use crate::routes::{HttpRoutes, StickyState};
 use crate::stats::FrontendStats;
+use crate::upstream_tls::TlsRegistry;
 
 /// Live numbers of one server. Written by every worker, hence atomics, aligned to a cache
 /// line so two servers' counters never share one.
@@ -323,6 +324,8 @@ pub struct ServerEntry {
     /// The configured cap of proxied client connections (`max_connections`).
     pub max_connections: Option<u32>,
     pub stats: Arc<ServerStats>,
+    /// The pool has TLS: the name the server's certificate is checked against (and its SNI).
+    pub tls_name: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 impl ServerEntry {
@@ -474,6 +477,8 @@ pub struct PoolState {
     pub retry_budget: fulcrum_core::retry::RetryBudget,
     /// HTTP: retries made (connect failures and idempotent requests).
     pub http_retries: std::sync::atomic::AtomicU64,
+    /// `[pool.X.tls]`: connections to the servers speak TLS.
+    pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
 }
 
 /// Why [`PoolState::take_slot`] found no server.
@@ -621,6 +626,7 @@ impl Snapshot {
         queues: &mut QueueRegistry,
         frontend_stats: &HashMap<String, Arc<FrontendStats>>,
         names: &mut Names,
+        tls: &mut TlsRegistry,
     ) -> Result<Snapshot, String> {
         let missing: Vec<&ServerAddr> = config
             .pools
@@ -638,6 +644,12 @@ impl Snapshot {
         }
         let mut pools = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
+            // Files are read here, on the control plane, and only when they or the settings
+            // changed; a bad one fails the change with its reason.
+            let pool_tls = match &p.tls {
+                Some(t) => Some(tls.get(&p.name, t).map_err(|e| format!("pool {}: {e}", p.name))?),
+                None => None,
+            };
             let mut servers = Vec::with_capacity(p.servers.len());
             let mut add = |key: String, addr: SocketAddr, s: &fulcrum_config::Server| {
                 let stats = registry.entry((p.name.clone(), key.clone())).or_default().clone();
@@ -648,6 +660,7 @@ impl Snapshot {
                     state: s.state,
                     max_connections: s.max_connections,
                     stats,
+                    tls_name: pool_tls.as_ref().map(|t| t.name_for(&s.address, addr)),
                 });
             };
             for s in &p.servers {
@@ -702,6 +715,7 @@ impl Snapshot {
                 send_proxy: p.send_proxy,
                 retry_budget: fulcrum_core::retry::RetryBudget::new(p.retry_budget_percent),
                 http_retries: std::sync::atomic::AtomicU64::new(0),
+                tls: pool_tls,
             }));
         }
         let mut frontends = Vec::with_capacity(config.frontends.len());

@@ -12,6 +12,7 @@ fn pool(n: usize, max_percent: u32) -> PoolState {
             state: ServerState::Up,
             max_connections: None,
             stats: Arc::default(),
+            tls_name: None,
         })
         .collect();
     PoolState {
@@ -37,6 +38,7 @@ fn pool(n: usize, max_percent: u32) -> PoolState {
         send_proxy: None,
         retry_budget: fulcrum_core::retry::RetryBudget::new(20),
         http_retries: Default::default(),
+        tls: None,
     }
 }
 
@@ -200,6 +202,7 @@ fn host_names_resolved_ahead_are_used_without_a_lookup() {
             &mut QueueRegistry::new(),
             &HashMap::new(),
             names,
+            &mut TlsRegistry::default(),
         )
     };
     // `.invalid` never resolves (RFC 2606): building must look it up, and fails.

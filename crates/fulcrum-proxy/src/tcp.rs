@@ -1,6 +1,8 @@
 //! One proxied TCP connection: pick a server, connect with a timeout, retry on the next
 //! candidate (never the same server twice), then hand both sockets to the copy engine and
-//! log the outcome.
+//! log the outcome. A connect is the TCP handshake, then the PROXY header (`send_proxy`), then
+//! the TLS handshake (`[pool.X.tls]`): a failure in any of them is a failed connect, and the
+//! next server is tried.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,18 +12,20 @@ use std::sync::atomic::Ordering;
 use fulcrum_core::balance::{MAX_ATTEMPTS, Tried, hash_ip};
 use fulcrum_core::blame::{Side, connect_failed, stream_failed};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::clock::now_ms;
 use crate::copy::{Copied, Outcome, proxy};
 use crate::ledger::{Ledger, Picked};
 use crate::queue::{Refusal, take_or_wait};
 use crate::ratelog::RateLimit;
-use crate::state::{NoSlot, PoolState};
+use crate::state::{NoSlot, PoolState, ServerEntry};
+use crate::upstream_tls::Alpn;
 
 static NO_SERVER_LOG: RateLimit = RateLimit::new(1_000);
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
-pub async fn serve(mut ledger: Ledger, client: TcpStream) {
+pub async fn serve(mut ledger: Ledger, mut client: TcpStream) {
     // TCP_NODELAY is inherited from the listener (listener.rs): no setsockopt here.
     let (pool, idle, send_timeout) = {
         let snap = ledger.shared().state.load();
@@ -30,7 +34,8 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
         (pool.clone(), fe.idle_timeout, fe.send_timeout)
     };
     let peer = ledger.client();
-    let (server, upstream) = match connect(&pool, peer).await {
+    let local = client.local_addr().unwrap_or(peer);
+    let (server, upstream) = match connect(&pool, peer, local).await {
         Ok(c) => c,
         Err(refusal) => {
             ledger.ctx().stats.no_server.fetch_add(1, Ordering::Relaxed);
@@ -47,19 +52,45 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
     };
     let index = server.index;
     ledger.hold(server);
-    let mut upstream = upstream;
-    if let Some(version) = pool.send_proxy {
-        let local = client.local_addr().unwrap_or(peer);
-        if crate::proxyproto::send(&mut upstream, version, ledger.client(), local).await.is_err() {
-            ledger.outcome = "server-error";
-            return;
+    // A source that may not send a PROXY header is refused one (accept_proxy names those
+    // that may; the trusted ones' headers were read before this).
+    let refuse = !ledger.ctx().frontend.accept_proxy.is_empty() && !ledger.proxied();
+    let copied = match upstream {
+        Upstream::Plain(s) => {
+            let copied =
+                proxy(&client, &s, idle, send_timeout, ledger.shared().splice, refuse).await;
+            drop(s);
+            copied
         }
-    }
-    let Copied { outcome, bytes_in, bytes_out } =
-        proxy(&client, &upstream, idle, send_timeout, ledger.shared().splice).await;
+        Upstream::Tls(mut s) => {
+            // Boxed, as the handshake below: the TLS path's futures must not grow the task
+            // of every plain TCP connection.
+            let copied =
+                crate::copy_stream::proxy(&mut client, &mut *s, idle, send_timeout, refuse);
+            let copied = Box::pin(copied).await;
+            drop(s);
+            copied
+        }
+    };
+    finish(&mut ledger, &pool, index, &client, copied);
+    // Both sockets close before the ledger gives their descriptors back.
+    drop(client);
+}
+
+/// A server connection: a plain socket (spliced or copied by `copy.rs`), or TLS
+/// (`copy_stream.rs`).
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The pair has ended (its server socket closed already): the verdict on the server and the
+/// ledger's counts.
+fn finish(ledger: &mut Ledger, pool: &PoolState, index: usize, client: &TcpStream, c: Copied) {
+    let Copied { outcome, bytes_in, bytes_out } = c;
     let failed = match outcome {
         Outcome::ServerError => Some(Side::Server),
-        Outcome::ClientError => Some(Side::Client),
+        Outcome::ClientError | Outcome::UntrustedProxyHeader => Some(Side::Client),
         Outcome::Done | Outcome::IdleTimeout | Outcome::SendTimeout => None,
     };
     if let Some(server) = pool.servers.get(index) {
@@ -73,11 +104,8 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
     }
     if outcome == Outcome::SendTimeout {
         // What the client did not take is dropped with a reset, not kept in a closing socket.
-        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        let _ = socket2::SockRef::from(client).set_linger(Some(std::time::Duration::ZERO));
     }
-    // Both sockets close before the ledger gives their descriptors back.
-    drop(upstream);
-    drop(client);
     ledger.bytes_in = bytes_in;
     ledger.bytes_out = bytes_out;
     ledger.outcome = outcome.as_str();
@@ -87,7 +115,11 @@ pub async fn serve(mut ledger: Ledger, client: TcpStream) {
 /// returned server's `active` count includes this connection. When every server is at its
 /// cap, the first attempt waits in the pool's queue (if it has one); a retry does not (the
 /// client already had its turn), it is refused like any client finding no server.
-async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Result<(Picked, TcpStream), Refusal> {
+async fn connect(
+    pool: &Arc<PoolState>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<(Picked, Upstream), Refusal> {
     let client_hash = hash_ip(peer.ip());
     let mut tried = Tried::new();
     // Config caps retries so that every attempt fits in `Tried`.
@@ -107,12 +139,19 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Result<(Picked, Tcp
         tried.insert(index);
         let Some(server) = pool.servers.get(index) else { return Err(Refusal::NoServer) };
         let started = std::time::Instant::now();
-        let res = tokio::time::timeout(pool.connect_timeout, crate::connect::connect(server.addr));
+        // One deadline for the TCP connect and what follows it (PROXY header, TLS handshake).
+        let deadline = tokio::time::Instant::now() + pool.connect_timeout;
+        let res = tokio::time::timeout_at(deadline, crate::connect::connect(server.addr));
         let err = match res.await {
             Ok(Ok(stream)) => {
                 server.stats.on_connected(started.elapsed());
-                server.stats.on_assigned();
-                return Ok((Picked { pool: pool.clone(), index }, stream));
+                match open(pool, server, stream, peer, local, deadline).await {
+                    Ok(upstream) => {
+                        server.stats.on_assigned();
+                        return Ok((Picked { pool: pool.clone(), index }, upstream));
+                    }
+                    Err(e) => e,
+                }
             }
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
@@ -130,4 +169,30 @@ async fn connect(pool: &Arc<PoolState>, peer: SocketAddr) -> Result<(Picked, Tcp
         }
     }
     Err(Refusal::NoServer)
+}
+
+/// What a connected server socket needs before the client's bytes: the PROXY header naming
+/// the client (in the clear, before TLS, as HAProxy sends it), then the TLS handshake.
+async fn open(
+    pool: &PoolState,
+    server: &ServerEntry,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> io::Result<Upstream> {
+    if let Some(version) = pool.send_proxy {
+        let send = crate::proxyproto::send(&mut stream, version, client, local);
+        tokio::time::timeout_at(deadline, send)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "PROXY header timed out"))??;
+    }
+    match (&pool.tls, &server.tls_name) {
+        (Some(tls), Some(name)) => {
+            let handshake = tls.handshake(stream, name.clone(), Alpn::Stream, deadline);
+            let s = Box::pin(handshake).await?;
+            Ok(Upstream::Tls(Box::new(s)))
+        }
+        _ => Ok(Upstream::Plain(stream)),
+    }
 }

@@ -16,7 +16,8 @@ mod x509;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fulcrum_config::{ClientAuth, TlsFrontend, TlsVersion};
+use fulcrum_config::{CertFiles, ClientAuth, TlsFrontend, TlsVersion};
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -139,6 +140,45 @@ fn certificates(
     Ok(chain)
 }
 
+/// A PEM certificate chain (leaf first) and the private key that belongs to it, read from
+/// their files: the client certificate a pool presents to its servers. An error names the file
+/// and the reason.
+pub(crate) fn certified_key(
+    c: &CertFiles,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let cert = read(&c.cert, "certificate")?;
+    let key = read(&c.key, "private key")?;
+    certified_key_from(c, &cert, &key, provider)
+}
+
+/// [`certified_key`] from the files' contents.
+fn certified_key_from(
+    c: &CertFiles,
+    cert_bytes: &[u8],
+    key_bytes: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let chain = certificates(cert_bytes, "certificate", &c.cert)?;
+    let (cert_path, key_path) = (c.cert.display(), c.key.display());
+    // The leaf is read first, so a broken certificate is named as such rather than as a key
+    // that does not match it.
+    if let Some(leaf) = chain.first() {
+        webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| format!("certificate {cert_path}: {e}"))?;
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_bytes)
+        .map_err(|e| format!("private key {key_path}: {e}"))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("private key {key_path}: {e}"))?;
+    let key = CertifiedKey::new(chain, signing);
+    key.keys_match()
+        .map_err(|e| format!("private key {key_path} does not belong to {cert_path}: {e}"))?;
+    Ok(key)
+}
+
 /// What [`build`] makes: the rustls configuration and the facts of each certificate in it.
 pub(crate) struct Built {
     pub(crate) config: Arc<ServerConfig>,
@@ -162,27 +202,19 @@ pub(crate) fn build(
     let mut infos = Vec::new();
     for (c, (cert_bytes, key_bytes)) in t.certificates.iter().zip(&files.pairs) {
         let cert_path = c.cert.display();
-        let chain = certificates(cert_bytes, "certificate", &c.cert)?;
-        let leaf = &chain[0];
-        let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| format!("certificate {cert_path}: {e}"))?
-            .valid_dns_names()
-            .map(str::to_ascii_lowercase)
-            .collect();
-        let mut facts = Vec::with_capacity(chain.len());
-        for c in &chain {
+        let key = certified_key_from(c, cert_bytes, key_bytes, &provider)?;
+        let names: Vec<String> = match key.cert.first() {
+            Some(leaf) => webpki::EndEntityCert::try_from(leaf)
+                .map_err(|e| format!("certificate {cert_path}: {e}"))?
+                .valid_dns_names()
+                .map(str::to_ascii_lowercase)
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut facts = Vec::with_capacity(key.cert.len());
+        for c in &key.cert {
             facts.push(x509::facts(c).map_err(|e| format!("certificate {cert_path}: {e}"))?);
         }
-        let key_path = c.key.display();
-        let key = PrivateKeyDer::from_pem_slice(key_bytes)
-            .map_err(|e| format!("private key {key_path}: {e}"))?;
-        let signing = provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| format!("private key {key_path}: {e}"))?;
-        let key = CertifiedKey::new(chain, signing);
-        key.keys_match()
-            .map_err(|e| format!("private key {key_path} does not belong to {cert_path}: {e}"))?;
         for (i, f) in facts.into_iter().enumerate() {
             let (role, names) = if i == 0 {
                 (CertRole::Server, names.clone())

@@ -148,6 +148,9 @@ struct Session {
     upstream: Arc<UdpSocket>,
     queue: mpsc::Sender<Vec<u8>>,
     task: tokio::task::JoinHandle<()>,
+    /// `send_proxy = "v2"`: the PROXY header every datagram to the server starts with, built
+    /// once per session (its addresses do not change).
+    proxy_header: Option<Box<[u8]>>,
     /// The session's slots, its server and its access-log line (dropped after `drop` below).
     ledger: Ledger,
 }
@@ -340,9 +343,17 @@ enum Forwarded {
 /// Sends one client datagram to the session's server, or parks it when the socket is full.
 fn forward(stats: &FrontendStats, s: &Session, data: &[u8]) -> Forwarded {
     if s.flow.queued.load(Ordering::Relaxed) == 0 {
-        match s.upstream.try_send(data) {
-            Ok(n) => {
-                s.flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        let sent = match &s.proxy_header {
+            None => s.upstream.try_send(data),
+            // Header and datagram leave in one sendmsg from two buffers: no copy.
+            Some(h) => s.upstream.try_io(tokio::io::Interest::WRITABLE, || {
+                let parts = [io::IoSlice::new(h), io::IoSlice::new(data)];
+                socket2::SockRef::from(&*s.upstream).send_vectored(&parts)
+            }),
+        };
+        match sent {
+            Ok(_) => {
+                s.flow.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                 return Forwarded::Done;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -353,10 +364,16 @@ fn forward(stats: &FrontendStats, s: &Session, data: &[u8]) -> Forwarded {
         }
     }
     // The only copy on this path, and only while the upstream socket is full.
-    let queued = s.flow.park(data.len()) && {
-        let sent = s.queue.try_send(data.to_vec()).is_ok();
+    // A parked datagram carries its header: its length is what is parked and unparked.
+    let len = data.len() + s.proxy_header.as_ref().map_or(0, |h| h.len());
+    let queued = s.flow.park(len) && {
+        let copy = match &s.proxy_header {
+            None => data.to_vec(),
+            Some(h) => [&h[..], data].concat(),
+        };
+        let sent = s.queue.try_send(copy).is_ok();
         if !sent {
-            s.flow.unpark(data.len());
+            s.flow.unpark(len);
         }
         sent
     };
@@ -475,6 +492,12 @@ fn open(
         parked_bytes: AtomicUsize::new(0),
         worker_parked: worker_parked.clone(),
     });
+    let proxy_header = pool.send_proxy.map(|_| {
+        // The frontend socket's own address: with a wildcard bind, the wildcard (the
+        // datagram's real destination would need IP_PKTINFO on every receive).
+        let local = sock.local_addr().unwrap_or(client);
+        crate::proxyproto::datagram_header(client, local).into_boxed_slice()
+    });
     let (queue, parked) = mpsc::channel(SESSION_QUEUE);
     let task = tokio::spawn(answers(
         sock.clone(),
@@ -482,6 +505,7 @@ fn open(
         flow.clone(),
         parked,
         ctx.stats.clone(),
+        proxy_header.as_ref().map_or(0, |h| h.len()),
     ));
     Some((
         index,
@@ -490,6 +514,7 @@ fn open(
             upstream,
             queue,
             task,
+            proxy_header,
             ledger: {
                 ledger.hold(Picked { pool: pool.clone(), index });
                 ledger
@@ -548,6 +573,7 @@ async fn answers(
     flow: Arc<Flow>,
     mut parked: mpsc::Receiver<Vec<u8>>,
     stats: Arc<FrontendStats>,
+    header_len: usize,
 ) {
     loop {
         let alive = tokio::select! {
@@ -577,6 +603,7 @@ async fn answers(
                     flow.unpark(d.len());
                     match r {
                         Ok(n) => {
+                            let n = n.saturating_sub(header_len);
                             flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                             true
                         }

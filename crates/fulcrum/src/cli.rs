@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "fulcrum", version, about = "A load balancer: TCP today, UDP and HTTP next.")]
+#[command(
+    name = "fulcrum",
+    version,
+    about = "A load balancer: TCP, UDP, HTTP and HTTPS, with health checks, hot reload and an admin API."
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human", env = "FULCRUM_LOG_FORMAT")]
@@ -67,6 +71,14 @@ pub enum Command {
     /// A load client: concurrent clients for a bounded time or count, then a table of how
     /// the requests were spread over the servers, with latency percentiles.
     Load(LoadArgs),
+    /// Print a shell completion script: `fulcrum completions bash > /etc/bash_completion.d/fulcrum`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (fulcrum.1 and one per command, e.g. fulcrum-run.1) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

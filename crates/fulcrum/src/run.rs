@@ -38,13 +38,22 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
             for w in route_warnings(&c, &config.display().to_string()) {
                 eprintln!("warning: {w}");
             }
-            // Certificates are read as `run` reads them: a file it would refuse fails here.
+            // Certificates and CA files are read as `run` reads them: a file it would refuse fails
+            // here.
             let mut bad = Vec::new();
             for f in &c.frontends {
                 if let Some(t) = &f.tls
                     && let Err(e) = fulcrum_proxy::tls_server_config(t)
                 {
                     bad.push(format!("{}: frontend {}: {e}", config.display(), f.name));
+                }
+            }
+            let mut tls = fulcrum_proxy::TlsRegistry::default();
+            for p in &c.pools {
+                if let Some(t) = &p.tls
+                    && let Err(e) = tls.get(&p.name, t)
+                {
+                    bad.push(format!("{}: pool {}: {e}", config.display(), p.name));
                 }
             }
             if !bad.is_empty() {
@@ -62,7 +71,20 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
         Command::Ctl(args) => crate::ctl::run(args),
         Command::Backend(args) => crate::backend::run(args),
         Command::Load(args) => crate::load::run(args),
+        Command::Completions { shell } => {
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "fulcrum", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => manpages(&dir).map_err(Failure::Runtime),
     }
+}
+
+/// `fulcrum.1` and one page per command (`fulcrum-run.1`, `fulcrum-ctl.1`, ...), for packages.
+fn manpages(dir: &std::path::Path) -> Result<(), String> {
+    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Routes no request can reach, because an earlier route of the same frontend matches every
@@ -175,6 +197,9 @@ fn serve(
     park_yield: bool,
 ) -> Result<(), Failure> {
     let token = admin_token(&config)?;
+    if let Some(path) = &config.access_log_file {
+        crate::logging::open_access_file(path).map_err(Failure::Config)?;
+    }
     if let Some(a) = &config.agent {
         fulcrum_admin::read_key(&a.key_file).map_err(Failure::Config)?;
     }
@@ -224,7 +249,11 @@ fn serve(
             tracing::info!(address = %addr, "agent listener ready");
         }
                 tracing::info!(workers, max_connections = max, version = env!("CARGO_PKG_VERSION"), "fulcrum started");
+        // Every listener (frontends, admin, agent) is bound and accepting by now.
+        fulcrum_admin::notify::ready();
+        fulcrum_admin::notify::spawn_watchdog(stop_admin.clone());
         let signal = wait_for_stop(&controller).await?;
+        fulcrum_admin::notify::stopping();
         tracing::info!(
             signal,
             drain_timeout = ?drain,
@@ -247,7 +276,8 @@ fn serve(
     })
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile.
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile, SIGUSR1 reopens
+/// the access log file.
 async fn wait_for_stop(controller: &Mutex<Controller>) -> Result<&'static str, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
     let sig = |k: SignalKind, name: &str| {
@@ -256,8 +286,10 @@ async fn wait_for_stop(controller: &Mutex<Controller>) -> Result<&'static str, F
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    let mut usr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
     loop {
         tokio::select! {
+            _ = usr1.recv() => crate::logging::reopen_access_file(),
             _ = term.recv() => return Ok("SIGTERM"),
             _ = int.recv() => return Ok("SIGINT"),
             _ = hup.recv() => {

@@ -26,6 +26,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+include!("support/servers.rs");
 include!("support/http_servers.rs");
 
 #[test]

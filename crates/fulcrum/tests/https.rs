@@ -10,14 +10,36 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "support/tls.rs"]
-mod tls_support;
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::*;
-use tls_support::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+include!("support/pki.rs");
+
+impl Pki {
+    /// A test CA and two leaf certificates signed by it: `a.test` and `*.b.test`.
+    fn make() -> Pki {
+        let pki = Pki::new();
+        pki.ca("ca");
+        pki.leaf("ca", "a", "a.test", "DNS:a.test");
+        pki.leaf("ca", "b", "*.b.test", "DNS:*.b.test");
+        pki
+    }
+
+    fn tls_table(&self, extra: &str) -> String {
+        format!(
+            "[frontend.web.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}, \
+             {{ cert = \"{}\", key = \"{}\" }}]\n{extra}\n",
+            self.path("a.pem").display(),
+            self.path("a.key").display(),
+            self.path("b.pem").display(),
+            self.path("b.key").display()
+        )
+    }
+}
 
 /// An HTTP/1 keep-alive backend answering `proto=<X-Forwarded-Proto>`.
 fn backend() -> std::net::SocketAddr {

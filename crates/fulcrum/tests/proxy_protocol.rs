@@ -5,7 +5,9 @@
 //!   client behind HAProxy, bytes pass intact; a trusted source without a header is closed.
 //! * `fulcrum_sends_v1_and_v2_and_haproxy_sees_the_real_client`: fulcrum's pool with
 //!   `send_proxy`, HAProxy behind with `accept-proxy` answering with the source it was told.
-//! * `an_untrusted_source_with_a_header_is_refused_over_http`.
+//! * `an_untrusted_source_with_a_header_is_refused_over_http` and `..._over_tcp`.
+//! * `udp_sessions_send_a_v2_datagram_header_with_every_datagram` (no real peer speaks it:
+//!   the test server parses the header with ppp).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -18,56 +20,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-struct Haproxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    /// HAProxy with `body` after a `frontend f` binding a free port (`{port}` in `body`).
-    fn start(body: &str) -> Haproxy {
-        for _ in 0..5 {
-            let port = closed_port();
-            let dir = tempfile::tempdir().unwrap();
-            let conf = format!(
-                "global\n    log stderr format raw local0 err\ndefaults\n    timeout connect 2s\n    \
-                 timeout client 10s\n    timeout server 10s\n{}",
-                body.replace("{port}", &port.to_string())
-            );
-            let path = dir.path().join("haproxy.cfg");
-            std::fs::write(&path, conf).unwrap();
-            let mut child = Command::new("haproxy")
-                .arg("-db")
-                .arg("-f")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("haproxy (apt-get install haproxy)");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Haproxy { child, port, _dir: dir };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("haproxy did not start");
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+include!("support/servers.rs");
 
 /// Connects to `to` from `from` (a loopback address playing a client).
 async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
@@ -99,7 +52,7 @@ servers = ["{}"]
     let d = Daemon::run_config(&toml);
     let front = d.addr("web");
     for (version, from) in [("send-proxy", "127.0.0.2"), ("send-proxy-v2", "127.0.0.3")] {
-        let h = Haproxy::start(&format!(
+        let h = haproxy(&format!(
             "listen l\n    mode tcp\n    bind 127.0.0.1:{{port}}\n    server s {front} {version}\n"
         ));
         let mut c = connect_from(from, SocketAddr::from(([127, 0, 0, 1], h.port))).await;
@@ -140,7 +93,7 @@ async fn fulcrum_sends_v1_and_v2_and_haproxy_sees_the_real_client() {
     for (version, keyword, from) in
         [("v1", "accept-proxy", "127.0.0.4"), ("v2", "accept-proxy", "127.0.0.5")]
     {
-        let h = Haproxy::start(&format!(
+        let h = haproxy(&format!(
             "frontend f\n    mode http\n    bind 127.0.0.1:{{port}} {keyword}\n    \
              http-request return status 200 content-type text/plain lf-string \"src=%[src]\"\n"
         ));
@@ -196,4 +149,95 @@ servers = ["{}"]
     let text = String::from_utf8_lossy(&back);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert_eq!(echo.accepts(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_source_with_a_header_is_refused_over_tcp() {
+    let echo = Backend::start(Mode::Echo).await;
+    let toml = format!(
+        r#"
+workers = 1
+[frontend.l4]
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+accept_proxy = ["127.0.0.1/32"]
+[pool.app]
+servers = ["{}"]
+"#,
+        echo.addr
+    );
+    let d = Daemon::run_config(&toml);
+    // An untrusted client's own bytes pass as they are.
+    let mut plain = connect_from("127.0.0.6", d.addr("l4")).await;
+    plain.write_all(b"hello").await.unwrap();
+    let mut got = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), plain.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&got, b"hello");
+    // A header from it, v1 or v2, never reaches the server: nothing comes back but the close.
+    let v2 =
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x06\x06\x06\x06\x7f\x00\x00\x01\x04\xd2\x00\x50";
+    for header in [&b"PROXY TCP4 6.6.6.6 127.0.0.1 1234 80\r\nrest"[..], &v2[..]] {
+        let mut c = connect_from("127.0.0.6", d.addr("l4")).await;
+        c.write_all(header).await.unwrap();
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back)).await;
+        assert!(back.is_empty(), "echoed {back:?}");
+    }
+    wait_until(Duration::from_secs(10), "two refusals in the access log", || {
+        access(&d).iter().filter(|l| l["outcome"] == "untrusted-proxy-header").count() == 2
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_send_a_v2_datagram_header_with_every_datagram() {
+    // The server: reads a datagram, checks it opens with a v2 DGRAM header, answers with
+    // the source the header named and the payload after it.
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let serve = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            let (n, from) = server.recv_from(&mut buf).await.unwrap();
+            let h = ppp::v2::Header::try_from(&buf[..n]).expect("a v2 header first");
+            assert_eq!(h.protocol, ppp::v2::Protocol::Datagram);
+            let source = match h.addresses {
+                ppp::v2::Addresses::IPv4(a) => SocketAddr::from((a.source_address, a.source_port)),
+                other => panic!("addresses {other:?}"),
+            };
+            let payload = &buf[h.len()..n];
+            let answer = format!("{source} {}", String::from_utf8_lossy(payload));
+            server.send_to(answer.as_bytes(), from).await.unwrap();
+        }
+    });
+    let toml = format!(
+        r#"
+workers = 1
+[frontend.dns]
+bind = "127.0.0.1:0"
+protocol = "udp"
+pool = "app"
+[pool.app]
+servers = ["{server_addr}"]
+send_proxy = "v2"
+"#
+    );
+    let d = Daemon::run_config(&toml);
+    let client = tokio::net::UdpSocket::bind("127.0.0.7:0").await.unwrap();
+    let me = client.local_addr().unwrap();
+    for i in 0..3 {
+        let msg = format!("ping {i}");
+        client.send_to(msg.as_bytes(), d.addr("dns")).await.unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), client.recv_from(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        // The answer comes back as the server wrote it: no header towards the client.
+        assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("{me} {msg}"));
+    }
+    serve.await.unwrap();
 }

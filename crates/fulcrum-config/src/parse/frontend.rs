@@ -191,7 +191,7 @@ impl Walker<'_> {
         ok &= self.line_protocol(t, path, &mut f);
         ok &= self.http_frontend(t, path, &mut f);
         ok &= self.tls_frontend(t, v, path, &mut f);
-        ok &= self.proxy_protocol(t, path, &mut f, c);
+        ok &= self.frontend_pool_tls(t, path, &f, c);
         if let Some(x) = t.get("sessions") {
             let key = format!("{path}.sessions");
             match self.boolean(x, &key) {
@@ -213,6 +213,8 @@ impl Walker<'_> {
                 None => ok = false,
             }
         }
+        // After `sessions`: whether a UDP pool may send PROXY headers depends on it.
+        ok &= self.proxy_protocol(t, path, &mut f, c);
         ok &= self.frontend_routes(t, path, c, &mut f);
         if let Some(x) = t.get("route")
             && !f.protocol.is_http()

@@ -19,48 +19,6 @@ pub(super) const HTTP_FRONTEND_KEYS: &[&str] = &[
 ];
 const POOL_HTTP_KEYS: &[&str] = &["version", "max_idle", "idle_timeout", "response_timeout"];
 const STICKY_KEYS: &[&str] = &["cookie", "ttl"];
-const TLS_KEYS: &[&str] = &[
-    "certificates",
-    "min_version",
-    "sni_strict",
-    "client_ca",
-    "client_auth",
-    "client_cert_header",
-];
-const CERT_KEYS: &[&str] = &["cert", "key"];
-
-/// Headers fulcrum writes itself or that frame the message: a client certificate's subject
-/// may not take their place.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "via",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-request-id",
-];
-
-/// Whether `name` can be `client_cert_header`: an HTTP field name (RFC 9110 token) that is
-/// not one of [`RESERVED_HEADERS`].
-fn client_cert_header(name: &str) -> Result<(), String> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
-        return Err(format!("\"{name}\" is not an HTTP header name"));
-    }
-    if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name)) {
-        return Err(format!("\"{name}\" is a header fulcrum writes or that frames the message"));
-    }
-    Ok(())
-}
 
 /// Most bytes a request head may be allowed (hyper's read buffer holds the whole head).
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
@@ -159,170 +117,6 @@ impl Walker<'_> {
         ok
     }
 
-    /// `[frontend.NAME.tls]`: required on `https`, refused elsewhere.
-    pub(super) fn tls_frontend(
-        &mut self,
-        t: &DeTable<'_>,
-        v: &Value<'_>,
-        path: &str,
-        f: &mut Frontend,
-    ) -> bool {
-        let tpath = format!("{path}.tls");
-        let Some(x) = t.get("tls") else {
-            if f.protocol == Protocol::Https {
-                self.error(
-                    v,
-                    &tpath,
-                    "missing table (an https frontend needs [frontend.NAME.tls] with \
-                     certificates = [{ cert = \"PATH\", key = \"PATH\" }])",
-                );
-                return false;
-            }
-            return true;
-        };
-        if f.protocol != Protocol::Https {
-            self.error(x, &tpath, "only a protocol = \"https\" frontend terminates TLS");
-            return false;
-        }
-        let Some(tt) = self.table(x, &tpath) else { return false };
-        self.check_keys(tt, &tpath, TLS_KEYS);
-        let mut ok = true;
-        let mut tls = TlsFrontend {
-            certificates: Vec::new(),
-            min_version: TlsVersion::V1_2,
-            sni_strict: false,
-            client_ca: None,
-            client_auth: ClientAuth::Required,
-            client_cert_header: DEFAULT_CLIENT_CERT_HEADER.to_string(),
-        };
-        match tt.get("certificates") {
-            Some(cv) => {
-                let ckey = format!("{tpath}.certificates");
-                match cv.get_ref() {
-                    DeValue::Array(items) if !items.is_empty() => {
-                        for (i, item) in items.iter().enumerate() {
-                            let ikey = format!("{ckey}[{i}]");
-                            let Some(it) = self.table(item, &ikey) else {
-                                ok = false;
-                                continue;
-                            };
-                            self.check_keys(it, &ikey, CERT_KEYS);
-                            let mut file = |k: &str| -> Option<std::path::PathBuf> {
-                                match it.get(k) {
-                                    Some(pv) => self
-                                        .string(pv, &format!("{ikey}.{k}"))
-                                        .map(|p| self.relative(p)),
-                                    None => {
-                                        self.error(
-                                            item,
-                                            &format!("{ikey}.{k}"),
-                                            "missing key (a PEM file)",
-                                        );
-                                        None
-                                    }
-                                }
-                            };
-                            match (file("cert"), file("key")) {
-                                (Some(cert), Some(key)) => {
-                                    tls.certificates.push(CertFiles { cert, key })
-                                }
-                                _ => ok = false,
-                            }
-                        }
-                    }
-                    _ => {
-                        self.error(
-                            cv,
-                            &ckey,
-                            "expected a non-empty list of { cert = \"PATH\", key = \"PATH\" }",
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            None => {
-                self.error(
-                    x,
-                    &format!("{tpath}.certificates"),
-                    "missing key (at least one { cert, key })",
-                );
-                ok = false;
-            }
-        }
-        if let Some(mv) = tt.get("min_version") {
-            let key = format!("{tpath}.min_version");
-            match self.string(mv, &key) {
-                Some("1.2") => tls.min_version = TlsVersion::V1_2,
-                Some("1.3") => tls.min_version = TlsVersion::V1_3,
-                Some(other) => {
-                    self.error(
-                        mv,
-                        &key,
-                        format!("unsupported version \"{other}\" (expected: \"1.2\", \"1.3\")"),
-                    );
-                    ok = false;
-                }
-                None => ok = false,
-            }
-        }
-        if let Some(sv) = tt.get("sni_strict") {
-            match self.boolean(sv, &format!("{tpath}.sni_strict")) {
-                Some(b) => tls.sni_strict = b,
-                None => ok = false,
-            }
-        }
-        ok &= self.client_certs(tt, &tpath, &mut tls);
-        f.tls = Some(tls);
-        ok
-    }
-
-    /// `client_ca`, `client_auth` and `client_cert_header` of `[frontend.NAME.tls]`.
-    fn client_certs(&mut self, tt: &DeTable<'_>, tpath: &str, tls: &mut TlsFrontend) -> bool {
-        let mut ok = true;
-        if let Some(v) = tt.get("client_ca") {
-            match self.string(v, &format!("{tpath}.client_ca")) {
-                Some(p) => tls.client_ca = Some(self.relative(p)),
-                None => ok = false,
-            }
-        }
-        if let Some(v) = tt.get("client_auth") {
-            let key = format!("{tpath}.client_auth");
-            match self.string(v, &key) {
-                Some("optional") => tls.client_auth = ClientAuth::Optional,
-                Some("required") => tls.client_auth = ClientAuth::Required,
-                Some(other) => {
-                    let m =
-                        format!("unknown value \"{other}\" (expected: \"optional\", \"required\")");
-                    self.error(v, &key, m);
-                    ok = false;
-                }
-                None => ok = false,
-            }
-            if !tt.contains_key("client_ca") {
-                self.error(
-                    v,
-                    &key,
-                    "needs client_ca (the CAs client certificates are checked against)",
-                );
-                ok = false;
-            }
-        }
-        if let Some(v) = tt.get("client_cert_header") {
-            let key = format!("{tpath}.client_cert_header");
-            match self.string(v, &key) {
-                Some(name) => match client_cert_header(name) {
-                    Ok(()) => tls.client_cert_header = name.to_string(),
-                    Err(m) => {
-                        self.error(v, &key, m);
-                        ok = false;
-                    }
-                },
-                None => ok = false,
-            }
-        }
-        ok
-    }
-
     /// `accept_proxy` of a frontend (TCP proxy, `http`, `https`), and the check that a pool
     /// with `send_proxy` serves no HTTP frontend (not supported there yet).
     pub(super) fn proxy_protocol(
@@ -363,6 +157,26 @@ impl Walker<'_> {
                     self.error(x, &key, "expected a non-empty list of addresses or CIDR ranges");
                     ok = false;
                 }
+            }
+        }
+        if f.protocol == Protocol::Udp
+            && let Some(p) = c.pool(&f.pool)
+            && let Some(v) = p.send_proxy
+        {
+            // Sessions have one client each, whose header every datagram carries; v1 is
+            // text for TCP only.
+            let why = if f.mode != Mode::Proxy || !f.sessions {
+                Some("a udp frontend sends a PROXY header only in proxy mode with sessions")
+            } else if v == ProxyVersion::V1 {
+                Some("a udp frontend sends PROXY v2 only (v1 has no UDP form)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if let Some(x) = t.get("pool") {
+                    self.error(x, &format!("{path}.pool"), format!("pool \"{}\": {why}", p.name));
+                }
+                ok = false;
             }
         }
         if f.protocol.is_http()

@@ -1,7 +1,8 @@
 //! `[pool.NAME]` tables: algorithm, connect timeout and retries, slow start, self-registration,
 //! the `eject` policy, the `queue` of clients waiting for a server below its cap, and the
 //! `servers` list (addresses, weights, `max_connections`). The per-pool tasks' tables
-//! (`health`, `agent_pull`, `scale_out`/`scale_in`) are read by `checks.rs`.
+//! (`health`, `agent_pull`, `scale_out`/`scale_in`) are read by `checks.rs`, the `tls` table
+//! by `tls.rs`.
 
 use fulcrum_core::balance::Algorithm;
 use fulcrum_core::eject::EjectPolicy;
@@ -32,6 +33,7 @@ const POOL_KEYS: &[&str] = &[
     "sticky",
     "send_proxy",
     "hash",
+    "tls",
 ];
 const QUEUE_KEYS: &[&str] = &["size", "timeout"];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
@@ -121,6 +123,7 @@ impl Walker<'_> {
         }
         self.pool_http(t, path, &mut pool);
         self.pool_hash(t, path, &mut pool);
+        self.pool_tls(t, path, &mut pool);
         Some(pool)
     }
 

@@ -721,3 +721,46 @@ send_proxy = "v1"
         assert!(errs.contains(want), "{want} not in:\n{errs}");
     }
 }
+
+#[test]
+fn udp_send_proxy_is_v2_on_sessions_only() {
+    let c = parse_str(
+        r#"
+[frontend.u]
+bind = "127.0.0.1:1000"
+protocol = "udp"
+pool = "v2"
+[pool.v2]
+servers = []
+send_proxy = "v2"
+"#,
+        "f.toml",
+    );
+    assert!(c.is_ok(), "{:?}", c.err());
+    let errs = errors(
+        r#"
+[frontend.a]
+bind = "127.0.0.1:1000"
+protocol = "udp"
+pool = "v1"
+[frontend.b]
+bind = "127.0.0.1:1001"
+protocol = "udp"
+sessions = false
+pool = "v2"
+[pool.v1]
+servers = []
+send_proxy = "v1"
+[pool.v2]
+servers = []
+send_proxy = "v2"
+"#,
+    )
+    .join("\n");
+    for want in [
+        "frontend.a.pool: pool \"v1\": a udp frontend sends PROXY v2 only (v1 has no UDP form)",
+        "frontend.b.pool: pool \"v2\": a udp frontend sends a PROXY header only in proxy mode with sessions",
+    ] {
+        assert!(errs.contains(want), "{want} not in:\n{errs}");
+    }
+}

@@ -8,7 +8,7 @@
 //! move and the access-log line is written. However the request ends, that happens once.
 
 use std::error::Error as StdError;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -217,7 +217,7 @@ pub(crate) struct Exchange {
     pub(crate) outcome: &'static str,
     pub(crate) slot: Option<ServerSlot>,
     /// The server connection, given back to the worker's list after a clean end.
-    pub(crate) sender: Option<(SocketAddr, Sender)>,
+    pub(crate) sender: Option<(upstream::Key, Sender)>,
     pub(crate) clean_end: bool,
     pub(crate) upload: Option<Arc<Upload>>,
     pub(crate) bytes_out: u64,

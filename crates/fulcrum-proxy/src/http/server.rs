@@ -362,7 +362,7 @@ async fn proxy(
     {
         apply_route(r, &mut parts);
     }
-    adapt_target(&mut parts, host.as_ref(), pool.http.version);
+    adapt_target(&mut parts, host.as_ref(), pool.http.version, pool.tls.is_some());
     let template = Template {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -444,26 +444,15 @@ async fn proxy(
             return reply(ex, StatusCode::SERVICE_UNAVAILABLE, "no-server");
         };
         server.stats.on_assigned();
-        let addr = server.addr;
+        let addr = upstream::Key::of(&pool, server);
         let mut reused = true;
         let mut sender = match upstream::take(addr, pool.http.version) {
             Some(s) => s,
             None => {
                 reused = false;
-                let started = Instant::now();
-                // Boxed: a new connection is the rare case, and its future is large.
-                let connect = Box::pin(upstream::connect(&conn.shared, addr, pool.http.version));
-                let err = match tokio::time::timeout(pool.connect_timeout, connect).await {
-                    Ok(Ok(s)) => {
-                        server.stats.on_connected(started.elapsed());
-                        Some(s).ok_or_else(|| std::io::Error::other("unreachable"))
-                    }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => {
-                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
-                    }
-                };
-                match err {
+                // Boxed: a new connection is the rare case, and its future is large. It
+                // keeps the pool's connect_timeout itself (TCP, TLS, HTTP/2 preface).
+                match Box::pin(upstream::connect(&conn.shared, &pool, server)).await {
                     Ok(s) => s,
                     Err(e) => {
                         connect_failure(&pool, index, &e);
@@ -493,13 +482,12 @@ async fn proxy(
                 // fault of the server and costs no attempt.
                 Ok(Err(Failed { unsent: Some(back), error })) if reused => {
                     reused = false;
-                    let fresh = Box::pin(upstream::connect(&conn.shared, addr, pool.http.version));
-                    match tokio::time::timeout(pool.connect_timeout, fresh).await {
-                        Ok(Ok(s)) => {
+                    match Box::pin(upstream::connect(&conn.shared, &pool, server)).await {
+                        Ok(s) => {
                             sender = s;
                             req = back;
                         }
-                        _ => break Ok(Err(Failed { unsent: Some(back), error })),
+                        Err(_) => break Ok(Err(Failed { unsent: Some(back), error })),
                     }
                 }
                 other => break other,
@@ -602,8 +590,14 @@ fn upstream_version(v: HttpVersion) -> Version {
 }
 
 /// The request target as the server's protocol wants it: origin form and a `Host` header
-/// for HTTP/1.1, an absolute URI (`:scheme`, `:authority`) for HTTP/2.
-fn adapt_target(parts: &mut http::request::Parts, host: Option<&HeaderValue>, v: HttpVersion) {
+/// for HTTP/1.1, an absolute URI (`:scheme` `https` over TLS to the server, `:authority`) for
+/// HTTP/2.
+fn adapt_target(
+    parts: &mut http::request::Parts,
+    host: Option<&HeaderValue>,
+    v: HttpVersion,
+    tls: bool,
+) {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match v {
         HttpVersion::H1 => {
@@ -620,8 +614,9 @@ fn adapt_target(parts: &mut http::request::Parts, host: Option<&HeaderValue>, v:
         }
         HttpVersion::H2 => {
             let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let scheme = if tls { "https" } else { "http" };
             if let Ok(u) =
-                Uri::builder().scheme("http").authority(authority).path_and_query(pq).build()
+                Uri::builder().scheme(scheme).authority(authority).path_and_query(pq).build()
             {
                 parts.uri = u;
             }
@@ -663,7 +658,7 @@ fn answer(
     mut ex: Box<Exchange>,
     resp: Response<Incoming>,
     sender: Sender,
-    addr: std::net::SocketAddr,
+    addr: upstream::Key,
     upgrade: bool,
 ) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();

@@ -120,6 +120,9 @@ pub struct TlsState {
     /// New material that could not be loaded (the old kept serving).
     pub reload_failures: AtomicU64,
     last_error: ArcSwapOption<String>,
+    /// The contents of the files that last failed to load: the same files are not reported
+    /// again (a log file in the watched directory would otherwise report them forever).
+    failed_files: ArcSwapOption<Digests>,
 }
 
 impl TlsState {
@@ -129,6 +132,7 @@ impl TlsState {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             last_error: ArcSwapOption::empty(),
+            failed_files: ArcSwapOption::empty(),
         }
     }
 
@@ -150,7 +154,52 @@ impl TlsState {
     fn replace(&self, loaded: Arc<Loaded>) {
         self.current.store(loaded);
         self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.clear_failure();
+    }
+
+    fn clear_failure(&self) {
         self.last_error.store(None);
+        self.failed_files.store(None);
+    }
+
+    /// Reads the files again with the settings in force (the watcher's look).
+    fn refresh(&self, name: &str) -> Refresh {
+        let cur = self.current();
+        let fail = |e: String, digests: Option<Digests>| {
+            let e = format!("frontend {name}: {e}");
+            let same = match &digests {
+                Some(d) => self.failed_files.load().as_deref() == Some(d),
+                None => self.last_error.load().as_deref() == Some(&e),
+            };
+            if same {
+                return Refresh::Unchanged;
+            }
+            self.failed(&e);
+            self.failed_files.store(digests.map(Arc::new));
+            Refresh::Failed(e)
+        };
+        let files = match Files::read(&cur.settings) {
+            Ok(f) => f,
+            Err(e) => return fail(e, None),
+        };
+        let digests = files.digests();
+        if cur.digests == digests {
+            // Back to what serves: nothing failing is left to report.
+            self.clear_failure();
+            return Refresh::Unchanged;
+        }
+        if self.failed_files.load().as_deref() == Some(&digests) {
+            return Refresh::Unchanged;
+        }
+        match Loaded::build(&cur.settings, &files, Some(&cur)) {
+            Ok(l) => {
+                let l = Arc::new(l);
+                log_reloaded(name, &l);
+                self.replace(l);
+                Refresh::Reloaded
+            }
+            Err(e) => fail(e, Some(digests)),
+        }
     }
 }
 
@@ -249,26 +298,12 @@ impl TlsStore {
 
     /// Reads every frontend's files again with the settings in force, and swaps in the
     /// material of those whose contents changed. Each frontend stands alone: one with a bad
-    /// file keeps its old material (the failure is counted and returned) and the others go on.
+    /// file keeps its old material (the failure is counted and returned, once for the same
+    /// contents) and the others go on.
     pub fn refresh(&self) -> Vec<(String, Refresh)> {
         let mut out = Vec::new();
         for (name, state) in &self.states {
-            let cur = state.current();
-            let r = match Self::rebuild(&cur.settings, &cur) {
-                Ok(None) => Refresh::Unchanged,
-                Ok(Some(l)) => {
-                    let l = Arc::new(l);
-                    log_reloaded(name, &l);
-                    state.replace(l);
-                    Refresh::Reloaded
-                }
-                Err(e) => {
-                    let e = format!("frontend {name}: {e}");
-                    state.failed(&e);
-                    Refresh::Failed(e)
-                }
-            };
-            out.push((name.clone(), r));
+            out.push((name.clone(), state.refresh(name)));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -482,7 +517,12 @@ mod tests {
         assert_eq!(subject(&state), "CN=a.test,O=one");
         assert_eq!(state.reload_failures.load(Ordering::Relaxed), 1);
         assert_eq!(state.last_error().as_deref(), Some(&e));
-        assert_eq!(store.refresh(), [("web".to_string(), Refresh::Failed(e))]);
+        assert_eq!(store.refresh(), [("web".to_string(), Refresh::Failed(e.clone()))]);
+        // The same broken files are reported once, however often the watcher looks.
+        let failures = state.reload_failures.load(Ordering::Relaxed);
+        assert_eq!(store.refresh(), [("web".to_string(), Refresh::Unchanged)]);
+        assert_eq!(state.reload_failures.load(Ordering::Relaxed), failures);
+        assert_eq!(state.last_error().as_deref(), Some(&e));
         // A key that belongs to another certificate is refused too.
         dir.leaf("other", "two");
         std::fs::copy(dir.path("other.pem"), dir.path("web.pem")).unwrap();

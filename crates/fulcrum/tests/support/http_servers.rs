@@ -1,37 +1,17 @@
-// The servers and clients of tests/http.rs: nginx with `stub_status`, curl, scripted HTTP/1
-// servers that count what reaches them, and a response reader. Included by `include!` (a
-// file directly in tests/ would be a test binary of its own), so it shares http.rs's imports.
+// The servers and clients of tests/http.rs: nginx with `stub_status` (started by
+// `support/servers.rs`), curl, scripted HTTP/1 servers that count what reaches them, and a
+// response reader. Included by `include!` (a file directly in tests/ would be a test binary of
+// its own), so it shares http.rs's imports.
 
 /// nginx on a free loopback port, serving its name, the forwarding headers it received and
 /// its `stub_status` (whose `accepts` counts the connections it was opened).
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
+type Nginx = TestServer;
 
 impl Nginx {
     fn start(name: &str) -> Nginx {
-        for _ in 0..5 {
-            let port = closed_port();
-            let dir = tempfile::tempdir().unwrap();
-            let d = dir.path().display();
-            let conf = format!(
+        nginx_http(|port| {
+            format!(
                 r#"
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{port};
         location = /nginx_status {{ stub_status; }}
@@ -40,38 +20,9 @@ http {{
         }}
         location / {{ return 200 "{name} $request_method $request_uri\n"; }}
     }}
-}}
 "#
-            );
-            let path = dir.path().join("nginx.conf");
-            std::fs::write(&path, conf).unwrap();
-            let mut child = Command::new("nginx")
-                .args(["-e", "stderr", "-p"])
-                .arg(dir.path())
-                .arg("-c")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nginx (apt-get install nginx-light)");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Nginx { child, port, _dir: dir };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break; // the port was taken meanwhile: another one
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("nginx did not start");
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+            )
+        })
     }
 
     /// Connections nginx has accepted so far (`stub_status`), asked directly: each asking
@@ -81,13 +32,6 @@ http {{
         // "Active connections: 1 \nserver accepts handled requests\n 5 5 9 \n..."
         let line = body.lines().nth(2).unwrap_or_default();
         line.split_whitespace().next().unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
