@@ -130,6 +130,7 @@ pub fn router(s: Shared) -> Router {
         .route("/api/v1/pools/{pool}/servers", post(add_server))
         .route("/api/v1/pools/{pool}/servers/{address}", patch(patch_server).delete(remove_server))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/certs", get(list_certs))
         .route("/api/v1/scale-events", get(scale_events))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/{*rest}", axum::routing::any(not_found))
@@ -363,6 +364,49 @@ async fn patch_server(
 async fn scale_events(State(s): State<Shared>) -> axum::Json<Value> {
     let log = s.view.scale_log.clone();
     axum::Json(json!({ "events": log.events() }))
+}
+
+/// Every `https` frontend's loaded certificates (served ones and client CAs) with their
+/// validity, and how its last certificate reloads went.
+async fn list_certs(State(s): State<Shared>) -> axum::Json<Value> {
+    let snap = s.view.shared.state.load_full();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let frontends: Vec<Value> = snap
+        .frontends
+        .iter()
+        .filter_map(|f| Some((f, f.tls.as_ref()?)))
+        .map(|(f, t)| {
+            let loaded = t.current();
+            let certs: Vec<Value> = loaded
+                .certs
+                .iter()
+                .map(|c| {
+                    json!({
+                        "role": c.role.name(),
+                        "file": c.file.display().to_string(),
+                        "names": c.names,
+                        "subject": c.subject,
+                        "not_before": fulcrum_proxy::rfc3339(c.not_before),
+                        "not_after": fulcrum_proxy::rfc3339(c.not_after),
+                        "not_after_unix": c.not_after,
+                        // Negative once expired.
+                        "days_left": (c.not_after as f64 - now as f64) / 86_400.0,
+                    })
+                })
+                .collect();
+            json!({
+                "frontend": f.name.to_string(),
+                "loaded_at": fulcrum_proxy::rfc3339(loaded.loaded_at),
+                "reloads": t.reloads.load(Ordering::Relaxed),
+                "reload_failures": t.reload_failures.load(Ordering::Relaxed),
+                "last_error": t.last_error().map(|e| e.to_string()),
+                "certificates": certs,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "frontends": frontends }))
 }
 
 async fn reload(State(s): State<Shared>) -> Result<axum::Json<Value>, ApiError> {

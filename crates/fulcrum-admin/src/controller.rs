@@ -431,8 +431,9 @@ impl Controller {
             }
             tracing::warn!(server = %key, error = %e, "name lookup failed on reload; keeping its last addresses");
         }
+        // A reload reads every certificate file again too (Engine::reload_with).
         self.engine
-            .apply_with(&self.with_dynamic(&self.overlay, self.overlay.apply(&new)), names)
+            .reload_with(&self.with_dynamic(&self.overlay, self.overlay.apply(&new)), names)
             .map_err(|e| ApiError {
                 status: 400,
                 message: format!("cannot apply config: {e}; the old config keeps serving"),

@@ -6,6 +6,7 @@
 
 mod agent;
 mod api;
+mod certwatch;
 mod controller;
 mod metrics;
 pub mod notify;
@@ -16,6 +17,7 @@ mod statefile;
 
 pub use agent::{AgentStats, listen_deep, read_key, serve_agent, start_agent};
 pub use api::{AdminServer, serve_admin};
+pub use certwatch::start_cert_watch;
 pub use controller::{ApiError, Controller, Loaded, ReadView, reload_off_thread};
 pub use metrics::render as render_metrics;
 pub use openapi::document as openapi_document;

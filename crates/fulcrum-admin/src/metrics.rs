@@ -496,6 +496,7 @@ impl Collector for Scrape {
         )?;
         self.encode_http(&mut enc)?;
         self.encode_sni(&mut enc)?;
+        self.encode_certificates(&mut enc)?;
         Ok(())
     }
 }
@@ -696,6 +697,50 @@ impl Scrape {
             "Connections routed by their ClientHello's server name: by route (index in the \
              frontend's list), or default (tcp: the frontend's pool; https: TLS terminated by \
              fulcrum); counted since the routes were last built (start or reload).",
+            MetricType::Counter,
+            rows,
+        )
+    }
+}
+
+impl Scrape {
+    /// `https` frontends: when each loaded certificate expires, and how their reloads went.
+    fn encode_certificates(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tls_fronts =
+            || self.snapshot.frontends.iter().filter_map(|f| Some((f, f.tls.as_ref()?)));
+        let mut rows = Vec::new();
+        for (f, t) in tls_fronts() {
+            for c in &t.current().certs {
+                let l = vec![
+                    ("frontend", f.name.to_string()),
+                    ("role", c.role.name().to_string()),
+                    ("cert", c.file.display().to_string()),
+                    ("name", c.label().to_string()),
+                ];
+                rows.push((l, gauge(c.not_after)));
+            }
+        }
+        family(
+            enc,
+            "fulcrum_tls_certificate_expiry_timestamp_seconds",
+            "When each loaded certificate expires (its notAfter, seconds since the Unix epoch); \
+             role server for the leaf served, chain for the rest of its file, client_ca for the \
+             CAs client certificates are checked against.",
+            MetricType::Gauge,
+            rows,
+        )?;
+        let mut rows = Vec::new();
+        for (f, t) in tls_fronts() {
+            for (result, c) in [("ok", &t.reloads), ("failed", &t.reload_failures)] {
+                let l = vec![("frontend", f.name.to_string()), ("result", result.to_string())];
+                rows.push((l, counter(load(c))));
+            }
+        }
+        family(
+            enc,
+            "fulcrum_tls_certificate_reloads",
+            "Certificates of https frontends loaded again after a reload or a file change: ok \
+             (new ones serve) or failed (the old ones kept serving).",
             MetricType::Counter,
             rows,
         )

@@ -68,6 +68,7 @@ pub fn document() -> Value {
             "/api/v1/reload": { "post": { "summary": "Re-read and apply the config file", "operationId": "reload",
                 "responses": { "200": { "description": "Reloaded" }, "400": err("Invalid config: every error listed; the old config keeps serving"),
                     "401": err("Missing or wrong token"), "409": err("No config file") } } },
+            "/api/v1/certs": certs(),
             "/api/v1/scale-events": { "get": { "summary": "Scale-out and scale-in signals fired (the last 100)", "operationId": "scaleEvents",
                 "responses": { "200": { "description": "Events", "content": { "application/json": { "schema": {
                     "type": "object", "properties": { "events": { "type": "array", "items": { "type": "object", "properties": {
@@ -86,4 +87,20 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "OpenMetrics text" } } } }
         }
     })
+}
+
+/// `GET /api/v1/certs` (its own `json!`: one document is past the macro's recursion limit).
+fn certs() -> Value {
+    json!({ "get": { "summary": "Certificates loaded by https frontends, with their validity and reload results", "operationId": "certs",
+                "responses": { "200": { "description": "Certificates", "content": { "application/json": { "schema": {
+                    "type": "object", "properties": { "frontends": { "type": "array", "items": { "type": "object", "properties": {
+                        "frontend": { "type": "string" }, "loaded_at": { "type": "string", "format": "date-time" },
+                        "reloads": { "type": "integer" }, "reload_failures": { "type": "integer" },
+                        "last_error": { "type": "string", "nullable": true, "description": "why the last attempt to load new files failed (the old certificates keep serving)" },
+                        "certificates": { "type": "array", "items": { "type": "object", "properties": {
+                            "role": { "type": "string", "enum": ["server", "chain", "client_ca"] }, "file": { "type": "string" },
+                            "names": { "type": "array", "items": { "type": "string" } }, "subject": { "type": "string", "description": "RFC 4514" },
+                            "not_before": { "type": "string", "format": "date-time" }, "not_after": { "type": "string", "format": "date-time" },
+                            "not_after_unix": { "type": "integer" }, "days_left": { "type": "number", "description": "negative once expired" } } } } } } } } } } } },
+                    "401": err("Missing or wrong token") } } })
 }

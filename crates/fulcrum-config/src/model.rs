@@ -219,6 +219,27 @@ pub struct TlsFrontend {
     pub min_version: TlsVersion,
     /// Refuse clients without SNI or with a name no certificate has, instead of the default.
     pub sni_strict: bool,
+    /// `client_ca`: PEM file of the CAs whose client certificates are accepted; `None`: no
+    /// client certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+    /// `client_auth`: with `client_ca`, whether a client may come without a certificate.
+    pub client_auth: ClientAuth,
+    /// `client_cert_header`: the request header carrying the verified client's subject to the
+    /// servers; clients' own copies are always removed.
+    pub client_cert_header: String,
+}
+
+/// The default `client_cert_header`.
+pub const DEFAULT_CLIENT_CERT_HEADER: &str = "X-Client-Cert-Subject";
+
+/// `client_auth` of `[frontend.NAME.tls]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A client without a certificate is served (and gets no subject header); one with a
+    /// certificate must have a valid one.
+    Optional,
+    /// A client without a valid certificate is refused in the handshake.
+    Required,
 }
 
 /// A PEM certificate chain and its private key.

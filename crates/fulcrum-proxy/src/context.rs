@@ -121,8 +121,9 @@ pub struct AcceptCtx {
     /// Cancelled when this generation of the frontend is replaced or removed, or the engine
     /// stops: HTTP connections then close after their current request.
     pub retired: tokio_util::sync::CancellationToken,
-    /// `https`: the TLS acceptor with the certificates read when the frontend was bound.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `https`: the frontend's certificates; each connection takes those in force when it is
+    /// accepted.
+    pub tls: Option<Arc<crate::tls::TlsState>>,
 }
 
 pub(crate) enum Sock {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -30,6 +31,7 @@ use crate::ratelog::RateLimit;
 use crate::resolve::{NameSet, NameUse};
 use crate::state::{Names, QueueRegistry, Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
+use crate::tls::{Refresh, TlsStore};
 use crate::upstream_tls::TlsRegistry;
 
 /// Settings that are not part of the config file's routing model.
@@ -109,6 +111,11 @@ pub struct Engine {
     names: Names,
     /// The names in use, published after every change for the resolver task.
     name_set: watch::Sender<Arc<NameSet>>,
+    /// Each `https` frontend's certificates, swapped in place by reloads and file changes.
+    certs: TlsStore,
+    /// The files the certificates were read from, published after every change for the
+    /// certificate watcher.
+    tls_files: watch::Sender<Arc<Vec<PathBuf>>>,
     registry: StatsRegistry,
     queues: QueueRegistry,
     /// Each pool's TLS to its servers, built when its settings or files change.
@@ -160,6 +167,8 @@ impl Engine {
             bound: Vec::new(),
             names: Names::new(),
             name_set: watch::Sender::new(Arc::default()),
+            certs: TlsStore::default(),
+            tls_files: watch::Sender::new(Arc::default()),
             registry: StatsRegistry::new(),
             queues: QueueRegistry::new(),
             tls: TlsRegistry::default(),
@@ -185,9 +194,20 @@ impl Engine {
     /// names. Names this engine resolved before are reused; only a name in neither is resolved
     /// here, blocking.
     pub fn apply_with(&mut self, config: &Config, fresh: Names) -> Result<(), String> {
+        self.change(config, fresh, false)
+    }
+
+    /// [`Engine::apply_with`] for a reload: the certificate files of every `https` frontend
+    /// are read again too, and those whose contents changed are replaced (open connections
+    /// keep theirs). A file that cannot be loaded fails the reload and changes nothing.
+    pub fn reload_with(&mut self, config: &Config, fresh: Names) -> Result<(), String> {
+        self.change(config, fresh, true)
+    }
+
+    fn change(&mut self, config: &Config, fresh: Names, reread_tls: bool) -> Result<(), String> {
         let mut names = self.names.clone();
         names.extend(fresh);
-        let snapshot = Snapshot::build(
+        let mut snapshot = Snapshot::build(
             config,
             &mut self.registry,
             &mut self.queues,
@@ -195,6 +215,12 @@ impl Engine {
             &mut names,
             &mut self.tls,
         )?;
+        // Certificates are read here, on the control plane: a bad file stops the change
+        // with its reason, and every frontend keeps what it had.
+        let tls = self.certs.prepare(config, reread_tls)?;
+        for f in &mut snapshot.frontends {
+            f.tls = tls.get(&f.name);
+        }
         // Bind what is new or moved before touching anything; a frontend whose address and
         // protocol are unchanged keeps its sockets (new descriptors of them) even when its
         // other settings changed, so no handshake in a backlog is ever reset by a reload.
@@ -232,15 +258,6 @@ impl Engine {
                 .map(Sock::try_clone)
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(|e| format!("frontend {}: cannot share its sockets: {e}", f.name))?;
-            // Certificates are read here, on the control plane: a bad file stops the change
-            // with its reason, and the frontend keeps what it had.
-            let tls = match (&f.tls, f.protocol) {
-                (Some(t), Protocol::Https) => Some(tokio_rustls::TlsAcceptor::from(
-                    crate::tls::server_config(t)
-                        .map_err(|e| format!("frontend {}: {e}", f.name))?,
-                )),
-                _ => None,
-            };
             let ctx = Arc::new(AcceptCtx {
                 name: Arc::from(f.name.as_str()),
                 stats: self.frontend_stats.get(&f.name).cloned().unwrap_or_default(),
@@ -250,12 +267,13 @@ impl Engine {
                 service: Service::of(f),
                 frontend: f.clone(),
                 retired: self.stop.child_token(),
-                tls,
+                tls: tls.get(&f.name),
             });
             let b = Bound { local, ctx, group };
             fresh.push((f.name.clone(), b, to_workers));
         }
         self.shared.state.store(Arc::new(snapshot));
+        self.certs.commit(tls);
         // A change may have made room (servers added, caps raised): waiting clients look.
         for q in self.queues.values() {
             q.wake_head();
@@ -299,7 +317,27 @@ impl Engine {
         });
         self.names = names;
         self.publish_names(config);
+        let files = Arc::new(self.certs.files());
+        self.tls_files.send_if_modified(|old| {
+            let changed = *old != files;
+            if changed {
+                *old = files;
+            }
+            changed
+        });
         Ok(())
+    }
+
+    /// Reads the certificate files of every `https` frontend again and swaps in those whose
+    /// contents changed, each frontend on its own (a bad file is reported and its frontend
+    /// keeps the certificates it has). Nothing else changes; open connections are untouched.
+    pub fn refresh_certificates(&self) -> Vec<(String, Refresh)> {
+        self.certs.refresh()
+    }
+
+    /// The certificate files in use, updated after every change.
+    pub fn watch_tls_files(&self) -> watch::Receiver<Arc<Vec<PathBuf>>> {
+        self.tls_files.subscribe()
     }
 
     fn publish_names(&self, config: &Config) {

@@ -47,7 +47,10 @@ pub use state::{
     Snapshot, SniRoutes, resolve_names,
 };
 pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, SNI_RESULTS, descriptor_budget};
-pub use tls::server_config as tls_server_config;
+pub use tls::{
+    CertInfo, CertRole, Loaded as TlsLoaded, Refresh, TlsState, rfc3339,
+    server_config as tls_server_config,
+};
 pub use upstream_tls::{TlsRegistry, UpstreamTls, UpstreamTlsStats};
 
 /// Raises the soft open-file limit to the hard limit (each proxied connection holds two

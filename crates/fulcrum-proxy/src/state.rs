@@ -592,6 +592,9 @@ pub struct FrontendState {
     /// A client that takes no byte of the answers waiting for it for this long is closed.
     pub send_timeout: Duration,
     pub stats: Arc<FrontendStats>,
+    /// `https`: the certificates in force (for metrics and the admin API; connections reach
+    /// them through their accept side).
+    pub tls: Option<Arc<crate::tls::TlsState>>,
 }
 
 /// Everything a worker needs to route a new connection.
@@ -745,6 +748,7 @@ impl Snapshot {
                 idle_timeout: f.idle_timeout,
                 send_timeout: f.send_timeout,
                 stats: frontend_stats.get(&f.name).cloned().unwrap_or_default(),
+                tls: None,
             });
         }
         Ok(Snapshot { frontends, pools })

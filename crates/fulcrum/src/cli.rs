@@ -282,6 +282,9 @@ pub enum CtlCommand {
     Servers(ServersCommand),
     /// Re-read the daemon's config file (every error is shown; a bad file changes nothing).
     Reload,
+    /// Certificates of every https frontend: file, names, expiry and days left, and the last
+    /// certificate reload that failed.
+    Certs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -27,6 +27,50 @@ pub fn run(args: CtlArgs) -> Result<(), Failure> {
             println!("reloaded");
         }
         CtlCommand::Servers(cmd) => servers(&api, cmd)?,
+        CtlCommand::Certs => certs(&api)?,
+    }
+    Ok(())
+}
+
+fn certs(api: &Api) -> Result<(), Failure> {
+    let v = api.call("GET", "/api/v1/certs", None)?;
+    let fronts = v["frontends"].as_array().cloned().unwrap_or_default();
+    if fronts.is_empty() {
+        println!("no https frontend");
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<9} {:<20} {:>9}  {:<28} FILE",
+        "FRONTEND", "ROLE", "NOT AFTER", "DAYS LEFT", "NAMES"
+    );
+    let mut failures = Vec::new();
+    for f in &fronts {
+        let name = f["frontend"].as_str().unwrap_or("");
+        for c in f["certificates"].as_array().into_iter().flatten() {
+            let names: Vec<&str> =
+                c["names"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            // A CA has no DNS names: its subject says what it is.
+            let shown = if names.is_empty() {
+                c["subject"].as_str().unwrap_or("").to_string()
+            } else {
+                names.join(",")
+            };
+            println!(
+                "{:<12} {:<9} {:<20} {:>9.1}  {:<28} {}",
+                name,
+                c["role"].as_str().unwrap_or(""),
+                c["not_after"].as_str().unwrap_or(""),
+                c["days_left"].as_f64().unwrap_or(0.0),
+                shown,
+                c["file"].as_str().unwrap_or("")
+            );
+        }
+        if let Some(e) = f["last_error"].as_str() {
+            failures.push(format!("{name}: the last certificate reload failed: {e}"));
+        }
+    }
+    for line in failures {
+        println!("{line}");
     }
     Ok(())
 }

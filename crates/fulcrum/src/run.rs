@@ -259,6 +259,7 @@ fn serve(
             admin_task = Some(tokio::spawn(serve_admin(l, server, stop_admin.clone(), drain)));
         }
         fulcrum_admin::start_resolver(controller.clone(), stop_admin.clone()).await;
+        fulcrum_admin::start_cert_watch(controller.clone(), stop_admin.clone()).await;
         if let Some(addr) = fulcrum_admin::start_agent(controller.clone(), stop_admin.clone())
             .await
             .map_err(Failure::Runtime)?

@@ -221,6 +221,41 @@ servers = []
 }
 
 #[test]
+fn client_certificate_keys_parse_and_are_checked() {
+    let base = "[frontend.a]\nbind = \"127.0.0.1:1000\"\nprotocol = \"https\"\npool = \"p\"\n\
+                [pool.p]\nservers = []\n[frontend.a.tls]\n\
+                certificates = [{ cert = \"a.pem\", key = \"a.key\" }]\n";
+    let c = parse_str(base, "/etc/fulcrum/f.toml").unwrap();
+    let tls = c.frontends[0].tls.clone().unwrap();
+    assert_eq!(tls.client_ca, None);
+    assert_eq!(tls.client_cert_header, "X-Client-Cert-Subject");
+    let c = parse_str(
+        &format!("{base}client_ca = \"ca.pem\"\nclient_cert_header = \"X-SSL-Subject\"\n"),
+        "/etc/fulcrum/f.toml",
+    )
+    .unwrap();
+    let tls = c.frontends[0].tls.clone().unwrap();
+    assert_eq!(tls.client_ca, Some(std::path::PathBuf::from("/etc/fulcrum/ca.pem")));
+    assert_eq!(tls.client_auth, ClientAuth::Required, "client_ca alone requires a certificate");
+    assert_eq!(tls.client_cert_header, "X-SSL-Subject");
+    let c =
+        parse_str(&format!("{base}client_ca = \"ca.pem\"\nclient_auth = \"optional\"\n"), "f.toml")
+            .unwrap();
+    assert_eq!(c.frontends[0].tls.clone().unwrap().client_auth, ClientAuth::Optional);
+    for (extra, want) in [
+        ("client_auth = \"required\"", "frontend.a.tls.client_auth: needs client_ca"),
+        ("client_ca = \"c.pem\"\nclient_auth = \"maybe\"", "client_auth: unknown value \"maybe\""),
+        ("client_ca = 5", "frontend.a.tls.client_ca: expected a string"),
+        ("client_cert_header = \"bad name\"", "is not an HTTP header name"),
+        ("client_cert_header = \"X-Forwarded-For\"", "is a header fulcrum writes"),
+        ("client_cert_header = \"\"", "is not an HTTP header name"),
+    ] {
+        let errs = errors(&format!("{base}{extra}\n")).join("\n");
+        assert!(errs.contains(want), "{extra}: {want} not in:\n{errs}");
+    }
+}
+
+#[test]
 fn garbage_never_panics() {
     for text in [
         "\u{0}",

@@ -1,5 +1,5 @@
-//! The TLS tables: an `https` frontend's `[frontend.NAME.tls]` (its certificates, read by the
-//! proxy when the frontend is bound) and a pool's `[pool.NAME.tls]` (how fulcrum speaks TLS
+//! The TLS tables: an `https` frontend's `[frontend.NAME.tls]` (its certificates and client
+//! certificate rules, read by the proxy when the frontend is bound) and a pool's `[pool.NAME.tls]` (how fulcrum speaks TLS
 //! to its servers), and the check that a pool with TLS only serves frontends that use it.
 
 use toml::de::{DeTable, DeValue};
@@ -7,11 +7,51 @@ use toml::de::{DeTable, DeValue};
 use super::{Value, Walker};
 use crate::model::*;
 
-const TLS_KEYS: &[&str] = &["certificates", "min_version", "sni_strict"];
+const TLS_KEYS: &[&str] = &[
+    "certificates",
+    "min_version",
+    "sni_strict",
+    "client_ca",
+    "client_auth",
+    "client_cert_header",
+];
 const CERT_KEYS: &[&str] = &["cert", "key"];
 const POOL_TLS_KEYS: &[&str] = &["enabled", "ca", "server_name", "verify", "cert", "key", "alpn"];
 /// Longest ALPN protocol name (its length is one byte on the wire).
 const MAX_ALPN_LEN: usize = 255;
+
+/// Headers fulcrum writes itself or that frame the message: a client certificate's subject
+/// may not take their place.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "via",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+/// Whether `name` can be `client_cert_header`: an HTTP field name (RFC 9110 token) that is
+/// not one of [`RESERVED_HEADERS`].
+fn client_cert_header(name: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(format!("\"{name}\" is not an HTTP header name"));
+    }
+    if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(format!("\"{name}\" is a header fulcrum writes or that frames the message"));
+    }
+    Ok(())
+}
 
 impl Walker<'_> {
     /// `[frontend.NAME.tls]`: required on `https`, refused elsewhere.
@@ -46,6 +86,9 @@ impl Walker<'_> {
             certificates: Vec::new(),
             min_version: TlsVersion::V1_2,
             sni_strict: false,
+            client_ca: None,
+            client_auth: ClientAuth::Required,
+            client_cert_header: DEFAULT_CLIENT_CERT_HEADER.to_string(),
         };
         match tt.get("certificates") {
             Some(cv) => {
@@ -123,7 +166,55 @@ impl Walker<'_> {
                 None => ok = false,
             }
         }
+        ok &= self.client_certs(tt, &tpath, &mut tls);
         f.tls = Some(tls);
+        ok
+    }
+
+    /// `client_ca`, `client_auth` and `client_cert_header` of `[frontend.NAME.tls]`.
+    fn client_certs(&mut self, tt: &DeTable<'_>, tpath: &str, tls: &mut TlsFrontend) -> bool {
+        let mut ok = true;
+        if let Some(v) = tt.get("client_ca") {
+            match self.string(v, &format!("{tpath}.client_ca")) {
+                Some(p) => tls.client_ca = Some(self.relative(p)),
+                None => ok = false,
+            }
+        }
+        if let Some(v) = tt.get("client_auth") {
+            let key = format!("{tpath}.client_auth");
+            match self.string(v, &key) {
+                Some("optional") => tls.client_auth = ClientAuth::Optional,
+                Some("required") => tls.client_auth = ClientAuth::Required,
+                Some(other) => {
+                    let m =
+                        format!("unknown value \"{other}\" (expected: \"optional\", \"required\")");
+                    self.error(v, &key, m);
+                    ok = false;
+                }
+                None => ok = false,
+            }
+            if !tt.contains_key("client_ca") {
+                self.error(
+                    v,
+                    &key,
+                    "needs client_ca (the CAs client certificates are checked against)",
+                );
+                ok = false;
+            }
+        }
+        if let Some(v) = tt.get("client_cert_header") {
+            let key = format!("{tpath}.client_cert_header");
+            match self.string(v, &key) {
+                Some(name) => match client_cert_header(name) {
+                    Ok(()) => tls.client_cert_header = name.to_string(),
+                    Err(m) => {
+                        self.error(v, &key, m);
+                        ok = false;
+                    }
+                },
+                None => ok = false,
+            }
+        }
         ok
     }
 

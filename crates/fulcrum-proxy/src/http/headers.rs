@@ -125,6 +125,9 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) trusted: &'a [IpNet],
     pub(crate) proto: &'static str,
     pub(crate) forwarded: bool,
+    /// `https`: `client_cert_header`, always cleared of what the client sent, and the verified
+    /// subject to set it to when the client presented a certificate.
+    pub(crate) client_cert: Option<(&'a HeaderName, Option<&'a HeaderValue>)>,
 }
 
 /// Rewrites a client's request head for the server: hop-by-hop headers out, the forwarding
@@ -137,6 +140,13 @@ pub(crate) fn prepare_request(
 ) -> HeaderValue {
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
+    if let Some((name, subject)) = f.client_cert {
+        // `remove` takes every copy; only the verified subject goes on.
+        h.remove(name);
+        if let Some(v) = subject {
+            h.insert(name, v.clone());
+        }
+    }
     let trusted = is_trusted(f.peer, f.trusted);
     let peer = HeaderValue::from_str(&f.peer.to_string()).unwrap_or(HeaderValue::from_static(""));
     match h.get(&X_FORWARDED_FOR).filter(|_| trusted) {
@@ -280,7 +290,13 @@ mod tests {
 
     fn fwd(peer: &str, trusted: &[IpNet]) -> Forwarding<'static> {
         let trusted: &'static [IpNet] = Box::leak(trusted.to_vec().into_boxed_slice());
-        Forwarding { peer: peer.parse().unwrap(), trusted, proto: "http", forwarded: true }
+        Forwarding {
+            peer: peer.parse().unwrap(),
+            trusted,
+            proto: "http",
+            forwarded: true,
+            client_cert: None,
+        }
     }
 
     #[test]
@@ -322,6 +338,25 @@ mod tests {
         let p = parts(&[("x-forwarded-for", "1.2.3.4")]);
         let client = effective_client("8.8.8.8".parse().unwrap(), &p.headers, &trusted);
         assert_eq!(client, "8.8.8.8".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn client_copies_of_the_certificate_header_never_pass() {
+        let name = HeaderName::from_static("x-client-cert-subject");
+        let raw = [("x-client-cert-subject", "CN=forged"), ("X-Client-Cert-Subject", "CN=again")];
+        let mut f = fwd("10.1.2.3", &[]);
+        // No certificate: every copy the client sent is gone, nothing is added.
+        f.client_cert = Some((&name, None));
+        let mut p = parts(&raw);
+        prepare_request(&mut p, None, false, &f);
+        assert!(!p.headers.contains_key(&name));
+        // A verified certificate: exactly its subject.
+        let subject = HeaderValue::from_static("CN=client,O=Test");
+        f.client_cert = Some((&name, Some(&subject)));
+        let mut p = parts(&raw);
+        prepare_request(&mut p, None, false, &f);
+        let got: Vec<_> = p.headers.get_all(&name).iter().collect();
+        assert_eq!(got, [&subject]);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! * `upstream.rs`: the worker's idle server connections.
 //! * `body.rs`: request and response bodies and the per-request record (`Exchange`) that
 //!   gives everything back and writes the access-log line when the response ends.
+//! * `https.rs`: the TLS handshake of an `https` connection and its verified client.
 //! * `headers.rs`: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`, `Forwarded`.
 //!
 //! Built on hyper 1: its HTTP/1 parser is strict where smuggling lives (conflicting
@@ -18,6 +19,7 @@
 
 mod body;
 mod headers;
+mod https;
 mod io;
 mod server;
 mod upstream;
@@ -40,4 +42,13 @@ pub(crate) struct ConnInfo {
     pub(crate) tunnel: std::sync::Mutex<Option<server::Tunnel>>,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub(crate) proto: &'static str,
+    /// `https`: the client certificate header and the verified subject to put in it.
+    pub(crate) client_cert: Option<ClientCert>,
+}
+
+/// An `https` connection's `client_cert_header` (in the TLS material it was accepted with)
+/// and its client's verified subject, if it presented a certificate.
+pub(crate) struct ClientCert {
+    pub(crate) loaded: Arc<crate::tls::Loaded>,
+    pub(crate) subject: Option<http::HeaderValue>,
 }

@@ -20,11 +20,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::ConnInfo;
 use super::body::{Exchange, ReqBody, RespBody, ServerSlot, Upload};
 use super::headers::{self as hdr, Forwarding, X_REQUEST_ID};
 use super::io::{ClientStream, HttpIo, Phase};
 use super::upstream::{self, Sender};
+use super::{ClientCert, ConnInfo};
 use crate::clock::now_ms;
 use crate::ledger::Ledger;
 use crate::queue::{Refusal, take_or_wait};
@@ -33,7 +33,6 @@ use crate::routes::RouteTarget;
 use crate::state::{NoSlot, PoolState};
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(1_000);
-static TLS_FAIL_LOG: RateLimit = RateLimit::new(1_000);
 
 /// Most concurrent streams an HTTP/2 client may open (each may hold a server connection).
 const MAX_STREAMS: u32 = 100;
@@ -47,13 +46,20 @@ const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 pub(crate) async fn serve(ledger: Ledger, stream: TcpStream) {
     // The TLS path's future (a rustls session inside) is several times the plain one's and
     // lives as long as the connection: boxed, so plain connections do not carry its size.
-    match ledger.ctx().tls.clone() {
+    // Each connection takes the certificates in force now and keeps them: a reload that
+    // swaps them changes nothing for it.
+    match ledger.ctx().tls.as_ref().map(|t| t.current()) {
         None => serve_plain(ledger, stream).await,
-        Some(acceptor) => Box::pin(serve_tls(ledger, stream, acceptor)).await,
+        Some(tls) => Box::pin(super::https::serve_tls(ledger, stream, tls)).await,
     }
 }
 
-fn conn_info(ledger: &Ledger, phase: &Arc<Phase>, proto: &'static str) -> Arc<ConnInfo> {
+pub(super) fn conn_info(
+    ledger: &Ledger,
+    phase: &Arc<Phase>,
+    proto: &'static str,
+    client_cert: Option<ClientCert>,
+) -> Arc<ConnInfo> {
     Arc::new(ConnInfo {
         shared: ledger.shared().clone(),
         ctx: ledger.ctx().clone(),
@@ -61,6 +67,7 @@ fn conn_info(ledger: &Ledger, phase: &Arc<Phase>, proto: &'static str) -> Arc<Co
         phase: phase.clone(),
         tunnel: std::sync::Mutex::new(None),
         proto,
+        client_cert,
     })
 }
 
@@ -68,59 +75,13 @@ async fn serve_plain(mut ledger: Ledger, stream: TcpStream) {
     let settings = &ledger.ctx().frontend.http;
     let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
     let phase = Arc::new(Phase::default());
-    let conn = conn_info(&ledger, &phase, "http");
+    let conn = conn_info(&ledger, &phase, "http", None);
     let res = run(&conn, HttpIo::new(stream, phase.clone(), header_timeout, keepalive)).await;
     finish(&mut ledger, &phase, res);
 }
 
-async fn serve_tls(ledger: Ledger, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
-    let ctx = ledger.ctx().clone();
-    let settings = &ctx.frontend.http;
-    let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
-    // The handshake is part of the first request's head: header_timeout bounds it.
-    let started = Instant::now();
-    // Passthrough routes decide first: a name of theirs is a server's to terminate.
-    let terminated = crate::sni::passthrough(ledger, stream, header_timeout).await;
-    let Some((mut ledger, stream)) = terminated else { return };
-    let phase = Arc::new(Phase::default());
-    let conn = conn_info(&ledger, &phase, "https");
-    let stats = &ctx.stats;
-    let left = header_timeout.saturating_sub(started.elapsed());
-    let res = match tokio::time::timeout(left, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => {
-            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-            stats.tls_handshake_time.record(started.elapsed());
-            let (_, session) = tls.get_ref();
-            if session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-                stats.tls_v13.fetch_add(1, Ordering::Relaxed);
-            }
-            if session.alpn_protocol() == Some(b"h2") {
-                stats.tls_alpn_h2.fetch_add(1, Ordering::Relaxed);
-            }
-            run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive)).await
-        }
-        Ok(Err(e)) => {
-            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-            ledger.outcome = "tls-handshake-failed";
-            if let Some(skipped) = TLS_FAIL_LOG.allow(now_ms()) {
-                tracing::info!(
-                    frontend = %ctx.name, client = %ledger.client(), error = %e, skipped,
-                    "TLS handshake failed"
-                );
-            }
-            return;
-        }
-        Err(_) => {
-            stats.tls_handshake_timeouts.fetch_add(1, Ordering::Relaxed);
-            ledger.outcome = "tls-handshake-timeout";
-            return;
-        }
-    };
-    finish(&mut ledger, &phase, res);
-}
-
 /// The connection's bytes and how it ended, for its ledger (and access-log line).
-fn finish(ledger: &mut Ledger, phase: &Phase, res: Result<(), BoxError>) {
+pub(super) fn finish(ledger: &mut Ledger, phase: &Phase, res: Result<(), BoxError>) {
     ledger.bytes_in = phase.bytes_in.load(Ordering::Relaxed);
     ledger.bytes_out = phase.bytes_out.load(Ordering::Relaxed);
     ledger.outcome = if phase.header_timed_out.load(Ordering::Relaxed) {
@@ -136,7 +97,10 @@ fn finish(ledger: &mut Ledger, phase: &Phase, res: Result<(), BoxError>) {
 }
 
 /// HTTP/2 (by its preface, which ALPN `h2` promises over TLS) or HTTP/1 on a client stream.
-async fn run<S: ClientStream>(conn: &Arc<ConnInfo>, mut io: HttpIo<S>) -> Result<(), BoxError> {
+pub(super) async fn run<S: ClientStream>(
+    conn: &Arc<ConnInfo>,
+    mut io: HttpIo<S>,
+) -> Result<(), BoxError> {
     match io.sniff_h2().await {
         Ok(true) => serve_h2(conn, io).await,
         Ok(false) => serve_h1(conn, io).await,
@@ -387,6 +351,7 @@ async fn proxy(
         trusted: &settings.trusted_proxies,
         proto: conn.proto,
         forwarded: settings.forwarded,
+        client_cert: conn.client_cert.as_ref().map(|c| (&c.loaded.header, c.subject.as_ref())),
     };
     // The request id is the client's own when valid: keep it for the access log.
     ex.request_id = Some(hdr::prepare_request(&mut parts, host.as_ref(), upgrade, &fwd));
