@@ -35,6 +35,10 @@ const FRONTEND_KEYS: &[&str] = &[
     "route",
     "tls",
     "accept_proxy",
+    "allow",
+    "deny",
+    "allow_file",
+    "deny_file",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -214,6 +218,7 @@ impl Walker<'_> {
         }
         // After `sessions`: whether a UDP pool may send PROXY headers depends on it.
         ok &= self.proxy_protocol(t, path, &mut f, c);
+        ok &= self.access_lists(t, path, &mut f);
         ok &= self.frontend_routes(t, path, c, &mut f);
         if let Some(x) = t.get("route")
             && !f.protocol.is_http()
