@@ -202,6 +202,15 @@ impl<V> SessionTable<V> {
         out
     }
 
+    /// Ends and returns the sessions of the clients `pred` picks (their address was blocked).
+    pub fn remove_where(
+        &mut self,
+        mut pred: impl FnMut(&SocketAddr) -> bool,
+    ) -> Vec<(SocketAddr, Session<V>)> {
+        let picked: Vec<SocketAddr> = self.sessions.keys().filter(|c| pred(c)).copied().collect();
+        picked.into_iter().filter_map(|c| Some((c, self.remove(&c)?))).collect()
+    }
+
     /// Removes and returns every session (the proxy stops).
     pub fn drain(&mut self) -> Vec<(SocketAddr, Session<V>)> {
         self.deadlines.clear();

@@ -583,6 +583,9 @@ pub struct FrontendState {
     /// A client that takes no byte of the answers waiting for it for this long is closed.
     pub send_timeout: Duration,
     pub stats: Arc<FrontendStats>,
+    /// Which client addresses may connect (`allow`, `deny` and their files), checked by
+    /// guard.rs at accept and per datagram.
+    pub access: Arc<fulcrum_core::acl::Access>,
 }
 
 /// Everything a worker needs to route a new connection.
@@ -722,6 +725,7 @@ impl Snapshot {
                 idle_timeout: f.idle_timeout,
                 send_timeout: f.send_timeout,
                 stats: frontend_stats.get(&f.name).cloned().unwrap_or_default(),
+                access: f.access.clone(),
             });
         }
         Ok(Snapshot { frontends, pools })

@@ -29,6 +29,9 @@ impl std::fmt::Debug for IpSet {
 }
 
 impl IpSet {
+    /// No address.
+    pub const EMPTY: IpSet = IpSet { v4: Ranges(Vec::new()), v6: Ranges(Vec::new()) };
+
     /// The set of `nets`, none of which expires.
     pub fn new<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> IpSet {
         IpSet::with_until(nets.into_iter().map(|n| (*n, FOREVER)))
