@@ -248,6 +248,23 @@ mod tests {
     }
 
     #[test]
+    fn remove_where_ends_only_the_picked_sessions() {
+        let mut t = SessionTable::new(10, 1_000);
+        for port in 1..=4 {
+            t.insert(client(port), 0, port, 0).unwrap();
+        }
+        let mut gone: Vec<u16> =
+            t.remove_where(|c| c.port() % 2 == 0).into_iter().map(|(c, _)| c.port()).collect();
+        gone.sort_unstable();
+        assert_eq!(gone, [2, 4]);
+        assert_eq!(t.len(), 2);
+        assert!(t.get(&client(1)).is_some() && t.get(&client(2)).is_none());
+        // Their deadlines are leftovers: expiry later ends only the live sessions.
+        let expired: Vec<u16> = t.expire(1_000).into_iter().map(|(c, _)| c.port()).collect();
+        assert_eq!(expired.len(), 2, "{expired:?}");
+    }
+
+    #[test]
     fn refuses_when_full_and_duplicates() {
         let mut t = SessionTable::new(2, 100);
         assert!(t.insert(client(1), 0, "a", 0).is_ok());
