@@ -192,9 +192,11 @@ impl Controller {
         runtime: tokio::runtime::Handle,
     ) -> Result<Controller, String> {
         let state_file = base.state_file.clone();
-        let overlay = state_file.as_deref().map(statefile::load).unwrap_or_default();
+        let mut overlay = state_file.as_deref().map(statefile::load).unwrap_or_default();
         let engine = Engine::start(&overlay.apply(&base), opts).map_err(|e| e.0)?;
         let table = blocks::table_of(&overlay.blocks);
+        // Entries that ended while the daemon was down leave the next state file written.
+        overlay.blocks = blocks::records_of(&table);
         let mut c = Controller {
             dynamic: BTreeMap::new(),
             scaled_in: Default::default(),

@@ -577,3 +577,48 @@ async fn blocks_survive_reloads_and_restarts() {
     );
     assert_eq!(rejections(&s, "tcp", "blocked"), 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_udp_service_checks_each_datagram() {
+    // A udp frontend without sessions (a server per datagram) and a directory-udp frontend.
+    let udp = UdpBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "workers = 2\n[admin]\nbind = \"127.0.0.1:0\"\n\
+         [frontend.dgram]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nsessions = false\npool = \"p\"\n\
+         deny = [\"127.0.0.3\"]\n\
+         [frontend.dir]\nbind = \"127.0.0.1:0\"\nprotocol = \"directory-udp\"\npool = \"p\"\n\
+         allow = [\"127.0.0.1\"]\n[pool.p]\nservers = [\"{}\"]\n",
+        udp.addr
+    );
+    let s = start_in(dir.path(), &toml);
+    let (dgram, dir_front) = (s.d.addr("dgram"), s.d.addr("dir"));
+    let denied = udp_from(from(3), dgram).await;
+    denied.send(b"hello").await.unwrap();
+    wait_until_async(LIMIT, "the refused datagram", || rejections(&s, "dgram", "deny") >= 1.0)
+        .await;
+    assert_eq!(udp.datagrams(), 0, "a refused datagram reached the server");
+    assert!(udp_echoes(&udp_from(from(1), dgram).await, LIMIT).await);
+
+    let ask = |c: UdpSocket| async move {
+        c.send(b"PICK\n").await.unwrap();
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(300), c.recv(&mut buf)).await {
+            Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            _ => None,
+        }
+    };
+    assert_eq!(ask(udp_from(from(2), dir_front).await).await, None, "127.0.0.2 got an answer");
+    wait_until_async(LIMIT, "the refused PICK", || rejections(&s, "dir", "not-allowed") >= 1.0)
+        .await;
+    let answer = ask(udp_from(from(1), dir_front).await).await.expect("no answer to 127.0.0.1");
+    assert!(answer.contains(&udp.addr.to_string()), "{answer}");
+    // The blocks apply to them too.
+    assert_eq!(ctl(&s, &["blocks", "add", "127.0.0.1"]).0, 0);
+    assert!(!udp_echoes(&udp_from(from(1), dgram).await, Duration::from_millis(300)).await);
+    assert_eq!(ask(udp_from(from(1), dir_front).await).await, None);
+    wait_until_async(LIMIT, "both refusals counted as blocked", || {
+        rejections(&s, "dgram", "blocked") >= 1.0 && rejections(&s, "dir", "blocked") >= 1.0
+    })
+    .await;
+}

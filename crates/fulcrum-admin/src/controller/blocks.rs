@@ -46,7 +46,7 @@ pub(super) fn table_of(records: &[BlockRecord]) -> BlockTable {
     t
 }
 
-fn records_of(t: &BlockTable) -> Vec<BlockRecord> {
+pub(super) fn records_of(t: &BlockTable) -> Vec<BlockRecord> {
     t.entries()
         .iter()
         .map(|b| BlockRecord {
