@@ -679,8 +679,12 @@ fn serve_here(
                     return;
                 }
                 let client = ledger.client().ip();
-                crate::guard::until_cut(shared, me, client, crate::http::serve(ledger, stream))
-                    .await
+                let mark = crate::guard::CutMark::default();
+                let service = crate::http::serve(ledger, stream);
+                tokio::pin!(service);
+                if crate::guard::until_cut(&shared, me, client, service).await {
+                    mark.set();
+                }
             });
         }
         _ => {
@@ -690,6 +694,7 @@ fn serve_here(
                     return;
                 }
                 let client = ledger.client().ip();
+                let mark = crate::guard::CutMark::default();
                 let service = async move {
                     match ctx.service {
                         Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
@@ -704,7 +709,10 @@ fn serve_here(
                         | Service::DirectoryUdp => drop(ledger),
                     }
                 };
-                crate::guard::until_cut(shared, me, client, service).await
+                tokio::pin!(service);
+                if crate::guard::until_cut(&shared, me, client, service).await {
+                    mark.set();
+                }
             });
         }
     }

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
@@ -166,42 +166,56 @@ pub(crate) fn cutting() -> bool {
     CUTTING.get()
 }
 
-/// Runs `service` (a TCP connection of `client`, served on `worker`) until it ends, or until
-/// a block with `cut` covers `client`: then the service is dropped on the spot, closing both
-/// sockets, and its ledger logs the outcome `blocked`.
-pub(crate) async fn until_cut(
-    shared: Arc<Shared>,
+/// Marks the drop of a cut connection's service for its ledger. Declared before the service
+/// future, so that it is dropped after it: [`CutMark::set`] then covers the service's drop, and
+/// its own drop clears the mark (no await comes between, so no other task sees it).
+#[derive(Default)]
+pub(crate) struct CutMark(());
+
+impl CutMark {
+    pub(crate) fn set(&self) {
+        CUTTING.set(true);
+    }
+}
+
+impl Drop for CutMark {
+    fn drop(&mut self) {
+        CUTTING.set(false);
+    }
+}
+
+/// Polls `service` (a TCP connection of `client`, served on `worker`) until it ends (false) or
+/// until a block with `cut` covers `client` (true): the caller then drops the service on the
+/// spot, closing both sockets. The service is borrowed, not moved in: an HTTP connection's
+/// future is large, and a future taken by value would be stored twice in this one.
+pub(crate) async fn until_cut<F: Future<Output = ()>>(
+    shared: &Shared,
     worker: usize,
     client: IpAddr,
-    service: impl Future<Output = ()>,
-) {
-    let Some(peer) = shared.peers.get(worker) else { return service.await };
-    let mut service = pin!(Some(service));
+    mut service: Pin<&mut F>,
+) -> bool {
+    let Some(peer) = shared.peers.get(worker) else {
+        service.await;
+        return false;
+    };
     let mut notified = pin!(peer.cut.notified());
     // Registered before the cut set is read: a cut published in between still wakes it.
     notified.as_mut().enable();
-    let mut cut = shared.guard.cuts(client);
-    if !cut {
-        cut = std::future::poll_fn(|cx| {
-            if let Some(s) = service.as_mut().as_pin_mut()
-                && s.poll(cx).is_ready()
-            {
-                return Poll::Ready(false);
-            }
-            while notified.as_mut().poll(cx).is_ready() {
-                notified.set(peer.cut.notified());
-                notified.as_mut().enable();
-                if shared.guard.cuts(client) {
-                    return Poll::Ready(true);
-                }
-            }
-            Poll::Pending
-        })
-        .await;
+    if shared.guard.cuts(client) {
+        return true;
     }
-    if cut {
-        CUTTING.set(true);
-        service.set(None);
-        CUTTING.set(false);
-    }
+    std::future::poll_fn(|cx| {
+        if service.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        while notified.as_mut().poll(cx).is_ready() {
+            notified.set(peer.cut.notified());
+            notified.as_mut().enable();
+            if shared.guard.cuts(client) {
+                return Poll::Ready(true);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
