@@ -30,7 +30,7 @@ pub struct AdminServer {
     pub token: Option<String>,
 }
 
-type Shared = Arc<AdminServer>;
+pub(crate) type Shared = Arc<AdminServer>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -133,6 +133,7 @@ pub fn router(s: Shared) -> Router {
         .route("/api/v1/certs", get(list_certs))
         .route("/api/v1/scale-events", get(scale_events))
         .route("/api/v1/openapi.json", get(openapi))
+        .merge(crate::blocks_api::routes())
         .route("/api/{*rest}", axum::routing::any(not_found))
         .route_layer(middleware::from_fn_with_state(s.clone(), auth));
     Router::new()
@@ -288,7 +289,7 @@ fn one() -> u32 {
 }
 
 /// Parses a JSON body, turning serde's rejection into our error shape.
-fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::new(400, format!("invalid JSON body: {e}")))
 }
 

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::statefile;
 
+mod blocks;
+pub use blocks::block_json;
+
 /// An API-facing error: HTTP status and one message (plus every config error on reload).
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -165,6 +168,11 @@ pub struct Controller {
     runtime: tokio::runtime::Handle,
     reloads: Arc<std::sync::atomic::AtomicU64>,
     writer: Arc<StateWriter>,
+    /// The runtime block list (kept in the overlay too, for the state file).
+    blocks: fulcrum_core::acl::BlockTable,
+    /// When its next entry ends (Unix ms, `u64::MAX` for never): the sweep reads it without
+    /// the lock and takes the lock only when something is due.
+    block_expiry: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What readers (metrics, readiness, listings) need, read without the controller's lock: the
@@ -189,8 +197,11 @@ impl Controller {
         runtime: tokio::runtime::Handle,
     ) -> Result<Controller, String> {
         let state_file = base.state_file.clone();
-        let overlay = state_file.as_deref().map(statefile::load).unwrap_or_default();
+        let mut overlay = state_file.as_deref().map(statefile::load).unwrap_or_default();
         let engine = Engine::start(&overlay.apply(&base), opts).map_err(|e| e.0)?;
+        let table = blocks::table_of(&overlay.blocks);
+        // Entries that ended while the daemon was down leave the next state file written.
+        overlay.blocks = blocks::records_of(&table);
         let mut c = Controller {
             dynamic: BTreeMap::new(),
             scaled_in: Default::default(),
@@ -207,7 +218,10 @@ impl Controller {
             runtime,
             reloads: Arc::default(),
             writer: Arc::default(),
+            blocks: table,
+            block_expiry: Arc::default(),
         };
+        c.publish_blocks(false);
         c.restart_health();
         Ok(c)
     }
@@ -215,8 +229,10 @@ impl Controller {
     /// Shares the controller between the API, the agent listener and its own tasks.
     pub fn into_shared(self) -> Arc<tokio::sync::Mutex<Controller>> {
         let handle = self.handle.clone();
+        let (runtime, expiry) = (self.runtime.clone(), self.block_expiry.clone());
         let shared = Arc::new(tokio::sync::Mutex::new(self));
         let _ = handle.set(Arc::downgrade(&shared));
+        runtime.spawn(blocks::sweep(Arc::downgrade(&shared), expiry));
         shared
     }
 
@@ -525,9 +541,14 @@ impl Controller {
             .map_err(|e| ApiError::new(400, format!("cannot apply: {e}")))?;
         self.overlay = overlay;
         self.restart_health();
-        let Some(path) = self.state_file.clone() else { return Ok(StateWrite(None)) };
+        Ok(self.state_write())
+    }
+
+    /// The state-file write of the overlay as it is now.
+    fn state_write(&self) -> StateWrite {
+        let Some(path) = self.state_file.clone() else { return StateWrite(None) };
         let version = self.writer.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        Ok(StateWrite(Some((path, self.overlay.clone(), version, self.writer.clone()))))
+        StateWrite(Some((path, self.overlay.clone(), version, self.writer.clone())))
     }
 
     /// Starts the tasks of pools that are new or whose task settings changed, and stops those

@@ -6,6 +6,7 @@
 
 mod agent;
 mod api;
+mod blocks_api;
 mod certwatch;
 mod controller;
 mod metrics;

@@ -25,6 +25,8 @@ struct Scrape {
     agent: Arc<crate::agent::AgentStats>,
     resolve: Arc<crate::resolver::ResolveStats>,
     scale: Vec<(String, &'static str, u64)>,
+    /// Entries of the runtime block list in force.
+    blocks: u64,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -105,6 +107,7 @@ impl Collector for Scrape {
             MetricType::Counter,
             s.frontends.iter().map(|f| (fe(f), counter(ld(&f.stats.handoffs)))).collect(),
         )?;
+        self.encode_rejections(&mut enc)?;
 
         let servers = || {
             s.pools.iter().flat_map(|p| {
@@ -504,6 +507,34 @@ impl Collector for Scrape {
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 impl Scrape {
+    /// Clients refused by address, per frontend and reason (every reason listed, zeros too,
+    /// so a rate query has a series before the first refusal), and the block list's size.
+    fn encode_rejections(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use fulcrum_core::acl::Rejection;
+        let mut rows = Vec::new();
+        for f in &self.snapshot.frontends {
+            for r in Rejection::ALL {
+                let n = f.stats.rejections.get(r.index()).map_or(0, load);
+                let l = vec![("frontend", f.name.to_string()), ("reason", r.name().to_string())];
+                rows.push((l, counter(n)));
+            }
+        }
+        family(
+            enc,
+            "fulcrum_rejections",
+            "Clients refused by address (TCP connections, UDP datagrams), by reason.",
+            MetricType::Counter,
+            rows,
+        )?;
+        family(
+            enc,
+            "fulcrum_blocks",
+            "Entries of the runtime block list in force.",
+            MetricType::Gauge,
+            vec![(Labels::new(), gauge(self.blocks))],
+        )
+    }
+
     /// HTTP frontends: requests by status class per frontend, route and server, requests in
     /// progress, request latency, and each pool's retries.
     fn encode_http(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -764,6 +795,7 @@ pub fn render(v: &ReadView) -> String {
         agent: v.agent_stats.clone(),
         resolve: v.resolve_stats.clone(),
         scale: v.scale_log.counts(),
+        blocks: shared.guard.blocks() as u64,
     }));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {

@@ -14,6 +14,9 @@ fn path_param(name: &str, desc: &str) -> Value {
 pub fn document() -> Value {
     let pool = path_param("pool", "Pool name");
     let address = path_param("address", "Server address as listed, e.g. 127.0.0.1:9004");
+    let cidr =
+        path_param("cidr", "An address or CIDR range, the slash percent-encoded: 203.0.113.0%2F24");
+    let cidr_query = json!({ "name": "cidr", "in": "query", "required": true, "description": "An address or CIDR range", "schema": { "type": "string" } });
     json!({
         "openapi": "3.0.3",
         "info": { "title": "fulcrum admin API", "version": env!("CARGO_PKG_VERSION"),
@@ -43,7 +46,18 @@ pub fn document() -> Value {
                     "max_connections": { "type": "integer", "minimum": 1, "maximum": 10000000, "description": "cap of proxied client connections (none when absent)" } } },
                 "ServerChange": { "type": "object", "additionalProperties": false, "properties": {
                     "state": { "type": "string", "enum": ["up", "drain", "maint"] },
-                    "weight": { "type": "integer", "minimum": 0, "maximum": 10000 } } }
+                    "weight": { "type": "integer", "minimum": 0, "maximum": 10000 } } },
+                "Block": { "type": "object", "properties": {
+                    "cidr": { "type": "string", "example": "203.0.113.0/24" },
+                    "created_unix_ms": { "type": "integer" },
+                    "until_unix_ms": { "type": "integer", "nullable": true, "description": "null: until removed" },
+                    "expires_in_ms": { "type": "integer", "nullable": true },
+                    "reason": { "type": "string", "nullable": true } } },
+                "NewBlock": { "type": "object", "required": ["cidr"], "additionalProperties": false, "properties": {
+                    "cidr": { "type": "string", "example": "203.0.113.7", "description": "an address or CIDR range" },
+                    "for": { "type": "string", "example": "10m", "description": "how long (absent: until removed)" },
+                    "cut": { "type": "boolean", "default": false, "description": "also close the open connections and UDP sessions from it" },
+                    "reason": { "type": "string", "maxLength": 256 } } }
             }
         },
         "security": [ { "bearer": [] } ],
@@ -77,6 +91,22 @@ pub fn document() -> Value {
                         "load": { "type": "number" }, "servers": { "type": "integer" }, "at_unix_ms": { "type": "integer" },
                         "action": { "type": "string" }, "outcome": { "type": "string" } } } } } } } } },
                     "401": err("Missing or wrong token") } } },
+            "/api/v1/blocks": {
+                "get": { "summary": "The runtime block list (applies to every frontend)", "operationId": "listBlocks",
+                    "responses": { "200": { "description": "Blocks", "content": { "application/json": { "schema": {
+                        "type": "object", "properties": { "blocks": { "type": "array", "items": { "$ref": "#/components/schemas/Block" } } } } } } },
+                        "401": err("Missing or wrong token") } },
+                "post": { "summary": "Block an address or range (again: replaces its entry)", "operationId": "addBlock",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/NewBlock" } } } },
+                    "responses": { "201": { "description": "Blocked" }, "200": { "description": "Its entry replaced" },
+                        "400": err("Invalid request"), "401": err("Missing or wrong token"), "409": err("The block list is full") } },
+                "delete": { "summary": "Remove the block of exactly this address or range", "operationId": "removeBlockByQuery",
+                    "parameters": [cidr_query],
+                    "responses": { "200": { "description": "Removed" }, "400": err("Invalid or missing cidr"), "401": err("Missing or wrong token"), "404": err("Not in the block list") } } },
+            "/api/v1/blocks/{cidr}": {
+                "delete": { "summary": "Remove the block of exactly this address or range", "operationId": "removeBlock",
+                    "parameters": [cidr],
+                    "responses": { "200": { "description": "Removed" }, "400": err("Invalid cidr"), "401": err("Missing or wrong token"), "404": err("Not in the block list") } } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "operationId": "openapi",
                 "responses": { "200": { "description": "OpenAPI document" }, "401": err("Missing or wrong token") } } },
             "/healthz": { "get": { "summary": "Liveness", "operationId": "healthz", "security": [],

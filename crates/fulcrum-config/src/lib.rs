@@ -1,9 +1,10 @@
 //! fulcrum's configuration: the TOML file format, parsed into a validated model with every
 //! error located (file, line, column, key path). This crate owns the meaning of every config
 //! key and its default; docs/config.md documents the same keys and must agree with it.
-//! It does no I/O besides what its caller hands it: reading the file is [`load_file`]'s one
-//! exception, and host names in server addresses are kept as names for the data plane to
-//! resolve.
+//! It does no I/O besides what its caller hands it, with two exceptions: [`load_file`] reads
+//! the file, and the parser reads the access-list files a frontend names (`allow_file`,
+//! `deny_file`), so they are checked and loaded with the config. Host names in server
+//! addresses are kept as names for the data plane to resolve.
 
 mod addr;
 mod error;
@@ -14,7 +15,7 @@ mod parse;
 pub use addr::{ListenAddr, ServerAddr, parse_dest, parse_listen};
 pub use error::{ConfigError, Errors, io_reason};
 pub use model::*;
-pub use overlay::{ChangeError, Overlay, PoolOverlay, ServerOverride, StateFileError};
+pub use overlay::{BlockRecord, ChangeError, Overlay, PoolOverlay, ServerOverride, StateFileError};
 pub use parse::{parse_duration, parse_str};
 
 use std::path::Path;

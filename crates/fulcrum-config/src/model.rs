@@ -209,6 +209,10 @@ pub struct Frontend {
     /// Sources that must open with a PROXY protocol header (v1 or v2); its address is then
     /// the client's. Empty: no header is read.
     pub accept_proxy: Vec<ipnet::IpNet>,
+    /// `allow`, `deny`, `allow_file` and `deny_file`, compiled (the files as read when the
+    /// config was loaded): which client addresses may connect. Shared, not copied: a deny
+    /// file can hold many thousands of ranges.
+    pub access: std::sync::Arc<fulcrum_core::acl::Access>,
 }
 
 /// `[frontend.NAME.tls]` of an `https` frontend.
@@ -392,6 +396,7 @@ impl Frontend {
             sni_timeout: DEFAULT_SNI_TIMEOUT,
             tls: None,
             accept_proxy: Vec::new(),
+            access: Default::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Runtime changes made through the admin API, kept apart from the config file and laid over
-//! it: servers added, servers removed, and per-server state and weight overrides. The overlay
+//! it: servers added, servers removed, per-server state and weight overrides, and the runtime
+//! block list (which applies to every frontend, whatever the file says). The overlay
 //! is what the state file holds, so a restart (or a reload of the file) keeps what operators
 //! changed. Pure: reading and writing the file is the control plane's job.
 //!
@@ -22,6 +23,25 @@ pub struct Overlay {
     pub version: u32,
     #[serde(default)]
     pub pools: BTreeMap<String, PoolOverlay>,
+    /// The runtime block list (`fulcrum ctl blocks`), entries that ended included until the
+    /// control plane sweeps them out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<BlockRecord>,
+}
+
+/// One entry of the runtime block list as the state file keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRecord {
+    /// An address or CIDR range, e.g. `"203.0.113.0/24"`.
+    pub cidr: String,
+    /// When it was added, Unix milliseconds.
+    pub created_unix_ms: u64,
+    /// When it ends, Unix milliseconds; absent: until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn version() -> u32 {
@@ -30,7 +50,7 @@ fn version() -> u32 {
 
 impl Default for Overlay {
     fn default() -> Self {
-        Self { version: version(), pools: BTreeMap::new() }
+        Self { version: version(), pools: BTreeMap::new(), blocks: Vec::new() }
     }
 }
 
@@ -238,6 +258,28 @@ mod tests {
 
     fn addrs(c: &Config) -> Vec<String> {
         c.pools[0].servers.iter().map(|s| s.address.to_string()).collect()
+    }
+
+    #[test]
+    fn blocks_round_trip_and_older_files_have_none() {
+        let mut o = Overlay::default();
+        o.blocks.push(BlockRecord {
+            cidr: "203.0.113.0/24".into(),
+            created_unix_ms: 1,
+            until_unix_ms: Some(2),
+            reason: Some("scanner".into()),
+        });
+        o.blocks.push(BlockRecord {
+            cidr: "::1/128".into(),
+            created_unix_ms: 3,
+            until_unix_ms: None,
+            reason: None,
+        });
+        assert_eq!(Overlay::from_json(&o.to_json()).unwrap(), o);
+        assert!(!Overlay::default().to_json().contains("blocks"), "no key without blocks");
+        let old = Overlay::from_json(r#"{"version": 1, "pools": {}}"#).unwrap();
+        assert!(old.blocks.is_empty());
+        assert!(Overlay::from_json(r#"{"blocks": [{"cidr": "::1"}]}"#).is_err(), "created");
     }
 
     #[test]

@@ -12,8 +12,11 @@
 //! * `tls`: an `https` frontend's `tls` table and a pool's `tls` table (TLS to its servers);
 //! * `checks`: a pool's `health`, `agent_pull` and `scale_out`/`scale_in` tables;
 //! * `route`: a frontend's HTTP `route` entries and a pool's `hash` key;
-//! * `control`: the top-level `[admin]`, `[agent]` and `[resolver]` tables.
+//! * `control`: the top-level `[admin]`, `[agent]` and `[resolver]` tables;
+//! * `access`: a frontend's `allow` and `deny` lists and the list files it names (read here,
+//!   so `check`, start and reload all see what the files say now).
 
+mod access;
 mod checks;
 mod control;
 mod frontend;
@@ -47,7 +50,11 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, Errors> {
     match config {
         Some(c) if errors.is_empty() => Ok(c),
         _ => {
-            errors.sort_by_key(|e| (e.line, e.column));
+            // The config file's errors first, then each list file's (`allow_file`...).
+            errors.sort_by(|a, b| {
+                let key = |e: &ConfigError| (e.file != file, e.file.clone(), e.line, e.column);
+                key(a).cmp(&key(b))
+            });
             errors.dedup();
             Err(Errors(errors))
         }

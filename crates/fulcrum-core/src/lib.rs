@@ -3,6 +3,7 @@
 //! arguments and does no I/O, so it is tested exhaustively without sockets. Nothing in this
 //! crate may open a socket, read a file, spawn a task or read the system clock.
 
+pub mod acl;
 pub mod agent;
 pub mod agentcheck;
 pub mod balance;

@@ -202,6 +202,15 @@ impl<V> SessionTable<V> {
         out
     }
 
+    /// Ends and returns the sessions of the clients `pred` picks (their address was blocked).
+    pub fn remove_where(
+        &mut self,
+        mut pred: impl FnMut(&SocketAddr) -> bool,
+    ) -> Vec<(SocketAddr, Session<V>)> {
+        let picked: Vec<SocketAddr> = self.sessions.keys().filter(|c| pred(c)).copied().collect();
+        picked.into_iter().filter_map(|c| Some((c, self.remove(&c)?))).collect()
+    }
+
     /// Removes and returns every session (the proxy stops).
     pub fn drain(&mut self) -> Vec<(SocketAddr, Session<V>)> {
         self.deadlines.clear();
@@ -236,6 +245,23 @@ mod tests {
 
     fn client(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn remove_where_ends_only_the_picked_sessions() {
+        let mut t = SessionTable::new(10, 1_000);
+        for port in 1..=4 {
+            t.insert(client(port), 0, port, 0).unwrap();
+        }
+        let mut gone: Vec<u16> =
+            t.remove_where(|c| c.port() % 2 == 0).into_iter().map(|(c, _)| c.port()).collect();
+        gone.sort_unstable();
+        assert_eq!(gone, [2, 4]);
+        assert_eq!(t.len(), 2);
+        assert!(t.get(&client(1)).is_some() && t.get(&client(2)).is_none());
+        // Their deadlines are leftovers: expiry later ends only the live sessions.
+        let expired: Vec<u16> = t.expire(1_000).into_iter().map(|(c, _)| c.port()).collect();
+        assert_eq!(expired.len(), 2, "{expired:?}");
     }
 
     #[test]

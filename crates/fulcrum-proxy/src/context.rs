@@ -85,6 +85,8 @@ pub struct Shared {
     pub park_yield: bool,
     /// Every worker's open connections and command channel, for accept-time balancing.
     pub(crate) peers: Vec<Peer>,
+    /// Admission by client address: the runtime block list and what cuts connections.
+    pub guard: crate::guard::Guard,
 }
 
 /// One worker as the others see it.
@@ -92,6 +94,8 @@ pub struct Shared {
 pub(crate) struct Peer {
     pub(crate) load: AtomicUsize,
     pub(crate) tx: mpsc::UnboundedSender<WorkerCmd>,
+    /// Wakes this worker's connections when a block cuts open connections (guard.rs).
+    pub(crate) cut: tokio::sync::Notify,
 }
 
 impl Shared {

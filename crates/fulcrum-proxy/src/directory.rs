@@ -146,6 +146,9 @@ pub async fn serve_udp(
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, peer)) = r else { continue };
+                if crate::guard::admit_datagram(&shared, &ctx, peer).is_err() {
+                    continue;
+                }
                 ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
                 ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 let req = buf.get(..n).unwrap_or_default();

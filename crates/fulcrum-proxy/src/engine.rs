@@ -144,8 +144,13 @@ impl Engine {
             park_yield: opts.park_yield,
             peers: cmds
                 .iter()
-                .map(|tx| Peer { load: AtomicUsize::new(0), tx: tx.clone() })
+                .map(|tx| Peer {
+                    load: AtomicUsize::new(0),
+                    tx: tx.clone(),
+                    cut: Default::default(),
+                })
                 .collect(),
+            guard: Default::default(),
         });
         let stop = CancellationToken::new();
         let drain = config.drain_timeout;
@@ -274,6 +279,8 @@ impl Engine {
         }
         self.shared.state.store(Arc::new(snapshot));
         self.certs.commit(tls);
+        // Access lists may have changed: UDP sessions check their clients again.
+        self.shared.guard.changed();
         // A change may have made room (servers added, caps raised): waiting clients look.
         for q in self.queues.values() {
             q.wake_head();
@@ -563,6 +570,16 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                // Refused by address before anything is taken for it. A trusted PROXY source
+                // speaks for a client whose address comes in its header: checked there.
+                let stream = if is_proxy_source(&ctx, peer) {
+                    stream
+                } else {
+                    match crate::guard::admit_stream(&shared, &ctx, stream, peer) {
+                        Some(s) => s,
+                        None => continue,
+                    }
+                };
                 // Other workers may have filled the limit while this one waited in accept:
                 // the slot is taken atomically, and the client waits (accepted, unserved)
                 // until one frees. At most one client per accept loop waits like this.
@@ -694,7 +711,8 @@ fn serve_here(
         }
     };
     // A trusted balancer in front sends a PROXY header first; its client is the client.
-    let proxied = ctx.frontend.accept_proxy.iter().any(|n| n.contains(&peer.ip().to_canonical()));
+    let proxied = is_proxy_source(&ctx, peer);
+    let shared = shared.clone();
     // One task per service kind: a task is as large as its future, and an HTTP
     // connection's is larger than a TCP one's (a TCP connection must not carry its size).
     match ctx.service {
@@ -704,7 +722,13 @@ fn serve_here(
                 if proxied && !take_proxy_header(&mut ledger, &mut stream).await {
                     return;
                 }
-                crate::http::serve(ledger, stream).await
+                let client = ledger.client().ip();
+                let mark = crate::guard::CutMark::default();
+                let service = crate::http::serve(ledger, stream);
+                tokio::pin!(service);
+                if crate::guard::until_cut(&shared, me, client, service).await {
+                    mark.set();
+                }
             });
         }
         _ => {
@@ -713,36 +737,50 @@ fn serve_here(
                 if proxied && !take_proxy_header(&mut ledger, &mut stream).await {
                     return;
                 }
-                match ctx.service {
-                    Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
-                    Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
-                    Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
-                    // A UDP service never gets a TCP connection; HTTP has its own task.
-                    Service::Http
-                    | Service::Https
-                    | Service::UdpProxy
-                    | Service::UdpFanout
-                    | Service::UdpDatagram
-                    | Service::DirectoryUdp => drop(ledger),
+                let client = ledger.client().ip();
+                let mark = crate::guard::CutMark::default();
+                let service = async move {
+                    match ctx.service {
+                        Service::Directory => crate::directory::serve_tcp(ledger, stream).await,
+                        Service::TcpProxy => crate::tcp::serve(ledger, stream).await,
+                        Service::TcpFanout => crate::fanout::serve_tcp(ledger, stream).await,
+                        // A UDP service never gets a TCP connection; HTTP has its own task.
+                        Service::Http
+                        | Service::Https
+                        | Service::UdpProxy
+                        | Service::UdpFanout
+                        | Service::UdpDatagram
+                        | Service::DirectoryUdp => drop(ledger),
+                    }
+                };
+                tokio::pin!(service);
+                if crate::guard::until_cut(&shared, me, client, service).await {
+                    mark.set();
                 }
             });
         }
     }
 }
 
+/// Whether `peer` is an `accept_proxy` source of `ctx`'s frontend.
+fn is_proxy_source(ctx: &AcceptCtx, peer: SocketAddr) -> bool {
+    ctx.frontend.accept_proxy.iter().any(|n| n.contains(&peer.ip().to_canonical()))
+}
+
 static PROXY_HEADER_LOG: crate::ratelog::RateLimit = crate::ratelog::RateLimit::new(1_000);
 
 /// Reads the PROXY header a trusted source (`accept_proxy`) must send first; its client becomes
-/// the connection's client. Without a valid one the connection is closed (`bad-proxy-header`).
+/// the connection's client. Without a valid one the connection is closed (`bad-proxy-header`);
+/// so is one whose client its frontend refuses by address (outcome: the reason).
 async fn take_proxy_header(ledger: &mut Ledger, stream: &mut TcpStream) -> bool {
     ledger.set_proxied();
-    match crate::proxyproto::read_header(stream).await {
+    let client = match crate::proxyproto::read_header(stream).await {
         Ok(Some(client)) => {
             ledger.set_client(client);
-            true
+            client
         }
         // UNKNOWN / LOCAL: the balancer in front speaks for itself (its health check).
-        Ok(None) => true,
+        Ok(None) => ledger.client(),
         Err(e) => {
             ledger.outcome = "bad-proxy-header";
             if let Some(skipped) = PROXY_HEADER_LOG.allow(crate::clock::now_ms()) {
@@ -751,6 +789,14 @@ async fn take_proxy_header(ledger: &mut Ledger, stream: &mut TcpStream) -> bool 
                     skipped, "connection without a valid PROXY header closed"
                 );
             }
+            return false;
+        }
+    };
+    match crate::guard::check(ledger.shared(), ledger.ctx(), client.ip()) {
+        Ok(()) => true,
+        Err(why) => {
+            crate::guard::refused(ledger.ctx(), client, why);
+            ledger.outcome = why.name();
             false
         }
     }

@@ -171,6 +171,9 @@ impl Ledger {
 
 impl Drop for Ledger {
     fn drop(&mut self) {
+        if crate::guard::cutting() {
+            self.outcome = fulcrum_core::acl::Rejection::Blocked.name();
+        }
         let f = &self.ctx.stats;
         if let Some(s) = &self.server {
             s.stats.active.fetch_sub(1, Ordering::Relaxed);

@@ -595,6 +595,9 @@ pub struct FrontendState {
     /// `https`: the certificates in force (for metrics and the admin API; connections reach
     /// them through their accept side).
     pub tls: Option<Arc<crate::tls::TlsState>>,
+    /// Which client addresses may connect (`allow`, `deny` and their files), checked by
+    /// guard.rs at accept and per datagram.
+    pub access: Arc<fulcrum_core::acl::Access>,
 }
 
 /// Everything a worker needs to route a new connection.
@@ -749,6 +752,7 @@ impl Snapshot {
                 send_timeout: f.send_timeout,
                 stats: frontend_stats.get(&f.name).cloned().unwrap_or_default(),
                 tls: None,
+                access: f.access.clone(),
             });
         }
         Ok(Snapshot { frontends, pools })

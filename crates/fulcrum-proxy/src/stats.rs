@@ -96,6 +96,9 @@ pub struct FrontendStats {
     pub connections_active: AtomicU64,
     /// Clients closed because no server could take them.
     pub no_server: AtomicU64,
+    /// Clients refused by address, by `fulcrum_core::acl::Rejection::index` (TCP connections
+    /// at accept, UDP datagrams).
+    pub rejections: [AtomicU64; fulcrum_core::acl::Rejection::COUNT],
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub accept_errors: AtomicU64,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use fulcrum_core::acl::Rejection;
 use fulcrum_core::balance::{Tried, hash_ip};
 use fulcrum_core::udp::{Activity, SessionTable};
 use tokio::io::Interest;
@@ -153,6 +154,8 @@ struct Session {
     proxy_header: Option<Box<[u8]>>,
     /// The session's slots, its server and its access-log line (dropped after `drop` below).
     ledger: Ledger,
+    /// The guard generation its client was last checked at (`guard::Guard::generation`).
+    checked: u64,
 }
 
 impl Drop for Session {
@@ -190,6 +193,9 @@ pub async fn serve(
     let sweep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sweep);
     let mut armed: Option<u64> = None;
+    // Registered once and kept: a block with `cut` ends the sessions of its addresses at once.
+    let mut cut = std::pin::pin!(shared.guard.udp_cut().notified());
+    cut.as_mut().enable();
     loop {
         let due = table.next_check_ms().map(|d| d.max(last_sweep_ms.saturating_add(tick_ms)));
         if due != armed {
@@ -225,6 +231,13 @@ pub async fn serve(
                 for (_, s) in expired {
                     let refused = s.value.flow.closed.load(Ordering::Relaxed);
                     end(s, if refused { "server-error" } else { "idle-timeout" }, &mut sources);
+                }
+            }
+            () = &mut cut => {
+                cut.set(shared.guard.udp_cut().notified());
+                cut.as_mut().enable();
+                for (_, s) in table.remove_where(|c| shared.guard.cuts(c.ip())) {
+                    end(s, Rejection::Blocked.name(), &mut sources);
                 }
             }
             () = stop.cancelled() => break,
@@ -294,10 +307,19 @@ fn on_datagram(
     data: &[u8],
     now: u64,
 ) {
-    let live = match w.table.touch(&client, now) {
-        Some(s) => !s.value.flow.closed.load(Ordering::Relaxed),
-        None => false,
+    // Every datagram is admitted by address: a session's client is checked again only when a
+    // verdict may have changed since (one atomic load on the common path).
+    let generation = shared.guard.generation();
+    let (live, checked) = match w.table.touch(&client, now) {
+        Some(s) => (!s.value.flow.closed.load(Ordering::Relaxed), s.value.checked == generation),
+        None => (false, false),
     };
+    if !checked && let Err(why) = crate::guard::admit_datagram(shared, ctx, client) {
+        if let Some(old) = w.table.remove(&client) {
+            end(old, why.name(), w.sources);
+        }
+        return;
+    }
     if !live {
         // A session whose server refused ends here; this datagram starts the next one.
         if let Some(old) = w.table.remove(&client) {
@@ -326,7 +348,8 @@ fn on_datagram(
             return;
         }
     }
-    let Some(s) = w.table.get(&client) else { return };
+    let Some(s) = w.table.get_mut(&client) else { return };
+    s.value.checked = generation;
     if forward(&ctx.stats, &s.value, data) == Forwarded::Refused
         && let Some(s) = w.table.remove(&client)
     {
@@ -519,6 +542,8 @@ fn open(
                 ledger.hold(Picked { pool: pool.clone(), index });
                 ledger
             },
+            // Set by the caller to the generation it checked the client at.
+            checked: 0,
         },
     ))
 }

@@ -285,6 +285,35 @@ pub enum CtlCommand {
     /// Certificates of every https frontend: file, names, expiry and days left, and the last
     /// certificate reload that failed.
     Certs,
+    /// The runtime block list: addresses refused on every frontend.
+    #[command(subcommand)]
+    Blocks(BlocksCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BlocksCommand {
+    /// Every block in force, with when it ends.
+    List,
+    /// Refuse an address or range on every frontend from now on.
+    Add {
+        /// ADDR or CIDR, e.g. 203.0.113.7 or 203.0.113.0/24.
+        #[arg(value_name = "ADDR|CIDR")]
+        cidr: String,
+        /// How long, e.g. 10m (default: until removed).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Also close the open connections (and UDP sessions) from it.
+        #[arg(long)]
+        cut: bool,
+        /// Why, shown by `list`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift the block of exactly this address or range.
+    Remove {
+        #[arg(value_name = "ADDR|CIDR")]
+        cidr: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

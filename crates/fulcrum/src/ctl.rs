@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cli::{CtlArgs, CtlCommand, ServersCommand};
+use crate::cli::{BlocksCommand, CtlArgs, CtlCommand, ServersCommand};
 use crate::run::Failure;
 
 pub fn run(args: CtlArgs) -> Result<(), Failure> {
@@ -27,6 +27,7 @@ pub fn run(args: CtlArgs) -> Result<(), Failure> {
             println!("reloaded");
         }
         CtlCommand::Servers(cmd) => servers(&api, cmd)?,
+        CtlCommand::Blocks(cmd) => blocks(&api, cmd)?,
         CtlCommand::Certs => certs(&api)?,
     }
     Ok(())
@@ -73,6 +74,59 @@ fn certs(api: &Api) -> Result<(), Failure> {
         println!("{line}");
     }
     Ok(())
+}
+
+fn blocks(api: &Api, cmd: BlocksCommand) -> Result<(), Failure> {
+    match cmd {
+        BlocksCommand::List => {
+            let v = api.call("GET", "/api/v1/blocks", None)?;
+            println!("{:<43} {:>12}  REASON", "CIDR", "EXPIRES IN");
+            for b in v["blocks"].as_array().into_iter().flatten() {
+                let left = match b["expires_in_ms"].as_u64() {
+                    Some(ms) => span(ms),
+                    None => "never".to_string(),
+                };
+                println!(
+                    "{:<43} {:>12}  {}",
+                    b["cidr"].as_str().unwrap_or(""),
+                    left,
+                    b["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        BlocksCommand::Add { cidr, duration, cut, reason } => {
+            let mut body = json!({ "cidr": cidr, "cut": cut });
+            if let Some(d) = &duration {
+                body["for"] = json!(d);
+            }
+            if let Some(r) = &reason {
+                body["reason"] = json!(r);
+            }
+            let v = api.call("POST", "/api/v1/blocks", Some(body))?;
+            let net = v["cidr"].as_str().unwrap_or(&cidr);
+            let how = match &duration {
+                Some(d) => format!("for {d}"),
+                None => "until removed".to_string(),
+            };
+            let cut = if cut { "; its open connections are closed" } else { "" };
+            println!("blocked {net} {how}{cut}");
+        }
+        BlocksCommand::Remove { cidr } => {
+            let v = api.call("DELETE", &format!("/api/v1/blocks/{}", enc(&cidr)), None)?;
+            println!("unblocked {}", v["cidr"].as_str().unwrap_or(&cidr));
+        }
+    }
+    Ok(())
+}
+
+/// A time left, to the second: `9m59s`, `2h0m5s`, `45s`.
+fn span(ms: u64) -> String {
+    let s = ms.div_ceil(1000);
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
 }
 
 fn servers(api: &Api, cmd: ServersCommand) -> Result<(), Failure> {

@@ -36,6 +36,10 @@ const FRONTEND_KEYS: &[&str] = &[
     "tls",
     "accept_proxy",
     "sni_timeout",
+    "allow",
+    "deny",
+    "allow_file",
+    "deny_file",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -216,6 +220,7 @@ impl Walker<'_> {
         }
         // After `sessions`: whether a UDP pool may send PROXY headers depends on it.
         ok &= self.proxy_protocol(t, path, &mut f, c);
+        ok &= self.access_lists(t, path, &mut f);
         let routes_ok = self.frontend_routes(t, path, c, &mut f);
         ok &= routes_ok;
         if let Some(x) = t.get("sni_timeout") {

@@ -55,6 +55,10 @@ pub async fn serve_udp(
             r = sock.recv_from(&mut buf) => {
                 // Receive errors on an unconnected socket are transient (and per datagram).
                 let Ok((n, peer)) = r else { continue };
+                // A refused sender's datagram is counted as a rejection, not a request.
+                if crate::guard::admit_datagram(&shared, &ctx, peer).is_err() {
+                    continue;
+                }
                 let stats = &ctx.stats;
                 stats.fanout_requests.fetch_add(1, Ordering::Relaxed);
                 stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);

@@ -1,0 +1,221 @@
+//! Admission by client address, for every protocol: the one place a client is checked
+//! against its frontend's access lists (read from the routing snapshot) and the runtime block
+//! list (its own snapshot, swapped whole by the control plane), with the verdict from
+//! `fulcrum_core::acl::check`; the rejection counters and their rate-limited log; and the cut
+//! of open connections and sessions when a block asks for it.
+//!
+//! Cutting without a registry: every TCP connection's task waits on its worker's `Notify`
+//! (registered once, on a lock only that worker's tasks take) and looks at the cut set when
+//! woken; UDP receive loops wait on one shared `Notify`, registered once per loop.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+
+use arc_swap::ArcSwap;
+use fulcrum_core::acl::{Access, BlockTable, IpSet, Rejection};
+use tokio::sync::Notify;
+
+use crate::clock::now_ms;
+use crate::context::{AcceptCtx, Shared};
+use crate::ratelog::RateLimit;
+
+static REFUSED_LOG: RateLimit = RateLimit::new(1_000);
+
+/// The runtime block list as the data path matches it.
+#[derive(Default)]
+struct Blocks {
+    /// Every entry in force, ending on the process clock ([`now_ms`]).
+    all: IpSet,
+    /// The entries added with `cut`: open connections from them are closed.
+    cut: IpSet,
+    entries: usize,
+}
+
+/// What the workers share for admission by address.
+pub struct Guard {
+    blocks: ArcSwap<Blocks>,
+    /// Moves whenever a verdict may change (the block list or the routing snapshot changed):
+    /// a UDP session checks its client again when this differs from what it last saw.
+    generation: AtomicU64,
+    /// Wakes the UDP receive loops to end the sessions of addresses just cut.
+    udp_cut: Notify,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            blocks: ArcSwap::from_pointee(Blocks::default()),
+            generation: AtomicU64::new(1),
+            udp_cut: Notify::new(),
+        }
+    }
+}
+
+impl Guard {
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Something a verdict depends on changed (called after the routing snapshot is swapped).
+    pub(crate) fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Entries of the runtime block list in force (for metrics).
+    pub fn blocks(&self) -> usize {
+        self.blocks.load().entries
+    }
+
+    /// Whether an open connection from `ip` must be closed now.
+    pub(crate) fn cuts(&self, ip: IpAddr) -> bool {
+        let b = self.blocks.load();
+        !b.cut.is_empty() && b.cut.contains(ip, now_ms())
+    }
+
+    pub(crate) fn udp_cut(&self) -> &Notify {
+        &self.udp_cut
+    }
+}
+
+impl Shared {
+    /// Publishes the runtime block list: new clients are checked against it from now on. With
+    /// `cut`, open connections and UDP sessions whose client is in an entry added with `cut`
+    /// are closed.
+    pub fn set_blocks(&self, table: &BlockTable, cut: bool) {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let (all, cuts) = table.compile(unix, now_ms());
+        self.guard.blocks.store(Arc::new(Blocks { all, cut: cuts, entries: table.len() }));
+        self.guard.changed();
+        if cut {
+            for p in &self.peers {
+                p.cut.notify_waiters();
+            }
+            self.guard.udp_cut.notify_waiters();
+        }
+    }
+}
+
+static OPEN: Access = Access { allow: None, deny: IpSet::EMPTY };
+
+/// The verdict for a client of `ctx`'s frontend at `ip`.
+pub(crate) fn check(shared: &Shared, ctx: &AcceptCtx, ip: IpAddr) -> Result<(), Rejection> {
+    let snap = shared.state.load();
+    // No frontend only for a moment while a reload removes it: its lists went with it.
+    let access = snap.frontend(&ctx.name).map_or(&OPEN, |f| &*f.access);
+    let blocks = shared.guard.blocks.load();
+    if access.is_open() && blocks.all.is_empty() {
+        return Ok(());
+    }
+    fulcrum_core::acl::check(access, &blocks.all, ip, now_ms())
+}
+
+/// Counts a refused client of `ctx` and logs it (at most once a second for all frontends).
+pub(crate) fn refused(ctx: &AcceptCtx, client: SocketAddr, why: Rejection) {
+    if let Some(c) = ctx.stats.rejections.get(why.index()) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(skipped) = REFUSED_LOG.allow(now_ms()) {
+        tracing::info!(
+            frontend = %ctx.name, client = %client, reason = why.name(), skipped,
+            "client refused by address"
+        );
+    }
+}
+
+/// Checks a TCP client of `ctx` at accept; a refused one is counted, logged and closed at
+/// once with a reset (no server ever hears of it). The stream comes back when it may go on.
+pub(crate) fn admit_stream(
+    shared: &Shared,
+    ctx: &AcceptCtx,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<std::net::TcpStream> {
+    match check(shared, ctx, peer.ip()) {
+        Ok(()) => Some(stream),
+        Err(why) => {
+            refused(ctx, peer, why);
+            // A reset frees the socket at once, where a FIN would leave it in TIME_WAIT here.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            None
+        }
+    }
+}
+
+/// Checks one datagram's sender for a UDP frontend (counted and logged when refused).
+pub(crate) fn admit_datagram(
+    shared: &Shared,
+    ctx: &AcceptCtx,
+    client: SocketAddr,
+) -> Result<(), Rejection> {
+    check(shared, ctx, client.ip()).inspect_err(|why| refused(ctx, client, *why))
+}
+
+thread_local! {
+    /// Set while a cut connection's task is being dropped, so its ledger logs why it ended.
+    static CUTTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the connection being dropped on this thread was cut by a block.
+pub(crate) fn cutting() -> bool {
+    CUTTING.get()
+}
+
+/// Marks the drop of a cut connection's service for its ledger. Declared before the service
+/// future, so that it is dropped after it: [`CutMark::set`] then covers the service's drop, and
+/// its own drop clears the mark (no await comes between, so no other task sees it).
+#[derive(Default)]
+pub(crate) struct CutMark(());
+
+impl CutMark {
+    pub(crate) fn set(&self) {
+        CUTTING.set(true);
+    }
+}
+
+impl Drop for CutMark {
+    fn drop(&mut self) {
+        CUTTING.set(false);
+    }
+}
+
+/// Polls `service` (a TCP connection of `client`, served on `worker`) until it ends (false) or
+/// until a block with `cut` covers `client` (true): the caller then drops the service on the
+/// spot, closing both sockets. The service is borrowed, not moved in: an HTTP connection's
+/// future is large, and a future taken by value would be stored twice in this one.
+pub(crate) async fn until_cut<F: Future<Output = ()>>(
+    shared: &Shared,
+    worker: usize,
+    client: IpAddr,
+    mut service: Pin<&mut F>,
+) -> bool {
+    let Some(peer) = shared.peers.get(worker) else {
+        service.await;
+        return false;
+    };
+    let mut notified = pin!(peer.cut.notified());
+    // Registered before the cut set is read: a cut published in between still wakes it.
+    notified.as_mut().enable();
+    if shared.guard.cuts(client) {
+        return true;
+    }
+    std::future::poll_fn(|cx| {
+        if service.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        while notified.as_mut().poll(cx).is_ready() {
+            notified.set(peer.cut.notified());
+            notified.as_mut().enable();
+            if shared.guard.cuts(client) {
+                return Poll::Ready(true);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
