@@ -6,7 +6,10 @@
 
 mod agent;
 mod api;
+pub mod check;
 mod controller;
+mod dashboard;
+pub mod events;
 mod metrics;
 pub mod notify;
 mod openapi;
@@ -17,6 +20,7 @@ mod statefile;
 pub use agent::{AgentStats, listen_deep, read_key, serve_agent, start_agent};
 pub use api::{AdminServer, serve_admin};
 pub use controller::{ApiError, Controller, Loaded, ReadView, reload_off_thread};
+pub use dashboard::Dashboard;
 pub use metrics::render as render_metrics;
 pub use openapi::document as openapi_document;
 pub use resolver::{ResolveStats, start_resolver};

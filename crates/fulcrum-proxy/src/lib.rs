@@ -42,8 +42,8 @@ pub use queue::PoolQueue;
 pub use ratelog::RateLimit;
 pub use resolve::{Answer, LOOKUP_TIMEOUT, NameSet, NameUse, Resolver, lookup_blocking};
 pub use state::{
-    AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, Names, PoolState, ServerEntry, ServerStats,
-    Snapshot, resolve_names,
+    AGENT_DOWN, AGENT_DRAIN, AGENT_UP, CONNECT_BUCKETS, FrontendState, Histogram, Names, PoolState,
+    ServerEntry, ServerStats, Snapshot, resolve_names,
 };
 pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, descriptor_budget};
 pub use tls::server_config as tls_server_config;
