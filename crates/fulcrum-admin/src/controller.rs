@@ -137,7 +137,7 @@ pub async fn reload_off_thread(
         Err(e) => {
             let mut m = format!("reload refused: {}", e.message);
             for x in e.errors.iter().take(5) {
-                m.push_str("\n");
+                m.push('\n');
                 m.push_str(x);
             }
             events.push(EventKind::ConfigError, None, None, m);

@@ -75,19 +75,21 @@ impl Dashboard {
     }
 }
 
-/// Samples once a second, 100 ms past each whole second of the wall clock (so each tick
-/// lands in a second of its own), until `stop`.
+/// Samples at once, then once a second, 100 ms past each whole second of the wall clock (so
+/// each tick lands in a second of its own), until `stop`.
 async fn run_sampler(d: Arc<Dashboard>, view: ReadView, stop: CancellationToken) {
     let mut sampler = sampler::Sampler::default();
     let mut last = Instant::now();
     let mut last_at = 0;
     let mut last_seq = d.events.last_seq();
+    // The first tick at once, so the overview is there as soon as the listener is.
+    let mut wait = 0;
     loop {
-        let wait = 1_100 - unix_ms() % 1_000;
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(wait)) => {}
             () = stop.cancelled() => return,
         }
+        wait = 1_100 - unix_ms() % 1_000;
         let at = unix_ms() / 1_000;
         if at == last_at {
             continue;
@@ -150,7 +152,7 @@ const FAVICON: &str = include_str!("assets/favicon.svg");
 /// origin (no inline script), never inside a frame.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
+     form-action 'self'; frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut r = body.into_response();
