@@ -103,6 +103,7 @@ pub async fn serve_admin(
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         let tls = tls.clone();
+        let stream = crate::stall::StallGuard::new(stream, crate::stall::WRITE_STALL_LIMIT);
         conns.spawn(async move {
             let _permit = permit;
             match tls {

@@ -15,6 +15,7 @@ pub mod notify;
 mod openapi;
 mod resolver;
 mod scale;
+mod stall;
 mod statefile;
 
 pub use agent::{AgentStats, listen_deep, read_key, serve_agent, start_agent};
