@@ -431,11 +431,16 @@ function drawChart(canvas, spec, h) {
   const y = (v) => hgt - padB - (v / max) * (hgt - padB - padT);
   spec.lines.forEach(([k], li) => {
     g.strokeStyle = colors[li] || muted; g.lineWidth = 1.5;
+    g.fillStyle = colors[li] || muted;
     g.beginPath();
     let pen = false;
-    h[k].forEach((v, i) => {
+    const vals = h[k];
+    vals.forEach((v, i) => {
       if (v === null) { pen = false; return; }
       if (!pen) { g.moveTo(x(i), y(v)); pen = true; } else g.lineTo(x(i), y(v));
+      // A point with no neighbour draws no line: a dot shows it.
+      const prev = i > 0 ? vals[i - 1] : null, next = i + 1 < vals.length ? vals[i + 1] : null;
+      if (prev === null && next === null) g.fillRect(x(i) - 1.5, y(v) - 1.5, 3, 3);
     });
     g.stroke();
   });
