@@ -221,6 +221,7 @@ async fn the_page_shows_the_pools_a_killed_server_turns_down_drain_works_and_cha
     br.send(&format!("KILLED {a_addr} {limit}"));
     let down = br.expect("DOWN", Duration::from_secs(20));
     let took: f64 = down[1].parse().unwrap();
+    eprintln!("the page showed {a_addr} down {took} s after it was killed (limit {limit} s)");
     assert!(took <= limit, "the page showed the server down after {took} s, limit {limit} s");
 
     br.send(&format!("DRAIN {b_addr}"));
