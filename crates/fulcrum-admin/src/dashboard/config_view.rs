@@ -100,11 +100,9 @@ async fn check(
 ) -> Result<axum::Json<Value>, ApiError> {
     let req = body(&bytes)?;
     let (path, running) = running(&s).await?;
-    let (text, warnings) =
-        tokio::task::spawn_blocking(move || checked(&req.config, &path, &running))
-            .await
-            .map_err(|e| ApiError::new(500, e.to_string()))??;
-    drop(text);
+    let (_, warnings) = tokio::task::spawn_blocking(move || checked(&req.config, &path, &running))
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))??;
     Ok(axum::Json(json!({ "valid": true, "warnings": warnings })))
 }
 
