@@ -28,6 +28,10 @@ pub struct AdminServer {
     pub view: ReadView,
     /// `None` only on a loopback listener configured without a token.
     pub token: Option<String>,
+    /// The web dashboard's history, events and streams.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
+    /// `[admin] tls`: the listener serves HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub(crate) type Shared = Arc<AdminServer>;
@@ -65,6 +69,7 @@ pub async fn serve_admin(
     stop: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()> {
+    let tls = server.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let app = router(Arc::new(server));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     let mut conns = tokio::task::JoinSet::new();
@@ -97,19 +102,23 @@ pub async fn serve_admin(
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let stop = stop.clone();
+        let tls = tls.clone();
+        let stream = crate::stall::StallGuard::new(stream, crate::stall::WRITE_STALL_LIMIT);
         conns.spawn(async move {
             let _permit = permit;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    // Finish the request in progress, take no further one.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_conn(stream, service, stop).await,
+                Some(acceptor) => {
+                    // The handshake counts against the same limit as a request head.
+                    let shake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                    tokio::select! {
+                        r = shake => {
+                            if let Ok(Ok(s)) = r {
+                                serve_conn(s, service, stop).await;
+                            }
+                        }
+                        () = stop.cancelled() => {}
+                    }
                 }
             }
         });
@@ -124,6 +133,28 @@ pub async fn serve_admin(
     Ok(())
 }
 
+/// Serves one admin connection (plain or TLS) until it ends or `stop` fires.
+async fn serve_conn<S>(stream: S, service: S2, stop: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            // Finish the request in progress, take no further one.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+type S2 = hyper_util::service::TowerToHyperService<Router>;
+
 pub fn router(s: Shared) -> Router {
     let api = Router::new()
         .route("/api/v1/pools", get(list_pools))
@@ -134,6 +165,7 @@ pub fn router(s: Shared) -> Router {
         .route("/api/v1/scale-events", get(scale_events))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::blocks_api::routes())
+        .merge(crate::dashboard::api_routes())
         .route("/api/{*rest}", axum::routing::any(not_found))
         .route_layer(middleware::from_fn_with_state(s.clone(), auth));
     Router::new()
@@ -141,6 +173,7 @@ pub fn router(s: Shared) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .merge(crate::dashboard::page_routes(s.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(s)
@@ -180,22 +213,26 @@ async fn auth(State(s): State<Shared>, headers: HeaderMap, req: Request, next: N
         )
         .into_response();
     }
-    if let Some(token) = &s.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(given.trim().as_bytes(), token.as_bytes()) {
-            let mut r =
-                ApiError::new(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-                    .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            return r;
-        }
+    if !token_ok(&s, &headers) {
+        let mut r =
+            ApiError::new(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+                .into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
     }
     next.run(req).await
+}
+
+/// Whether the request carries the token (or none is needed).
+pub(crate) fn token_ok(s: &AdminServer, headers: &HeaderMap) -> bool {
+    let Some(token) = &s.token else { return true };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    same(given.trim().as_bytes(), token.as_bytes())
 }
 
 async fn not_found() -> ApiError {

@@ -12,6 +12,7 @@ use fulcrum_config::{ChangeError, Config, Overlay, ServerState};
 use fulcrum_proxy::{Engine, EngineOptions, ServerStats};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{EventKind, EventLog};
 use crate::statefile;
 
 mod blocks;
@@ -109,6 +110,8 @@ pub fn resolve_address(
 /// A config file read and its host names resolved, ready for [`Controller::reload_with`].
 pub struct Loaded {
     path: PathBuf,
+    /// The file's text, for the dashboard's config view.
+    text: String,
     config: Config,
     names: fulcrum_proxy::Names,
     /// Names whose lookup failed: `(host:port, error)`.
@@ -121,7 +124,10 @@ pub async fn reload_off_thread(
     controller: &tokio::sync::Mutex<Controller>,
 ) -> Result<(), ApiError> {
     crate::notify::reloading();
-    let path = controller.lock().await.config_path();
+    let (path, events) = {
+        let c = controller.lock().await;
+        (c.config_path(), c.events.clone())
+    };
     let result = match tokio::task::spawn_blocking(move || Controller::load_for_reload(path)).await
     {
         Ok(Ok(loaded)) => controller.lock().await.reload_with(loaded),
@@ -129,6 +135,17 @@ pub async fn reload_off_thread(
         Err(e) => Err(ApiError::new(500, format!("reload task failed: {e}"))),
     };
     crate::notify::reloaded(result.as_ref().err().map(|e| e.message.as_str()));
+    match &result {
+        Ok(()) => events.push(EventKind::Reload, None, None, "configuration reloaded"),
+        Err(e) => {
+            let mut m = format!("reload refused: {}", e.message);
+            for x in e.errors.iter().take(5) {
+                m.push('\n');
+                m.push_str(x);
+            }
+            events.push(EventKind::ConfigError, None, None, m);
+        }
+    }
     result
 }
 
@@ -157,8 +174,12 @@ pub struct Controller {
     pub scale_log: Arc<crate::scale::ScaleLog>,
     pub agent_stats: Arc<crate::agent::AgentStats>,
     pub resolve_stats: Arc<crate::resolver::ResolveStats>,
+    /// Recent events (health, reloads, registrations, changes...) for the dashboard.
+    pub events: Arc<EventLog>,
     engine: Engine,
     config_path: Option<PathBuf>,
+    /// The config file's text as the last good start or reload read it.
+    config_text: Option<String>,
     base: Config,
     overlay: Overlay,
     state_file: Option<PathBuf>,
@@ -185,6 +206,7 @@ pub struct ReadView {
     pub scale_log: Arc<crate::scale::ScaleLog>,
     pub reloads: Arc<std::sync::atomic::AtomicU64>,
     pub resolve_stats: Arc<crate::resolver::ResolveStats>,
+    pub events: Arc<EventLog>,
 }
 
 impl Controller {
@@ -202,6 +224,8 @@ impl Controller {
         let table = blocks::table_of(&overlay.blocks);
         // Entries that ended while the daemon was down leave the next state file written.
         overlay.blocks = blocks::records_of(&table);
+        // Read again for the config view; `base` was parsed from the same file a moment ago.
+        let config_text = config_path.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
         let mut c = Controller {
             dynamic: BTreeMap::new(),
             scaled_in: Default::default(),
@@ -209,8 +233,10 @@ impl Controller {
             scale_log: Arc::default(),
             agent_stats: Arc::default(),
             resolve_stats: Arc::default(),
+            events: Arc::default(),
             engine,
             config_path,
+            config_text,
             base,
             overlay,
             state_file,
@@ -315,6 +341,12 @@ impl Controller {
             }
             self.restart_health();
             tracing::info!(pool, server = %key, "server registered itself");
+            self.events.push(
+                EventKind::Registration,
+                Some(pool),
+                Some(&key),
+                format!("{key} registered itself"),
+            );
             true
         } else {
             return Err(ApiError::new(
@@ -355,6 +387,12 @@ impl Controller {
         match self.commit(overlay) {
             Ok(write) => {
                 tracing::info!(pool, server = %key, "self-registered server left");
+                self.events.push(
+                    EventKind::Registration,
+                    Some(pool),
+                    Some(&key),
+                    format!("{key} left (its agent session ended)"),
+                );
                 write
             }
             Err(e) => {
@@ -390,6 +428,7 @@ impl Controller {
             scale_log: self.scale_log.clone(),
             reloads: self.reloads.clone(),
             resolve_stats: self.resolve_stats.clone(),
+            events: self.events.clone(),
         }
     }
 
@@ -398,6 +437,16 @@ impl Controller {
     /// The config file a reload reads, if there is one.
     pub fn config_path(&self) -> Option<PathBuf> {
         self.config_path.clone()
+    }
+
+    /// The config file's text as the last good start or reload read it.
+    pub fn config_text(&self) -> Option<String> {
+        self.config_text.clone()
+    }
+
+    /// The runtime changes laid over the config file (the state file's content).
+    pub fn overlay_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.overlay).unwrap_or_default()
     }
 
     /// Reads and resolves the config file for a reload: the slow half (file I/O, DNS), which
@@ -410,7 +459,13 @@ impl Controller {
                 "no config file to reload (started by `fulcrum forward`)",
             ));
         };
-        let config = fulcrum_config::load_file(&path).map_err(|e| {
+        let file = path.display().to_string();
+        // The text is kept for the config view; an unreadable file gives load_file's error.
+        let parsed = match std::fs::read_to_string(&path) {
+            Ok(text) => fulcrum_config::parse_str(&text, &file).map(|c| (c, text)),
+            Err(_) => fulcrum_config::load_file(&path).map(|c| (c, String::new())),
+        };
+        let (config, text) = parsed.map_err(|e| {
             let errors: Vec<String> = e.0.iter().map(|x| x.to_string()).collect();
             ApiError {
                 status: 400,
@@ -422,7 +477,7 @@ impl Controller {
             }
         })?;
         let (names, failed) = fulcrum_proxy::resolve_names(&config);
-        Ok(Loaded { path, config, names, failed })
+        Ok(Loaded { path, text, config, names, failed })
     }
 
     /// Reloads on this thread (file I/O and DNS included).
@@ -434,7 +489,7 @@ impl Controller {
     /// The quick half of a reload: applies a config read and resolved by
     /// [`Controller::load_for_reload`].
     pub fn reload_with(&mut self, loaded: Loaded) -> Result<(), ApiError> {
-        let Loaded { path, config: new, names, failed } = loaded;
+        let Loaded { path, text, config: new, names, failed } = loaded;
         // A name that failed keeps the addresses the engine has for it; a new one fails the
         // reload (nothing to route to).
         for (key, e) in &failed {
@@ -456,6 +511,7 @@ impl Controller {
                 errors: vec![e],
             })?;
         self.base = new;
+        self.config_text = Some(text);
         self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.restart_health();
         tracing::info!(file = %path.display(), "configuration reloaded");
@@ -495,6 +551,12 @@ impl Controller {
         }
         let write = self.commit_with(o, names)?;
         tracing::info!(pool, server = %key, weight, max_connections, "server added");
+        self.events.push(
+            EventKind::Server,
+            Some(pool),
+            Some(&key),
+            format!("{key} added (weight {weight})"),
+        );
         Ok((key, write))
     }
 
@@ -507,6 +569,7 @@ impl Controller {
         let key = o.remove_server(&self.current(), pool, address)?;
         let write = self.commit(o)?;
         tracing::info!(pool, server = %key, "server removed; its open connections finish");
+        self.events.push(EventKind::Server, Some(pool), Some(&key), format!("{key} removed"));
         Ok((key, write))
     }
 
@@ -521,6 +584,19 @@ impl Controller {
         let key = o.patch_server(&self.current(), pool, address, state, weight)?;
         let write = self.commit(o)?;
         tracing::info!(pool, server = %key, state = state.map(|s| s.name()), weight, "server changed");
+        let mut what = Vec::new();
+        if let Some(st) = state {
+            what.push(format!("state {}", st.name()));
+        }
+        if let Some(w) = weight {
+            what.push(format!("weight {w}"));
+        }
+        self.events.push(
+            EventKind::Server,
+            Some(pool),
+            Some(&key),
+            format!("{key}: {}", what.join(", ")),
+        );
         Ok((key, write))
     }
 
@@ -599,6 +675,7 @@ impl Controller {
                 let cx = crate::scale::Context {
                     shared: shared.clone(),
                     log: self.scale_log.clone(),
+                    events: self.events.clone(),
                     controller: self.handle.clone(),
                     drain_wait: self.base.drain_timeout,
                 };

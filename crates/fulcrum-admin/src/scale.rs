@@ -95,6 +95,8 @@ fn average(loads: &[(String, Option<u64>)]) -> Option<(f64, usize)> {
 pub struct Context {
     pub shared: Arc<Shared>,
     pub log: Arc<ScaleLog>,
+    /// The dashboard's recent events.
+    pub events: Arc<crate::events::EventLog>,
     /// Where a scale-in drains its server (the API's path).
     pub controller: ControllerHandle,
     /// Longest wait for a drained server's connections before its command runs.
@@ -229,6 +231,14 @@ async fn fire(f: Fired<'_>, rule: &ScaleRule, cx: &Context) {
     } else {
         tracing::error!(pool, direction = d.name(), server = shown, load, servers, action = %action, outcome = %outcome, "scale signal fired but its action failed");
     }
+    let what = match &server {
+        Some(s) => format!(
+            "{} (drained {s}), load {load:.2} over {servers} server(s): {outcome}",
+            d.name()
+        ),
+        None => format!("{}, load {load:.2} over {servers} server(s): {outcome}", d.name()),
+    };
+    cx.events.push(crate::events::EventKind::Scale, Some(pool), server.as_deref(), what);
     cx.log.push(ScaleEvent {
         pool: pool.to_string(),
         direction: d.name(),

@@ -11,6 +11,7 @@ mod error;
 mod model;
 mod overlay;
 mod parse;
+pub mod redact;
 
 pub use addr::{ListenAddr, ServerAddr, parse_dest, parse_listen};
 pub use error::{ConfigError, Errors, io_reason};

@@ -83,6 +83,8 @@ pub struct Admin {
     pub bind: ListenAddr,
     /// File holding the bearer token (whitespace trimmed), relative to the config file's folder.
     pub token_file: Option<PathBuf>,
+    /// `tls = { cert, key }`: serve the API and the dashboard over TLS.
+    pub tls: Option<CertFiles>,
 }
 
 /// Environment variable that supplies the admin token (wins over `token_file`).

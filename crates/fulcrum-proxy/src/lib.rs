@@ -45,8 +45,8 @@ pub use queue::PoolQueue;
 pub use ratelog::RateLimit;
 pub use resolve::{Answer, LOOKUP_TIMEOUT, NameSet, NameUse, Resolver, lookup_blocking};
 pub use state::{
-    AGENT_DOWN, AGENT_DRAIN, AGENT_UP, FrontendState, Names, PoolState, ServerEntry, ServerStats,
-    Snapshot, SniRoutes, resolve_names,
+    AGENT_DOWN, AGENT_DRAIN, AGENT_UP, CONNECT_BUCKETS, FrontendState, Histogram, Names, PoolState,
+    ServerEntry, ServerStats, Snapshot, SniRoutes, resolve_names,
 };
 pub use stats::{DESCRIPTOR_RESERVE, FrontendStats, Limits, SNI_RESULTS, descriptor_budget};
 pub use tls::{

@@ -35,26 +35,12 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
         Command::Check { config } => {
             let c =
                 fulcrum_config::load_file(&config).map_err(|e| Failure::Config(e.to_string()))?;
-            for w in route_warnings(&c, &config.display().to_string()) {
+            // Certificates and CA files are read as `run` reads them: a file it would refuse
+            // fails here (the dashboard's config box runs the same checks).
+            let (bad, warnings) =
+                fulcrum_admin::check::check_config(&c, &config.display().to_string());
+            for w in warnings {
                 eprintln!("warning: {w}");
-            }
-            // Certificates and CA files are read as `run` reads them: a file it would refuse fails
-            // here.
-            let mut bad = Vec::new();
-            for f in &c.frontends {
-                if let Some(t) = &f.tls
-                    && let Err(e) = fulcrum_proxy::tls_server_config(t)
-                {
-                    bad.push(format!("{}: frontend {}: {e}", config.display(), f.name));
-                }
-            }
-            let mut tls = fulcrum_proxy::TlsRegistry::default();
-            for p in &c.pools {
-                if let Some(t) = &p.tls
-                    && let Err(e) = tls.get(&p.name, t)
-                {
-                    bad.push(format!("{}: pool {}: {e}", config.display(), p.name));
-                }
             }
             if !bad.is_empty() {
                 return Err(Failure::Config(bad.join("\n")));
@@ -85,46 +71,6 @@ fn manpages(dir: &std::path::Path) -> Result<(), String> {
     let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     clap_mangen::generate_to(cmd, dir).map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-/// Routes no request can reach, because an earlier route of the same frontend matches every
-/// request they do (`fulcrum_core::route::shadowed`): one line each, e.g.
-/// `f.toml:23: frontend.web.route[2] is unreachable: route[0] matches every request it does`.
-/// Routes by SNI likewise, for each name an earlier route already has
-/// (`fulcrum_core::sni::duplicates`): `f.toml:30: frontend.tls.route[3]: sni "a.test" is
-/// unreachable: route[1] has it`.
-pub fn route_warnings(c: &Config, file: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for f in &c.frontends {
-        let at = |i: usize| match f.routes[i].line {
-            0 => file.to_string(),
-            line => format!("{file}:{line}"),
-        };
-        // HTTP routes and routes by SNI share the list; each kind is matched on its own.
-        let (sni, http): (Vec<usize>, Vec<usize>) =
-            (0..f.routes.len()).partition(|&i| f.routes[i].is_sni());
-        let specs: Vec<_> = http.iter().map(|&i| f.routes[i].spec()).collect();
-        for (later, earlier) in fulcrum_core::route::shadowed(&specs) {
-            let (later, earlier) = (http[later], http[earlier]);
-            out.push(format!(
-                "{}: frontend.{}.route[{later}] is unreachable: \
-                 route[{earlier}] matches every request it does",
-                at(later),
-                f.name
-            ));
-        }
-        let names: Vec<&[String]> = sni.iter().map(|&i| f.routes[i].sni.as_slice()).collect();
-        for (later, name, earlier) in fulcrum_core::sni::duplicates(&names) {
-            let (later, earlier) = (sni[later], sni[earlier]);
-            out.push(format!(
-                "{}: frontend.{}.route[{later}]: sni \"{name}\" is unreachable: \
-                 route[{earlier}] has it",
-                at(later),
-                f.name
-            ));
-        }
-    }
-    out
 }
 
 /// The config `fulcrum forward` stands for: one frontend "forward", one pool "forward".
@@ -215,6 +161,14 @@ fn serve(
     park_yield: bool,
 ) -> Result<(), Failure> {
     let token = admin_token(&config)?;
+    // A certificate the admin listener cannot use stops the start before anything listens.
+    let admin_tls = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        Some(files) => Some(
+            fulcrum_admin::check::admin_tls_config(files)
+                .map_err(|e| Failure::Config(format!("admin.tls: {e}")))?,
+        ),
+        None => None,
+    };
     if let Some(path) = &config.access_log_file {
         crate::logging::open_access_file(path).map_err(Failure::Config)?;
     }
@@ -254,8 +208,17 @@ fn serve(
             if token.is_none() {
                 tracing::warn!(address = %local, "admin API has no token: open to every local user");
             }
-            tracing::info!(address = %local, "admin API listening");
-            let server = AdminServer { controller: controller.clone(), view: view.clone(), token };
+            tracing::info!(address = %local, tls = a.tls.is_some(), "admin API listening");
+            let tls = admin_tls.clone();
+            let dashboard =
+                fulcrum_admin::Dashboard::start(view.clone(), stop_admin.clone(), tls.is_some());
+            let server = AdminServer {
+                controller: controller.clone(),
+                view: view.clone(),
+                token,
+                dashboard,
+                tls,
+            };
             admin_task = Some(tokio::spawn(serve_admin(l, server, stop_admin.clone(), drain)));
         }
         fulcrum_admin::start_resolver(controller.clone(), stop_admin.clone()).await;

@@ -442,6 +442,26 @@ async fn a_runtime_block_applies_within_a_second_lists_and_lifts() {
     assert!(out.contains("400") && out.contains("is not an address"), "{out}");
     assert_eq!(rejections(&s, "tcp", "blocked"), 2.0);
     assert_eq!(b.accepts(), ok, "only the served connections reached the server");
+
+    // The dashboard's recent events tell the same story.
+    let events = get(&format!("{}/api/v1/events", s.api));
+    let blocks: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "block")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(
+        blocks,
+        [
+            "127.0.0.3/32 blocked until removed: scanner",
+            "127.0.1.0/24 blocked for 600s",
+            "127.0.0.3/32 block removed",
+            "127.0.1.0/24 block removed",
+        ],
+        "{events}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

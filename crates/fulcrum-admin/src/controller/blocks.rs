@@ -12,6 +12,7 @@ use fulcrum_core::acl::{AddError, Block, BlockTable, MAX_BLOCKS, parse_net};
 use serde_json::{Value, json};
 
 use super::{ApiError, Controller, StateWrite};
+use crate::events::EventKind;
 
 /// Longest `for` a block may be given.
 const MAX_FOR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -113,6 +114,13 @@ impl Controller {
             }
         };
         self.publish_blocks(cut);
+        let what = match duration {
+            Some(d) => format!("{net} blocked for {}s", d.as_secs()),
+            None => format!("{net} blocked until removed"),
+        };
+        let why = block.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        let cutting = if cut { " (open connections cut)" } else { "" };
+        self.events.push(EventKind::Block, None, None, format!("{what}{cutting}{why}"));
         tracing::info!(
             cidr = %net, until_unix_ms = until_ms, cut, reason = block.reason.as_deref(),
             "address blocked"
@@ -127,6 +135,7 @@ impl Controller {
             return Err(ApiError::new(404, format!("{net} is not in the block list")));
         };
         self.publish_blocks(false);
+        self.events.push(EventKind::Block, None, None, format!("{net} block removed"));
         tracing::info!(cidr = %net, "block removed");
         Ok((old, self.save_blocks()))
     }
@@ -139,6 +148,7 @@ impl Controller {
             return StateWrite(None);
         }
         for b in &gone {
+            self.events.push(EventKind::Block, None, None, format!("{} block ended", b.net));
             tracing::info!(cidr = %b.net, "block ended");
         }
         self.publish_blocks(false);

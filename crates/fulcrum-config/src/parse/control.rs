@@ -10,7 +10,8 @@ use super::{Value, Walker};
 use crate::addr::parse_listen;
 use crate::model::*;
 
-const ADMIN_KEYS: &[&str] = &["bind", "token_file"];
+const ADMIN_KEYS: &[&str] = &["bind", "token_file", "tls"];
+const ADMIN_TLS_KEYS: &[&str] = &["cert", "key"];
 const AGENT_KEYS: &[&str] = &["bind", "key_file", "report_interval", "missed_reports"];
 const RESOLVER_KEYS: &[&str] = &["servers"];
 /// Name servers are tried in order; a longer list only adds waiting when they all fail.
@@ -41,7 +42,26 @@ impl Walker<'_> {
             }
             None => None,
         };
-        Some(Admin { bind: bind?, token_file })
+        let tls = match t.get("tls") {
+            Some(tv) => Some(self.admin_tls(tv)?),
+            None => None,
+        };
+        Some(Admin { bind: bind?, token_file, tls })
+    }
+
+    /// `[admin] tls = { cert = "PATH", key = "PATH" }`: the admin listener serves HTTPS.
+    fn admin_tls(&mut self, v: &Value<'_>) -> Option<CertFiles> {
+        let t = self.table(v, "admin.tls")?;
+        self.check_keys(t, "admin.tls", ADMIN_TLS_KEYS);
+        let mut file = |k: &str| match t.get(k) {
+            Some(pv) => self.string(pv, &format!("admin.tls.{k}")).map(|p| self.relative(p)),
+            None => {
+                self.error(v, &format!("admin.tls.{k}"), "missing key (a PEM file)");
+                None
+            }
+        };
+        let (cert, key) = (file("cert"), file("key"));
+        Some(CertFiles { cert: cert?, key: key? })
     }
 
     pub(super) fn agent(&mut self, v: &Value<'_>) -> Option<Agent> {

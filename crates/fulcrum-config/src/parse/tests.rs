@@ -764,3 +764,19 @@ send_proxy = "v2"
         assert!(errs.contains(want), "{want} not in:\n{errs}");
     }
 }
+
+#[test]
+fn admin_tls_parses_relative_to_the_file_and_is_checked() {
+    let text = format!(
+        "{GOOD}\n[admin]\nbind = \"127.0.0.1:9090\"\ntls = {{ cert = \"a.pem\", key = \"/k/a.key\" }}\n"
+    );
+    let c = parse_str(&text, "/etc/f/f.toml").unwrap();
+    let tls = c.admin.unwrap().tls.unwrap();
+    assert_eq!(tls.cert, std::path::PathBuf::from("/etc/f/a.pem"));
+    assert_eq!(tls.key, std::path::PathBuf::from("/k/a.key"));
+    let e = errors(&format!(
+        "{GOOD}\n[admin]\nbind = \"127.0.0.1:9090\"\ntls = {{ cert = \"a.pem\", chain = 1 }}\n"
+    ));
+    assert!(e.iter().any(|x| x.contains("admin.tls.key") && x.contains("missing key")), "{e:?}");
+    assert!(e.iter().any(|x| x.contains("admin.tls.chain")), "{e:?}");
+}
