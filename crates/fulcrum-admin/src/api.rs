@@ -165,6 +165,7 @@ pub fn router(s: Shared) -> Router {
         .route("/api/v1/scale-events", get(scale_events))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::blocks_api::routes())
+        .merge(crate::clients_api::routes())
         .merge(crate::dashboard::api_routes())
         .route("/api/{*rest}", axum::routing::any(not_found))
         .route_layer(middleware::from_fn_with_state(s.clone(), auth));

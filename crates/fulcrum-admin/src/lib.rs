@@ -9,6 +9,7 @@ mod api;
 mod blocks_api;
 mod certwatch;
 pub mod check;
+mod clients_api;
 mod controller;
 mod dashboard;
 pub mod events;

@@ -93,6 +93,13 @@ pub fn document() -> Value {
                         "load": { "type": "number" }, "servers": { "type": "integer" }, "at_unix_ms": { "type": "integer" },
                         "action": { "type": "string" }, "outcome": { "type": "string" } } } } } } } } },
                     "401": err("Missing or wrong token") } } },
+            "/api/v1/clients/top": {
+                "get": { "summary": "The client addresses holding the most connections and sessions, then the fastest", "operationId": "topClients",
+                    "parameters": [
+                        { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 20 } },
+                        { "name": "frontend", "in": "query", "required": false, "schema": { "type": "string" } } ],
+                    "responses": { "200": { "description": "{clients: [{frontend, address, active, per_second, connections_total, requests_total, refused_total, idle_ms}]}" },
+                        "400": err("Bad limit"), "401": err("Missing or wrong token"), "404": err("No such frontend") } } },
             "/api/v1/blocks": {
                 "get": { "summary": "The runtime block list (applies to every frontend)", "operationId": "listBlocks",
                     "responses": { "200": { "description": "Blocks", "content": { "application/json": { "schema": {

@@ -215,6 +215,42 @@ pub struct Frontend {
     /// config was loaded): which client addresses may connect. Shared, not copied: a deny
     /// file can hold many thousands of ranges.
     pub access: std::sync::Arc<fulcrum_core::acl::Access>,
+    /// `[frontend.NAME.limits]`: what one client may hold and do.
+    pub limits: ClientLimits,
+}
+
+/// `[frontend.NAME.limits]`: per-client limits. A client is its address (IPv6 grouped by
+/// `ipv6_prefix`); behind `accept_proxy` or `trusted_proxies`, the address those carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientLimits {
+    /// TCP transports: connections one client may hold at once.
+    pub conn_per_client: Option<u32>,
+    /// TCP transports: new connections per client.
+    pub conn_rate_per_client: Option<fulcrum_core::clients::Rate>,
+    /// `http`, `https`: requests per client (answered 429 with `Retry-After` above it).
+    pub request_rate_per_client: Option<fulcrum_core::clients::Rate>,
+    /// `udp`, `directory-udp`: datagrams per client (dropped above it).
+    pub datagram_rate_per_client: Option<fulcrum_core::clients::Rate>,
+    /// IPv6 clients are counted by this many leading bits of their address.
+    pub ipv6_prefix: u8,
+    /// Client addresses tracked at once per frontend (the least recently seen without an
+    /// open connection are forgotten first): bounds the table's memory.
+    pub max_clients: usize,
+}
+
+pub const DEFAULT_MAX_CLIENTS: usize = 32_768;
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            conn_per_client: None,
+            conn_rate_per_client: None,
+            request_rate_per_client: None,
+            datagram_rate_per_client: None,
+            ipv6_prefix: 64,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
+    }
 }
 
 /// `[frontend.NAME.tls]` of an `https` frontend.
@@ -399,6 +435,7 @@ impl Frontend {
             tls: None,
             accept_proxy: Vec::new(),
             access: Default::default(),
+            limits: ClientLimits::default(),
         }
     }
 }

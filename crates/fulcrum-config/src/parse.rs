@@ -21,6 +21,7 @@ mod checks;
 mod control;
 mod frontend;
 mod http;
+mod limits;
 mod pool;
 mod route;
 mod tls;

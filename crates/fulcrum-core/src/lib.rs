@@ -8,6 +8,7 @@ pub mod agent;
 pub mod agentcheck;
 pub mod balance;
 pub mod blame;
+pub mod clients;
 pub mod eject;
 pub mod fanout;
 pub mod framing;

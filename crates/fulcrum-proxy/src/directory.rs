@@ -146,7 +146,7 @@ pub async fn serve_udp(
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, peer)) = r else { continue };
-                if crate::guard::admit_datagram(&shared, &ctx, peer).is_err() {
+                if crate::guard::admit_lone_datagram(&shared, &ctx, peer).is_err() {
                     continue;
                 }
                 ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);

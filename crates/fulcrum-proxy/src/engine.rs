@@ -91,6 +91,7 @@ impl Bound {
             && b.max_sessions == f.max_sessions
             && b.max_sessions_per_source == f.max_sessions_per_source
             && b.sessions == f.sessions
+            && b.limits == f.limits
     }
 
     /// Whether the sockets themselves can serve `f` (same address and protocol), so that a
@@ -281,6 +282,11 @@ impl Engine {
         self.certs.commit(tls);
         // Access lists may have changed: UDP sessions check their clients again.
         self.shared.guard.changed();
+        for f in &config.frontends {
+            if let Some(s) = self.frontend_stats.get(&f.name) {
+                s.clients.set_capacity(f.limits.max_clients);
+            }
+        }
         // A change may have made room (servers added, caps raised): waiting clients look.
         for q in self.queues.values() {
             q.wake_head();
@@ -572,7 +578,7 @@ async fn accept_loop(
                 backoff = Duration::from_millis(5);
                 // Refused by address before anything is taken for it. A trusted PROXY source
                 // speaks for a client whose address comes in its header: checked there.
-                let stream = if is_proxy_source(&ctx, peer) {
+                let stream = if crate::admit::is_proxy_source(&ctx, peer) {
                     stream
                 } else {
                     match crate::guard::admit_stream(&shared, &ctx, stream, peer) {
@@ -711,7 +717,7 @@ fn serve_here(
         }
     };
     // A trusted balancer in front sends a PROXY header first; its client is the client.
-    let proxied = is_proxy_source(&ctx, peer);
+    let proxied = crate::admit::is_proxy_source(&ctx, peer);
     let shared = shared.clone();
     // One task per service kind: a task is as large as its future, and an HTTP
     // connection's is larger than a TCP one's (a TCP connection must not carry its size).
@@ -719,7 +725,7 @@ fn serve_here(
         Service::Http | Service::Https => {
             tracker.spawn(async move {
                 let (mut ledger, mut stream) = (ledger, stream);
-                if proxied && !take_proxy_header(&mut ledger, &mut stream).await {
+                if !crate::admit::admit(&mut ledger, &mut stream, proxied).await {
                     return;
                 }
                 let client = ledger.client().ip();
@@ -734,7 +740,7 @@ fn serve_here(
         _ => {
             tracker.spawn(async move {
                 let (mut ledger, mut stream) = (ledger, stream);
-                if proxied && !take_proxy_header(&mut ledger, &mut stream).await {
+                if !crate::admit::admit(&mut ledger, &mut stream, proxied).await {
                     return;
                 }
                 let client = ledger.client().ip();
@@ -758,46 +764,6 @@ fn serve_here(
                     mark.set();
                 }
             });
-        }
-    }
-}
-
-/// Whether `peer` is an `accept_proxy` source of `ctx`'s frontend.
-fn is_proxy_source(ctx: &AcceptCtx, peer: SocketAddr) -> bool {
-    ctx.frontend.accept_proxy.iter().any(|n| n.contains(&peer.ip().to_canonical()))
-}
-
-static PROXY_HEADER_LOG: crate::ratelog::RateLimit = crate::ratelog::RateLimit::new(1_000);
-
-/// Reads the PROXY header a trusted source (`accept_proxy`) must send first; its client becomes
-/// the connection's client. Without a valid one the connection is closed (`bad-proxy-header`);
-/// so is one whose client its frontend refuses by address (outcome: the reason).
-async fn take_proxy_header(ledger: &mut Ledger, stream: &mut TcpStream) -> bool {
-    ledger.set_proxied();
-    let client = match crate::proxyproto::read_header(stream).await {
-        Ok(Some(client)) => {
-            ledger.set_client(client);
-            client
-        }
-        // UNKNOWN / LOCAL: the balancer in front speaks for itself (its health check).
-        Ok(None) => ledger.client(),
-        Err(e) => {
-            ledger.outcome = "bad-proxy-header";
-            if let Some(skipped) = PROXY_HEADER_LOG.allow(crate::clock::now_ms()) {
-                tracing::warn!(
-                    frontend = %ledger.ctx().name, source = %ledger.client(), error = %e,
-                    skipped, "connection without a valid PROXY header closed"
-                );
-            }
-            return false;
-        }
-    };
-    match crate::guard::check(ledger.shared(), ledger.ctx(), client.ip()) {
-        Ok(()) => true,
-        Err(why) => {
-            crate::guard::refused(ledger.ctx(), client, why);
-            ledger.outcome = why.name();
-            false
         }
     }
 }

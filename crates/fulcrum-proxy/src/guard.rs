@@ -123,7 +123,7 @@ pub(crate) fn refused(ctx: &AcceptCtx, client: SocketAddr, why: Rejection) {
     if let Some(skipped) = REFUSED_LOG.allow(now_ms()) {
         tracing::info!(
             frontend = %ctx.name, client = %client, reason = why.name(), skipped,
-            "client refused by address"
+            "client refused"
         );
     }
 }
@@ -154,6 +154,24 @@ pub(crate) fn admit_datagram(
     client: SocketAddr,
 ) -> Result<(), Rejection> {
     check(shared, ctx, client.ip()).inspect_err(|why| refused(ctx, client, *why))
+}
+
+/// Checks one datagram of a UDP service without sessions (per-datagram proxy, fan-out,
+/// directory): by address, then against the sender's `datagram_rate_per_client`.
+pub(crate) fn admit_lone_datagram(
+    shared: &Shared,
+    ctx: &AcceptCtx,
+    client: SocketAddr,
+) -> Result<(), Rejection> {
+    admit_datagram(shared, ctx, client)?;
+    let limits = &ctx.frontend.limits;
+    if let Some(rate) = &limits.datagram_rate_per_client
+        && !ctx.stats.clients.datagram(client.ip(), limits, rate)
+    {
+        refused(ctx, client, Rejection::DatagramRate);
+        return Err(Rejection::DatagramRate);
+    }
+    Ok(())
 }
 
 thread_local! {

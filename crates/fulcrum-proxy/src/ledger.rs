@@ -83,6 +83,9 @@ pub struct Ledger {
     server: Option<Picked>,
     /// The connection came from an `accept_proxy` source (and opened with its header).
     proxied: bool,
+    /// Its hold on its client address in the frontend's table (per-client limits, busiest
+    /// clients); `None` before admission, or when the table had no room.
+    held: Option<crate::clients::ClientRef>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub outcome: &'static str,
@@ -124,6 +127,7 @@ impl Ledger {
             slots,
             server: None,
             proxied: false,
+            held: None,
             bytes_in: 0,
             bytes_out: 0,
             outcome: "stopped",
@@ -156,6 +160,32 @@ impl Ledger {
     /// Whether the connection came from an `accept_proxy` source.
     pub(crate) fn proxied(&self) -> bool {
         self.proxied
+    }
+
+    /// The client's entry in its frontend's table, once admitted.
+    pub(crate) fn client_entry(&self) -> Option<&crate::clients::Client> {
+        self.held.as_ref().map(|h| h.client())
+    }
+
+    /// The same, shared: the HTTP service counts each request on it.
+    pub(crate) fn client_arc(&self) -> Option<Arc<crate::clients::Client>> {
+        self.held.as_ref().map(|h| h.shared())
+    }
+
+    /// Admits the client against its frontend's per-client limits (`[frontend.NAME.limits]`)
+    /// and counts it there until the ledger is dropped; a refused one is counted and logged.
+    pub(crate) fn admit_client(&mut self) -> Result<(), fulcrum_core::acl::Rejection> {
+        let ctx = &self.ctx;
+        let table = &ctx.stats.clients;
+        let limits = &ctx.frontend.limits;
+        let held = match self.slots {
+            Slots::Tcp { .. } => table.connect(self.client.ip(), limits).inspect_err(|why| {
+                crate::guard::refused(ctx, self.client, *why);
+            })?,
+            Slots::UdpSession => table.session(self.client.ip(), limits),
+        };
+        self.held = held;
+        Ok(())
     }
 
     /// Holds `server`, whose `active` count the caller has already raised for this client:

@@ -5,6 +5,8 @@
 //! It never parses configuration text and never decides *how* to balance: it asks
 //! `fulcrum-core` for picks and `fulcrum-config` for the model.
 
+mod admit;
+mod clients;
 mod clock;
 mod connect;
 mod context;
@@ -35,6 +37,7 @@ mod tls;
 mod udp;
 mod upstream_tls;
 
+pub use clients::{ClientTable, ClientView};
 pub use clock::now_ms;
 pub use context::{AcceptCtx, Service, Shared, SpliceMode};
 pub use engine::{Engine, EngineOptions, StartError};

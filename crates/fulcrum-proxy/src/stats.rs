@@ -94,6 +94,9 @@ pub struct FrontendStats {
     pub sni_hellos: [AtomicU64; 5],
     pub connections_total: AtomicU64,
     pub connections_active: AtomicU64,
+    /// Client addresses: what each holds and how fast it comes (per-client limits, busiest
+    /// clients).
+    pub clients: crate::clients::ClientTable,
     /// Clients closed because no server could take them.
     pub no_server: AtomicU64,
     /// Clients refused by address, by `fulcrum_core::acl::Rejection::index` (TCP connections

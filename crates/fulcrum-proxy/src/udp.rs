@@ -350,6 +350,13 @@ fn on_datagram(
     }
     let Some(s) = w.table.get_mut(&client) else { return };
     s.value.checked = generation;
+    if let Some(rate) = &ctx.frontend.limits.datagram_rate_per_client
+        && let Some(c) = s.value.ledger.client_entry()
+        && !c.datagram(rate)
+    {
+        crate::guard::refused(ctx, client, fulcrum_core::acl::Rejection::DatagramRate);
+        return;
+    }
     if forward(&ctx.stats, &s.value, data) == Forwarded::Refused
         && let Some(s) = w.table.remove(&client)
     {
@@ -502,6 +509,8 @@ fn open(
     };
     // From here the ledger owns the session slot and the server's count.
     let mut ledger = Ledger::udp_session(shared.clone(), ctx.clone(), client);
+    // Sessions are never refused here (max_sessions_per_source bounds them): only counted.
+    let _ = ledger.admit_client();
     server.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     server.stats.on_assigned();
     stats.udp_sessions_total.fetch_add(1, Ordering::Relaxed);

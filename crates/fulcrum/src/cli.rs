@@ -285,6 +285,16 @@ pub enum CtlCommand {
     /// Certificates of every https frontend: file, names, expiry and days left, and the last
     /// certificate reload that failed.
     Certs,
+    /// The client addresses holding the most connections (and UDP sessions), then the
+    /// fastest: what per-client limits and the fair share look at.
+    TopClients {
+        /// How many to list (1 to 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only this frontend's clients.
+        #[arg(long)]
+        frontend: Option<String>,
+    },
     /// The runtime block list: addresses refused on every frontend.
     #[command(subcommand)]
     Blocks(BlocksCommand),

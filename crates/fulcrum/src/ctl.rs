@@ -29,6 +29,42 @@ pub fn run(args: CtlArgs) -> Result<(), Failure> {
         CtlCommand::Servers(cmd) => servers(&api, cmd)?,
         CtlCommand::Blocks(cmd) => blocks(&api, cmd)?,
         CtlCommand::Certs => certs(&api)?,
+        CtlCommand::TopClients { limit, frontend } => top_clients(&api, limit, frontend)?,
+    }
+    Ok(())
+}
+
+fn top_clients(api: &Api, limit: usize, frontend: Option<String>) -> Result<(), Failure> {
+    let mut path = format!("/api/v1/clients/top?limit={limit}");
+    if let Some(f) = frontend {
+        // Frontend names are letters, digits, '-' and '_': nothing to escape in a query.
+        if f.is_empty() || !f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(Failure::Config(format!("--frontend {f:?}: not a frontend name")));
+        }
+        path.push_str("&frontend=");
+        path.push_str(&f);
+    }
+    let v = api.call("GET", &path, None)?;
+    let rows = v["clients"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no clients seen");
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<40} {:>7} {:>7} {:>12} {:>10} {:>9}",
+        "FRONTEND", "ADDRESS", "ACTIVE", "PER S", "CONNECTIONS", "REQUESTS", "REFUSED"
+    );
+    for c in &rows {
+        println!(
+            "{:<12} {:<40} {:>7} {:>7} {:>12} {:>10} {:>9}",
+            c["frontend"].as_str().unwrap_or(""),
+            c["address"].as_str().unwrap_or(""),
+            c["active"].as_u64().unwrap_or(0),
+            c["per_second"].as_u64().unwrap_or(0),
+            c["connections_total"].as_u64().unwrap_or(0),
+            c["requests_total"].as_u64().unwrap_or(0),
+            c["refused_total"].as_u64().unwrap_or(0),
+        );
     }
     Ok(())
 }

@@ -142,7 +142,7 @@ async fn every_api_route_needs_the_token_and_the_openapi_document_matches_the_ro
             }
         }
     }
-    assert_eq!(api_ops, 20);
+    assert_eq!(api_ops, 21);
     // An undocumented route under /api/ is refused without a token too, and 404 with it.
     assert_eq!(call("GET", &format!("{}/api/v1/nothing", s.api), None, None).0, 401);
     assert_eq!(call("GET", &format!("{}/api/v1/nothing", s.api), Some(TOKEN), None).0, 404);

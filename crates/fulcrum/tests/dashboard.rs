@@ -208,6 +208,10 @@ async fn the_page_shows_the_pools_a_killed_server_turns_down_drain_works_and_cha
     let loaded = br.expect("LOADED", Duration::from_secs(20));
     assert_eq!(loaded.get(1).map(String::as_str), Some("app"), "the configured pool: {loaded:?}");
     br.expect("LIVE", Duration::from_secs(20));
+    // The 20 connections above came from 127.0.0.1: the busiest (and only) client.
+    let clients = br.expect("CLIENTS", Duration::from_secs(20));
+    assert_eq!(clients[1..3], ["127.0.0.1", "web"], "top clients: {clients:?}");
+    assert_eq!(clients.get(5).map(String::as_str), Some("20"), "connections: {clients:?}");
     let chart = br.expect("CHART", Duration::from_secs(20));
     let (first, points, opened): (u64, u64, u64) =
         (chart[1].parse().unwrap(), chart[2].parse().unwrap(), chart[3].parse().unwrap());

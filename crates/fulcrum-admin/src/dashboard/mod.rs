@@ -104,6 +104,7 @@ async fn run_sampler(d: Arc<Dashboard>, view: ReadView, stop: CancellationToken)
             if at % 60 == 0 {
                 h.forget_older(at, FORGET_AFTER_S);
             }
+            v["clients"] = json!(crate::clients_api::top_clients(&snap, None, 10));
             v["history"] = json!({
                 "series": h.len(), "bytes": h.bytes(),
                 "bytes_per_series_max": history::BYTES_PER_SERIES,

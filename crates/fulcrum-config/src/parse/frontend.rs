@@ -40,6 +40,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "deny",
     "allow_file",
     "deny_file",
+    "limits",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -221,6 +222,7 @@ impl Walker<'_> {
         // After `sessions`: whether a UDP pool may send PROXY headers depends on it.
         ok &= self.proxy_protocol(t, path, &mut f, c);
         ok &= self.access_lists(t, path, &mut f);
+        ok &= self.client_limits(t, path, &mut f);
         let routes_ok = self.frontend_routes(t, path, c, &mut f);
         ok &= routes_ok;
         if let Some(x) = t.get("sni_timeout") {

@@ -18,8 +18,8 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// Why a client was refused. Counted per frontend under [`Rejection::name`]; later kinds of
-/// refusal (rate and connection limits) join this list and its metric family.
+/// Why a client was refused: by address (the access lists and blocks) or by a per-client
+/// limit (`[frontend.NAME.limits]`). Counted per frontend under [`Rejection::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
     /// The address is in the frontend's `deny` list (deny wins over allow).
@@ -28,10 +28,26 @@ pub enum Rejection {
     NotAllowed,
     /// The address is in the runtime block list.
     Blocked,
+    /// The client already holds `conn_per_client` connections.
+    ConnPerClient,
+    /// The client opens connections faster than `conn_rate_per_client`.
+    ConnRate,
+    /// The client sends HTTP requests faster than `request_rate_per_client` (answered 429).
+    RequestRate,
+    /// The client sends datagrams faster than `datagram_rate_per_client` (dropped).
+    DatagramRate,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 3] = [Rejection::Deny, Rejection::NotAllowed, Rejection::Blocked];
+    pub const ALL: [Rejection; 7] = [
+        Rejection::Deny,
+        Rejection::NotAllowed,
+        Rejection::Blocked,
+        Rejection::ConnPerClient,
+        Rejection::ConnRate,
+        Rejection::RequestRate,
+        Rejection::DatagramRate,
+    ];
     pub const COUNT: usize = Self::ALL.len();
 
     /// The metric label and access-log outcome.
@@ -40,6 +56,10 @@ impl Rejection {
             Rejection::Deny => "deny",
             Rejection::NotAllowed => "not-allowed",
             Rejection::Blocked => "blocked",
+            Rejection::ConnPerClient => "conn-per-client",
+            Rejection::ConnRate => "conn-rate",
+            Rejection::RequestRate => "request-rate",
+            Rejection::DatagramRate => "datagram-rate",
         }
     }
 

@@ -56,7 +56,7 @@ pub async fn serve_udp(
                 // Receive errors on an unconnected socket are transient (and per datagram).
                 let Ok((n, peer)) = r else { continue };
                 // A refused sender's datagram is counted as a rejection, not a request.
-                if crate::guard::admit_datagram(&shared, &ctx, peer).is_err() {
+                if crate::guard::admit_lone_datagram(&shared, &ctx, peer).is_err() {
                     continue;
                 }
                 let stats = &ctx.stats;

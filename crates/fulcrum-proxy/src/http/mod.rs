@@ -44,6 +44,8 @@ pub(crate) struct ConnInfo {
     pub(crate) proto: &'static str,
     /// `https`: the client certificate header and the verified subject to put in it.
     pub(crate) client_cert: Option<ClientCert>,
+    /// The connection's client in the frontend's table (its requests are counted there).
+    pub(crate) client_entry: Option<Arc<crate::clients::Client>>,
 }
 
 /// An `https` connection's `client_cert_header` (in the TLS material it was accepted with)

@@ -68,6 +68,7 @@ pub(super) fn conn_info(
         tunnel: std::sync::Mutex::new(None),
         proto,
         client_cert,
+        client_entry: ledger.client_arc(),
     })
 }
 
@@ -260,6 +261,32 @@ pub(crate) fn reply(
     resp
 }
 
+/// Counts a request of `client` in the frontend's table and holds it to
+/// `request_rate_per_client`: `Err(wait)` when it comes too fast. The connection's own client
+/// costs no lookup; one a trusted proxy names is looked up (only when a rate is set).
+fn count_request(conn: &ConnInfo, client: std::net::IpAddr) -> Result<(), std::time::Duration> {
+    let limits = &conn.ctx.frontend.limits;
+    let rate = limits.request_rate_per_client.as_ref();
+    let res = match (&conn.client_entry, rate) {
+        (Some(c), _) if client == conn.peer.ip() => c.request(rate),
+        (_, Some(rate)) => conn.ctx.stats.clients.request(client, limits, rate),
+        _ => Ok(()),
+    };
+    if res.is_err() {
+        let who = std::net::SocketAddr::new(client, 0);
+        crate::guard::refused(&conn.ctx, who, fulcrum_core::acl::Rejection::RequestRate);
+    }
+    res
+}
+
+/// 429 with `Retry-After`: whole seconds until the client's next request would pass.
+fn too_many_requests(ex: Box<Exchange>, wait: std::time::Duration) -> Response<RespBody> {
+    let mut resp = reply(ex, StatusCode::TOO_MANY_REQUESTS, "request-rate");
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    resp
+}
+
 /// A request as it may be sent again: everything but the body and extensions.
 struct Template {
     method: Method,
@@ -302,6 +329,9 @@ async fn proxy(
     }
     let client = hdr::effective_client(conn.peer.ip(), &parts.headers, &settings.trusted_proxies);
     ex.client = client;
+    if let Err(wait) = count_request(conn, client) {
+        return too_many_requests(ex, wait);
+    }
     // Routing and the hash are decided on the client's request as it came.
     let (pool, route, client_hash) = {
         let snap = conn.shared.state.load();

@@ -66,6 +66,10 @@ try:
     say("LOADED", ",".join(pools))
     wait_for("the live stream", 10, lambda: q("#status").text == "live")
     say("LIVE")
+    wait_for("a client row", 10,
+             lambda: driver.find_elements(By.CSS_SELECTOR, "#top-clients tr[data-client]"))
+    cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#top-clients tr[data-client] td")]
+    say("CLIENTS", *cells[:5])
 
     chart = q("#chart-active")
     wait_for("the chart's points", 10, lambda: int(chart.get_attribute("data-points") or 0) > 0)

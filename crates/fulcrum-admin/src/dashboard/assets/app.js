@@ -190,6 +190,7 @@ function renderOverview(o) {
       el("td", { text: fmtMs(f.p95_ms) }),
       el("td", { text: fmtMs(s.p99_ms) }));
   }));
+  renderClients(o.clients || []);
   const pools = $("pools");
   const open = new Set([...pools.querySelectorAll("input")].filter((i) => i === document.activeElement).map((i) => i.id));
   if (open.size) { updatePoolNumbers(o); return; } // don't rebuild under a field being typed in
@@ -292,6 +293,24 @@ async function reload() {
   const r = await api("POST", "/api/v1/reload", {});
   if (r.ok) { toast("Configuration reloaded"); loadConfig(); }
   else toast(`Reload refused: ${r.data.error}${r.data.errors ? "\n" + r.data.errors.join("\n") : ""}`, true);
+}
+
+// ---- top clients ------------------------------------------------------------------------
+
+function renderClients(list) {
+  const tb = $("top-clients").tBodies[0];
+  if (!list.length) {
+    tb.replaceChildren(el("tr", {}, el("td", { class: "left muted", colspan: "7", text: "no clients seen yet" })));
+    return;
+  }
+  tb.replaceChildren(...list.map((c) => el("tr", { "data-client": c.address },
+    el("td", { class: "addr", text: c.address }),
+    el("td", { class: "left", text: c.frontend }),
+    el("td", { text: fmtNum(c.active) }),
+    el("td", { text: fmtNum(c.per_second) }),
+    el("td", { text: fmtNum(c.connections_total) }),
+    el("td", { text: fmtNum(c.requests_total) }),
+    el("td", { text: fmtNum(c.refused_total) }))));
 }
 
 // ---- events -----------------------------------------------------------------------------

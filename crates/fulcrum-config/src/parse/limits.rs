@@ -1,0 +1,164 @@
+//! `[frontend.NAME.limits]`: per-client limits (connections held, connection, request and
+//! datagram rates), how IPv6 clients are grouped, and how many clients are tracked. Each
+//! key is refused, with its reason, on a protocol that would never read it.
+
+use fulcrum_core::clients::Rate;
+use toml::de::{DeTable, DeValue};
+
+use super::{Value, Walker};
+use crate::model::{Frontend, Protocol};
+
+const LIMITS_KEYS: &[&str] = &[
+    "conn_per_client",
+    "conn_rate_per_client",
+    "request_rate_per_client",
+    "datagram_rate_per_client",
+    "ipv6_prefix",
+    "max_clients",
+];
+const RATE_KEYS: &[&str] = &["rate", "burst"];
+
+impl Walker<'_> {
+    pub(super) fn client_limits(&mut self, t: &DeTable<'_>, path: &str, f: &mut Frontend) -> bool {
+        let Some(v) = t.get("limits") else { return true };
+        let path = format!("{path}.limits");
+        let Some(t) = self.table(v, &path) else { return false };
+        self.check_keys(t, &path, LIMITS_KEYS);
+        let before = self.errors.len();
+        let stream = !matches!(f.protocol, Protocol::Udp | Protocol::DirectoryUdp);
+        let http = matches!(f.protocol, Protocol::Http | Protocol::Https);
+        let l = &mut f.limits;
+        for (key, fits, why) in [
+            ("conn_per_client", stream, "connections are TCP: on udp, see max_sessions_per_source"),
+            ("conn_rate_per_client", stream, "connections are TCP: use datagram_rate_per_client"),
+            ("request_rate_per_client", http, "only http and https frontends see requests"),
+            (
+                "datagram_rate_per_client",
+                !stream,
+                "only udp and directory-udp frontends get datagrams",
+            ),
+        ] {
+            if let Some(x) = t.get(key)
+                && !fits
+            {
+                self.error(x, &format!("{path}.{key}"), why);
+            }
+        }
+        if let Some(x) = t.get("conn_per_client")
+            && let Some(n) = self.integer(x, &format!("{path}.conn_per_client"), 1, 1_000_000)
+        {
+            l.conn_per_client = Some(n as u32);
+        }
+        l.conn_rate_per_client =
+            self.rate(t.get("conn_rate_per_client"), &path, "conn_rate_per_client");
+        l.request_rate_per_client =
+            self.rate(t.get("request_rate_per_client"), &path, "request_rate_per_client");
+        l.datagram_rate_per_client =
+            self.rate(t.get("datagram_rate_per_client"), &path, "datagram_rate_per_client");
+        let l = &mut f.limits;
+        if let Some(x) = t.get("ipv6_prefix")
+            && let Some(n) = self.integer(x, &format!("{path}.ipv6_prefix"), 1, 128)
+        {
+            l.ipv6_prefix = n as u8;
+        }
+        if let Some(x) = t.get("max_clients")
+            && let Some(n) = self.integer(x, &format!("{path}.max_clients"), 16, 10_000_000)
+        {
+            l.max_clients = n as usize;
+        }
+        self.errors.len() == before
+    }
+
+    /// A rate: `"20/s"` (burst: one second's worth) or `{ rate = "20/s", burst = 40 }`.
+    fn rate(&mut self, v: Option<&Value<'_>>, path: &str, key: &str) -> Option<Rate> {
+        let v = v?;
+        let key = format!("{path}.{key}");
+        let (text, burst) = match v.get_ref() {
+            DeValue::String(s) => (s.to_string(), None),
+            DeValue::Table(t) => {
+                self.check_keys(t, &key, RATE_KEYS);
+                let Some(r) = t.get("rate") else {
+                    self.error(v, &key, "a rate table needs `rate` (e.g. \"20/s\")");
+                    return None;
+                };
+                let text = self.string(r, &format!("{key}.rate"))?.to_string();
+                let burst = match t.get("burst") {
+                    Some(b) => Some(self.integer(b, &format!("{key}.burst"), 1, 1_000_000)? as u32),
+                    None => None,
+                };
+                (text, burst)
+            }
+            other => {
+                let found = other.type_str();
+                self.error(
+                    v,
+                    &key,
+                    format!("expected a rate like \"20/s\" or a table, found {found}"),
+                );
+                return None;
+            }
+        };
+        match Rate::parse(&text, burst) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.error(v, &key, e);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::parse_str;
+
+    fn config(protocol: &str, limits: &str) -> Result<crate::Config, Vec<String>> {
+        let text = format!(
+            "[frontend.f]\nbind = \"127.0.0.1:8080\"\nprotocol = \"{protocol}\"\npool = \"p\"\n\
+             [frontend.f.limits]\n{limits}\n[pool.p]\nservers = [\"127.0.0.1:9001\"]\n"
+        );
+        parse_str(&text, "f.toml").map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn every_key_parses_with_its_defaults() {
+        let c = config(
+            "http",
+            "conn_per_client = 10\nconn_rate_per_client = \"50/s\"\n\
+             request_rate_per_client = { rate = \"600/m\", burst = 40 }\nipv6_prefix = 48\n\
+             max_clients = 1000",
+        )
+        .unwrap();
+        let l = &c.frontends[0].limits;
+        assert_eq!(l.conn_per_client, Some(10));
+        assert_eq!(l.conn_rate_per_client.unwrap().burst(), 50);
+        let r = l.request_rate_per_client.unwrap();
+        assert_eq!((r.burst(), r.per_second().round()), (40, 10.0));
+        assert_eq!((l.ipv6_prefix, l.max_clients), (48, 1000));
+        let c = config("udp", "datagram_rate_per_client = \"100/s\"").unwrap();
+        let l = &c.frontends[0].limits;
+        assert_eq!((l.ipv6_prefix, l.max_clients), (64, crate::DEFAULT_MAX_CLIENTS));
+        assert!(l.datagram_rate_per_client.is_some() && l.conn_per_client.is_none());
+    }
+
+    #[test]
+    fn keys_a_protocol_never_reads_and_bad_values_are_named() {
+        let e = config("tcp", "request_rate_per_client = \"5/s\"").unwrap_err();
+        assert!(e[0].contains("frontend.f.limits.request_rate_per_client"), "{e:?}");
+        assert!(e[0].contains("only http and https"), "{e:?}");
+        let e = config("udp", "conn_per_client = 3").unwrap_err();
+        assert!(e[0].contains("max_sessions_per_source"), "{e:?}");
+        let e = config("tcp", "datagram_rate_per_client = \"5/s\"").unwrap_err();
+        assert!(e[0].contains("only udp"), "{e:?}");
+        let e = config("tcp", "conn_rate_per_client = \"5/d\"").unwrap_err();
+        assert!(e[0].contains("f.toml:6") && e[0].contains("is not a rate"), "{e:?}");
+        let e = config("tcp", "conn_rate_per_client = { burst = 3 }").unwrap_err();
+        assert!(e[0].contains("needs `rate`"), "{e:?}");
+        let e = config("tcp", "conn_per_client = 0").unwrap_err();
+        assert!(e[0].contains("out of range"), "{e:?}");
+        let e = config("tcp", "per_client = 3").unwrap_err();
+        assert!(e[0].contains("unknown key"), "{e:?}");
+    }
+}
