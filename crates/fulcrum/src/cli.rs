@@ -260,8 +260,10 @@ fn attempt_timeout(s: &str) -> Result<Duration, String> {
     bounded(s, Duration::from_millis(1), Duration::from_secs(600))
 }
 
+/// How a client command reaches the admin API: one set of options, so every such command
+/// reads the same flags and environment.
 #[derive(clap::Args, Debug)]
-pub struct CtlArgs {
+pub struct ApiArgs {
     /// Base URL of the admin API.
     #[arg(long, env = "FULCRUM_API", default_value = "http://127.0.0.1:9090")]
     pub api: String,
@@ -271,6 +273,12 @@ pub struct CtlArgs {
     /// File holding the bearer token.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
     #[command(subcommand)]
     pub command: CtlCommand,
 }

@@ -3,6 +3,7 @@
 
 mod backend;
 mod cli;
+mod client;
 mod ctl;
 mod demo;
 mod load;
