@@ -1,4 +1,4 @@
-//! The admin API client of the commands that talk to a running daemon (`fulcrum ctl`): the token from
+//! The admin API client that `fulcrum ctl` and `fulcrum top` share: the token from
 //! `--token` or `--token-file`, one call as JSON in and out, and the error text an operator
 //! sees when the API refuses or cannot be reached.
 
@@ -35,6 +35,10 @@ impl Api {
             .build()
             .into();
         Ok(Api { base: args.api.trim_end_matches('/').to_string(), token, agent })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
@@ -92,7 +96,7 @@ pub fn enc(s: &str) -> String {
     out
 }
 
-/// The route that changes one server (`fulcrum ctl servers drain|enable|...`).
+/// The route that changes one server (`fulcrum ctl servers drain|enable|...` and `top`'s keys).
 pub fn server_path(pool: &str, address: &str) -> String {
     format!("/api/v1/pools/{}/servers/{}", enc(pool), enc(address))
 }
