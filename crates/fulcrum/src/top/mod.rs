@@ -8,7 +8,7 @@ mod render;
 mod view;
 
 use std::io::IsTerminal;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -75,11 +75,17 @@ fn ui(
     from_api: &Receiver<News>,
 ) -> std::io::Result<()> {
     loop {
-        while let Ok(n) = from_api.try_recv() {
-            match n {
-                News::Overview(r) => app.on_overview(r),
-                News::History(v) => app.on_history(&v),
-                News::Done(r) => app.on_done(r),
+        loop {
+            match from_api.try_recv() {
+                Ok(News::Overview(r)) => app.on_overview(r),
+                Ok(News::History(v)) => app.on_history(&v),
+                Ok(News::Done(r)) => app.on_done(r),
+                Err(TryRecvError::Empty) => break,
+                // Only a panic ends that thread: a screen that would never change again is
+                // worse than an exit that says why.
+                Err(TryRecvError::Disconnected) => {
+                    return Err(std::io::Error::other("the admin API thread stopped"));
+                }
             }
         }
         terminal.draw(|f| render::draw(f, app))?;
