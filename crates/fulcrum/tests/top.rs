@@ -5,8 +5,10 @@
 //! Checked: the pool and its servers show, a server's rate rises from idle under load and its
 //! sparkline fills, the selection moves with `j`, `d` asks and `n` does nothing, `d` `y`
 //! drains the selected server (the API confirms; its rate falls to 0 while the other's
-//! stays up), `e` `y` enables it, a wider window widens the rows, and `q` exits 0 with the
-//! terminal given back (raw mode off as `stty` reads it, alternate screen left, cursor shown).
+//! stays up), `e` `y` enables it, a wider window widens the rows, `q` exits 0 with the
+//! terminal given back (raw mode off as `stty` reads it, alternate screen left, cursor shown),
+//! and a new top started once the load has stopped shows it in its sparklines from the
+//! daemon's history.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -23,10 +25,11 @@ const TMUX: &str = "tmux";
 /// Bound on any one wait for the screen or the API.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A private tmux server (`-L`) running one session `top` of one pane; killed on drop. Each
-/// capture is kept in the test's directory, and printed if the test fails.
+/// A private tmux server (`-S`, its socket in the test's directory) running one session `top`
+/// of one pane; killed on drop. Each capture is kept in the test's directory, and printed if
+/// the test fails.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
     dir: Option<tempfile::TempDir>,
     last: String,
 }
@@ -45,7 +48,9 @@ impl Tmux {
         let conf = dir.path().join("tmux.conf");
         std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").unwrap();
         let command = command(dir.path());
-        let socket = format!("fulcrum-top-{}-{}", std::process::id(), fastrand::u64(..));
+        // The server's socket in the test's directory, not tmux's shared one: private to this
+        // test, and gone with the directory (kill-server leaves the socket file behind).
+        let socket = dir.path().join("tmux.sock");
         let t = Tmux { socket, dir: Some(dir), last: String::new() };
         let out = t
             .cmd()
@@ -59,7 +64,7 @@ impl Tmux {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new(TMUX);
-        c.args(["-L", &self.socket]).stdin(Stdio::null());
+        c.arg("-S").arg(&self.socket).stdin(Stdio::null());
         c
     }
 
@@ -145,16 +150,20 @@ fn selected(screen: &str) -> Option<String> {
     line.split_whitespace().nth(1).map(str::to_string)
 }
 
-/// The server's state as the API reports it.
-fn api_state(api: &str, address: &str) -> String {
+fn api_get(api: &str, route: &str) -> Value {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
     let mut r = agent
-        .get(format!("{api}/api/v1/pools"))
+        .get(format!("{api}{route}"))
         .header("Authorization", format!("Bearer {TOKEN}"))
         .call()
         .unwrap();
-    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// The server's state as the API reports it.
+fn api_state(api: &str, address: &str) -> String {
+    let v = api_get(api, "/api/v1/pools");
     let servers = v["pools"][0]["servers"].as_array().unwrap().clone();
     let s = servers.iter().find(|s| s["address"] == address).unwrap();
     s["state"].as_str().unwrap().to_string()
@@ -238,7 +247,7 @@ fn top_shows_rates_rising_under_load_and_drains_with_its_keys() {
     assert_eq!(idle.lines().count(), 24, "the screen is the pane's 24 lines:\n{idle}");
     assert!(idle.lines().all(|l| l.chars().count() <= 80));
 
-    let _load = Load(
+    let load = Load(
         Command::new(BIN)
             .args(["load", &front.to_string(), "--clients", "2", "--duration", "60s"])
             .args(["--no-progress", "--json"])
@@ -319,4 +328,35 @@ fn top_shows_rates_rising_under_load_and_drains_with_its_keys() {
     assert_eq!(t.show("#{cursor_flag}"), "1", "the cursor is shown again");
     let stderr = std::fs::read_to_string(t.path("top.stderr")).unwrap();
     assert!(stderr.is_empty(), "top wrote to stderr: {stderr}");
+
+    // With the load stopped (the API's live rate back at 0), a new top starts with the last
+    // minutes in its sparklines: its first screen can only have them from the daemon's history.
+    drop(load);
+    let end = Instant::now() + WAIT;
+    while overview_rate(&api, &a1) != Some(0.0) {
+        assert!(Instant::now() < end, "the daemon's rate of {a1} never fell back to 0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = format!(
+        "{} top --api {api} --token-file {} 2>{}; sleep 120",
+        quote(Path::new(BIN)),
+        quote(&token_file),
+        quote(&t.path("top2.stderr")),
+    );
+    t.tmux(&["respawn-pane", "-k", "-t", "top", &again]);
+    let first = t.until("the new top's first screen", |s| rate(s, &a1).is_some());
+    assert_eq!(rate(&first, &a1), Some(0.0), "idle now:\n{first}");
+    let spark = server_row(&first, &a1).unwrap().last().unwrap().to_string();
+    assert!(
+        spark.chars().any(|c| "▂▃▄▅▆▇█".contains(c)),
+        "no history in the sparkline {spark:?}:\n{first}"
+    );
+}
+
+/// The server's connection rate in the daemon's live view.
+fn overview_rate(api: &str, address: &str) -> Option<f64> {
+    let v = api_get(api, "/api/v1/overview");
+    let servers = v["pools"][0]["servers"].as_array()?.clone();
+    let s = servers.into_iter().find(|s| s["address"] == address)?;
+    s["sample"]["conns"].as_f64()
 }
