@@ -57,6 +57,9 @@ pub enum Command {
     },
     /// Control a running daemon through its admin API.
     Ctl(CtlArgs),
+    /// A live view of a running daemon in the terminal, through its admin API: pools and
+    /// servers with rates and sparklines; keys to drain and enable a server.
+    Top(TopArgs),
     /// A guided tour: demo backends on loopback, a balancer in front, a burst of traffic,
     /// and how it was spread by several algorithms.
     Demo {
@@ -260,8 +263,10 @@ fn attempt_timeout(s: &str) -> Result<Duration, String> {
     bounded(s, Duration::from_millis(1), Duration::from_secs(600))
 }
 
+/// How `ctl` and `top` reach the admin API: one set of options, so both read the same flags
+/// and environment.
 #[derive(clap::Args, Debug)]
-pub struct CtlArgs {
+pub struct ApiArgs {
     /// Base URL of the admin API.
     #[arg(long, env = "FULCRUM_API", default_value = "http://127.0.0.1:9090")]
     pub api: String,
@@ -271,8 +276,28 @@ pub struct CtlArgs {
     /// File holding the bearer token.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
     #[command(subcommand)]
     pub command: CtlCommand,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Time between two reads of the daemon's live view, e.g. 1s, 500ms (the daemon samples
+    /// once a second).
+    #[arg(long, value_parser = top_interval, default_value = "1s")]
+    pub interval: Duration,
+}
+
+fn top_interval(s: &str) -> Result<Duration, String> {
+    bounded(s, Duration::from_millis(100), Duration::from_secs(60))
 }
 
 #[derive(Subcommand, Debug)]

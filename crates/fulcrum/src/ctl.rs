@@ -7,20 +7,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::cli::{BlocksCommand, CtlArgs, CtlCommand, ServersCommand};
+use crate::client::{Api, enc, server_path};
 use crate::run::Failure;
 
 pub fn run(args: CtlArgs) -> Result<(), Failure> {
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.trim().to_string()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| Failure::Config(format!("--token-file {}: {e}", f.display())))?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
-    };
-    let api = Api { base: args.api.trim_end_matches('/').to_string(), token };
+    let api = Api::new(&args.api, Duration::from_secs(30))?;
     match args.command {
         CtlCommand::Reload => {
             api.call("POST", "/api/v1/reload", None)?;
@@ -166,8 +157,6 @@ fn span(ms: u64) -> String {
 }
 
 fn servers(api: &Api, cmd: ServersCommand) -> Result<(), Failure> {
-    let path =
-        |pool: &str, addr: &str| format!("/api/v1/pools/{}/servers/{}", enc(pool), enc(addr));
     match cmd {
         ServersCommand::List { pool } => {
             let v = api.call("GET", "/api/v1/pools", None)?;
@@ -210,89 +199,25 @@ fn servers(api: &Api, cmd: ServersCommand) -> Result<(), Failure> {
             );
         }
         ServersCommand::Remove { pool, address } => {
-            api.call("DELETE", &path(&pool, &address), None)?;
+            api.call("DELETE", &server_path(&pool, &address), None)?;
             println!("removed {address} from {pool}; its open connections finish");
         }
         ServersCommand::Drain { pool, address } => {
-            api.call("PATCH", &path(&pool, &address), Some(json!({ "state": "drain" })))?;
+            api.call("PATCH", &server_path(&pool, &address), Some(json!({ "state": "drain" })))?;
             println!("draining {address} in {pool}: no new connections, open ones finish");
         }
         ServersCommand::Enable { pool, address } => {
-            api.call("PATCH", &path(&pool, &address), Some(json!({ "state": "up" })))?;
+            api.call("PATCH", &server_path(&pool, &address), Some(json!({ "state": "up" })))?;
             println!("{address} in {pool} is up");
         }
         ServersCommand::Maint { pool, address } => {
-            api.call("PATCH", &path(&pool, &address), Some(json!({ "state": "maint" })))?;
+            api.call("PATCH", &server_path(&pool, &address), Some(json!({ "state": "maint" })))?;
             println!("{address} in {pool} is in maintenance");
         }
         ServersCommand::Weight { pool, address, weight } => {
-            api.call("PATCH", &path(&pool, &address), Some(json!({ "weight": weight })))?;
+            api.call("PATCH", &server_path(&pool, &address), Some(json!({ "weight": weight })))?;
             println!("{address} in {pool} now has weight {weight}");
         }
     }
     Ok(())
-}
-
-/// Percent-encodes a path segment (addresses hold ':' and, for IPv6, brackets).
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-struct Api {
-    base: String,
-    token: Option<String>,
-}
-
-impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let url = format!("{}{}", self.base, path);
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let unreachable = |e: ureq::Error| {
-            Failure::Runtime(format!("cannot reach the admin API at {}: {e}", self.base))
-        };
-        let mut resp = match (method, body) {
-            ("GET", _) => with_auth(agent.get(&url), &auth).call(),
-            ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
-            ("POST", None) => with_auth(agent.post(&url), &auth).send_empty(),
-            ("POST", Some(b)) => with_auth(agent.post(&url), &auth).send(b.to_string()),
-            (_, b) => {
-                with_auth(agent.patch(&url), &auth).send(b.unwrap_or(Value::Null).to_string())
-            }
-        }
-        .map_err(unreachable)?;
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if (200..300).contains(&status) {
-            return Ok(v);
-        }
-        let mut msg = format!("{status}: {}", v["error"].as_str().unwrap_or("request failed"));
-        for e in v["errors"].as_array().into_iter().flatten() {
-            msg.push_str(&format!("\n  {}", e.as_str().unwrap_or("")));
-        }
-        Err(Failure::Runtime(msg))
-    }
-}
-
-/// The token, and the JSON content type the API asks of every state-changing request (a web
-/// page cannot send it cross-site without a preflight, which the API refuses).
-fn with_auth<B>(r: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
-    let r = r.header("Content-Type", "application/json");
-    match auth {
-        Some(a) => r.header("Authorization", a),
-        None => r,
-    }
 }

@@ -3,11 +3,13 @@
 
 mod backend;
 mod cli;
+mod client;
 mod ctl;
 mod demo;
 mod load;
 mod logging;
 mod run;
+mod top;
 
 use std::process::ExitCode;
 
@@ -24,7 +26,9 @@ fn main() -> ExitCode {
     };
     // The demo and the load client print their own tables: only warnings in between.
     let quiet = matches!(cli.command, cli::Command::Demo { .. } | cli::Command::Load(..));
-    let _guard = logging::init(cli.log_format, if quiet { "warn" } else { "info" });
+    // `top` owns the terminal: a log line on stderr would land in the middle of its screen.
+    let _guard = (!matches!(cli.command, cli::Command::Top(..)))
+        .then(|| logging::init(cli.log_format, if quiet { "warn" } else { "info" }));
     match run::dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(run::Failure::Config(msg)) => {

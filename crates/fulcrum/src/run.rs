@@ -55,6 +55,7 @@ pub fn dispatch(cmd: Command) -> Result<(), Failure> {
         }
         Command::Demo { connections } => crate::demo::run(connections).map_err(Failure::Runtime),
         Command::Ctl(args) => crate::ctl::run(args),
+        Command::Top(args) => crate::top::run(args),
         Command::Backend(args) => crate::backend::run(args),
         Command::Load(args) => crate::load::run(args),
         Command::Completions { shell } => {

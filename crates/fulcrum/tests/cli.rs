@@ -1,5 +1,5 @@
 //! The command line as users meet it: version, exit codes, one-line errors that name the key,
-//! the quick `forward` form and the demo.
+//! the quick `forward` form, the demo, and `top`'s options and its refusal without a terminal.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -339,4 +339,42 @@ fn demo_least_load_is_no_slower_than_least_connections() {
         ll <= lc + TOLERANCE,
         "least-load median {ll} > least-connections median {lc} + {TOLERANCE}; runs {slow:?}"
     );
+}
+
+/// `top` takes `ctl`'s API options (the same flags and environment) and refuses to draw into
+/// a pipe, saying what to use instead.
+#[test]
+fn top_shares_ctl_api_options_and_needs_a_terminal() {
+    let help = |cmd: &str| {
+        let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (top, ctl) = (help("top"), help("ctl"));
+    for opt in [
+        "--api <API>",
+        "[env: FULCRUM_API=",
+        "--token <TOKEN>",
+        "[env: FULCRUM_ADMIN_TOKEN",
+        "--token-file <TOKEN_FILE>",
+    ] {
+        assert!(top.contains(opt) && ctl.contains(opt), "{opt}:\n{top}\n{ctl}");
+    }
+    assert!(top.contains("--interval <INTERVAL>") && top.contains("[default: 1s]"), "{top}");
+
+    let out = Command::new(BIN)
+        .args(["top", "--api", "http://127.0.0.1:1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("fulcrum top needs a terminal"), "{err}");
+    assert!(err.contains("fulcrum ctl servers list"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing drawn into the pipe");
+
+    for bad in ["0s", "2m", "soon"] {
+        let out = Command::new(BIN).args(["top", "--interval", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--interval {bad}");
+    }
 }
