@@ -17,6 +17,7 @@ mod engine;
 mod fanout;
 mod guard;
 mod health;
+mod histogram;
 mod http;
 mod ledger;
 mod listener;
