@@ -526,22 +526,57 @@ impl Scrape {
             "fulcrum_rejections",
             "Clients refused, by reason: by address (deny, not-allowed, blocked) or by a \
              per-client limit (conn-per-client, conn-rate: TCP connections; request-rate: HTTP \
-             requests answered 429; datagram-rate: UDP datagrams dropped).",
+             requests answered 429; datagram-rate: UDP datagrams dropped) or by the fair share \
+             (fair-share: above its share under pressure; full: no slot left nor made).",
             MetricType::Counter,
             rows,
         )?;
-        let rows = self
+        let tracked: Vec<_> = self
             .snapshot
             .frontends
             .iter()
             .map(|f| (vec![("frontend", f.name.to_string())], gauge(f.stats.clients.len() as u64)))
             .collect();
+        let rows: Vec<_> = self
+            .snapshot
+            .frontends
+            .iter()
+            .map(|f| {
+                let n = load(&f.stats.fair_share_evictions);
+                (vec![("frontend", f.name.to_string())], counter(n))
+            })
+            .collect();
+        family(
+            enc,
+            "fulcrum_fair_share_evictions",
+            "Connections closed, when no slot was left, to make room for an address holding \
+             less than its fair share (one of the address holding the most).",
+            MetricType::Counter,
+            rows,
+        )?;
+        let rows: Vec<_> = self
+            .snapshot
+            .frontends
+            .iter()
+            .map(|f| {
+                let n = load(&f.stats.pressure_idle_closed);
+                (vec![("frontend", f.name.to_string())], counter(n))
+            })
+            .collect();
+        family(
+            enc,
+            "fulcrum_pressure_idle_closed",
+            "Idle connections (L4 idle, HTTP keep-alive) closed at pressure_idle_timeout, \
+             shorter than their own, while the connection slots were under pressure.",
+            MetricType::Counter,
+            rows,
+        )?;
         family(
             enc,
             "fulcrum_clients_tracked",
             "Client addresses the frontend's table holds now (bounded by limits.max_clients).",
             MetricType::Gauge,
-            rows,
+            tracked,
         )?;
         family(
             enc,

@@ -217,6 +217,37 @@ pub struct Frontend {
     pub access: std::sync::Arc<fulcrum_core::acl::Access>,
     /// `[frontend.NAME.limits]`: what one client may hold and do.
     pub limits: ClientLimits,
+    /// `fair_share`, `fair_share_above`, `fair_share_exempt`: who gets the last connection slots.
+    pub fair_share: FairShare,
+}
+
+/// The fair share of connection slots under pressure (TCP transports): above `above_percent`
+/// of the global or the frontend's slots, an address holding more than its share is refused
+/// new connections; when no slot is left, one connection of the address holding the most is
+/// closed so that an address holding less gets in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FairShare {
+    pub enabled: bool,
+    /// 1..=100.
+    pub above_percent: u8,
+    /// Addresses never refused nor cut for the fair share (NAT gateways, proxies).
+    pub exempt: std::sync::Arc<fulcrum_core::acl::IpSet>,
+    /// `pressure_idle_timeout`: the idle and keep-alive timeouts while under pressure.
+    pub pressure_idle_timeout: std::time::Duration,
+}
+
+/// `pressure_idle_timeout` when not set.
+pub const DEFAULT_PRESSURE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Default for FairShare {
+    fn default() -> Self {
+        FairShare {
+            enabled: true,
+            above_percent: 90,
+            exempt: Default::default(),
+            pressure_idle_timeout: DEFAULT_PRESSURE_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// `[frontend.NAME.limits]`: per-client limits. A client is its address (IPv6 grouped by
@@ -436,6 +467,7 @@ impl Frontend {
             accept_proxy: Vec::new(),
             access: Default::default(),
             limits: ClientLimits::default(),
+            fair_share: FairShare::default(),
         }
     }
 }

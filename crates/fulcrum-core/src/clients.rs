@@ -20,6 +20,17 @@ pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
     }
 }
 
+/// Whether `active` of `max` slots is at or past `percent` of them.
+pub fn under_pressure(active: usize, max: usize, percent: u8) -> bool {
+    active.saturating_mul(100) >= max.saturating_mul(usize::from(percent))
+}
+
+/// One address's fair share of `capacity` slots when `holders` addresses hold some: a share
+/// for each, and one more address counted so that a newcomer always has one (at least 1).
+pub fn fair_share(capacity: usize, holders: usize) -> usize {
+    (capacity / holders.saturating_add(1)).max(1)
+}
+
 /// A rate with its burst: `events` per `per`, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -97,6 +108,17 @@ mod tests {
         assert_eq!(client_key(a, 0), "::".parse::<IpAddr>().unwrap());
         let mapped: IpAddr = "::ffff:127.0.0.3".parse().unwrap();
         assert_eq!(client_key(mapped, 64), "127.0.0.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_fair_share_leaves_room_for_a_newcomer() {
+        assert!(!under_pressure(89, 100, 90) && under_pressure(90, 100, 90));
+        assert!(under_pressure(100, 100, 100) && !under_pressure(99, 100, 100));
+        // One address alone may take half; under pressure it is held there.
+        assert_eq!(fair_share(9_872, 1), 4_936);
+        assert_eq!(fair_share(9_872, 1_000), 9);
+        assert_eq!(fair_share(10, 50), 1);
+        assert_eq!(fair_share(0, 0), 1);
     }
 
     #[test]

@@ -1,15 +1,22 @@
 //! What an accepted TCP connection passes on its worker before its service runs: the PROXY
 //! header a trusted balancer (`accept_proxy`) must send first, whose client is then checked by
 //! address (guard.rs), and the frontend's per-client limits (clients.rs, through the ledger).
-//! A client refused here is reset; no server ever hears of it.
+//! A client refused here is reset; no server ever hears of it. Also the fair share of the
+//! connection slots (docs/guards.md): the share an address may hold under pressure, and the
+//! room made for a newcomer when no slot is left.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use fulcrum_core::acl::Rejection;
+use fulcrum_core::clients::under_pressure;
 use tokio::net::TcpStream;
 
-use crate::context::AcceptCtx;
+use crate::clock::now_ms;
+use crate::context::{AcceptCtx, Shared};
 use crate::ledger::Ledger;
+use crate::ratelog::RateLimit;
 
 /// Whether `peer` is an `accept_proxy` source of `ctx`'s frontend.
 pub(crate) fn is_proxy_source(ctx: &AcceptCtx, peer: SocketAddr) -> bool {
@@ -66,5 +73,201 @@ async fn take_proxy_header(ledger: &mut Ledger, stream: &mut TcpStream) -> bool 
             ledger.outcome = why.name();
             false
         }
+    }
+}
+
+/// Whether the connection slots `ctx`'s frontend draws on (the global ones or its own) are
+/// under pressure: taken past `fair_share_above`. Never with `fair_share = false`.
+pub(crate) fn pressed(shared: &Shared, ctx: &AcceptCtx) -> bool {
+    let fs = &ctx.frontend.fair_share;
+    if !fs.enabled {
+        return false;
+    }
+    let global = &shared.limits;
+    under_pressure(global.active(), global.max(), fs.above_percent)
+        || ctx
+            .limits
+            .as_ref()
+            .is_some_and(|l| under_pressure(l.active(), l.max(), fs.above_percent))
+}
+
+/// The most connections one address of `ctx`'s frontend may hold now: its fair share of the
+/// connection slots while they are under pressure (`fair_share_above` of the global or the
+/// frontend's), `None` otherwise, when `fair_share = false`, and for exempt addresses.
+pub(crate) fn fair_share(shared: &Shared, ctx: &AcceptCtx, ip: IpAddr) -> Option<usize> {
+    if !pressed(shared, ctx) || exempt(ctx, ip) {
+        return None;
+    }
+    Some(share_when_full(shared, ctx))
+}
+
+/// How long a connection may stay idle: its frontend's idle (or keep-alive) timeout, cut to
+/// `pressure_idle_timeout` while the frontend's slots are under pressure (`pressed`) and
+/// back to whole when the pressure passes. Idle connections are the cheapest to give up:
+/// their clients reconnect when they have something to say.
+#[derive(Clone, Copy)]
+pub(crate) struct IdleLimit<'a> {
+    full: Duration,
+    under: Option<(Duration, &'a Shared, &'a AcceptCtx)>,
+}
+
+impl<'a> IdleLimit<'a> {
+    /// `full` for a connection of `ctx`'s frontend.
+    pub(crate) fn new(full: Duration, shared: &'a Shared, ctx: &'a AcceptCtx) -> Self {
+        let fs = &ctx.frontend.fair_share;
+        let under = (fs.enabled && fs.pressure_idle_timeout < full).then_some((
+            fs.pressure_idle_timeout,
+            shared,
+            ctx,
+        ));
+        IdleLimit { full, under }
+    }
+
+    /// The limit in force now.
+    pub(crate) fn now(&self) -> Duration {
+        match self.under {
+            Some((short, shared, ctx)) if pressed(shared, ctx) => short,
+            _ => self.full,
+        }
+    }
+
+    /// A connection idle for `limit` (what `now` said) is being closed: counted and logged
+    /// (rate-limited) when it was the shortened limit.
+    pub(crate) fn expired(&self, limit: Duration) {
+        if let Some((_, _, ctx)) = self.under
+            && limit < self.full
+        {
+            ctx.stats.pressure_idle_closed.fetch_add(1, Ordering::Relaxed);
+            if let Some(skipped) = PRESSURE_LOG.allow(now_ms()) {
+                tracing::info!(
+                    frontend = %ctx.name, idle_ms = limit.as_millis() as u64, skipped,
+                    "connection slots under pressure: idle connection closed early"
+                );
+            }
+        }
+    }
+
+    /// How long a wait may run before the limit is looked at again: the short limit, so a
+    /// connection idle that long is closed within it once pressure begins.
+    pub(crate) fn recheck(&self) -> Duration {
+        self.under.map_or(self.full, |(short, ..)| short)
+    }
+}
+
+impl From<Duration> for IdleLimit<'static> {
+    /// A limit that never shrinks.
+    fn from(full: Duration) -> Self {
+        IdleLimit { full, under: None }
+    }
+}
+
+fn exempt(ctx: &AcceptCtx, ip: IpAddr) -> bool {
+    let set = &ctx.frontend.fair_share.exempt;
+    !set.is_empty() && set.contains(ip.to_canonical(), now_ms())
+}
+
+/// Connections accepted while every slot was taken and still being decided on (over all
+/// workers), and how far past the limits a client let in by closing another may take
+/// slots until that one's come back: both live on the descriptor reserve, so they are few.
+pub(crate) const DECIDING_MAX: usize = 64;
+
+/// How long a client accepted while every slot was taken, for whom no room could be made,
+/// waits for a slot to free (as it would have in the kernel's backlog) before it is reset.
+pub(crate) const ROOM_WAIT: Duration = Duration::from_secs(2);
+
+static FULL_LOG: RateLimit = RateLimit::new(1_000);
+static PRESSURE_LOG: RateLimit = RateLimit::new(1_000);
+
+/// What becomes of a client accepted while no connection slot was left (`fair_share` on).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// One connection of an address holding more was told to close, and the client holds
+    /// its slots already (taken past the limits until that one's come back): serve it.
+    Made,
+    /// It may wait `ROOM_WAIT` for a slot to free: nobody holds enough more than it does.
+    Wait,
+    /// Refused (`full`, counted and logged): it holds its fair share already.
+    Refused,
+}
+
+/// Decides on a client accepted while no connection slot was left. Room is made when some
+/// address holds at least two more connections than the client (so closing one never
+/// turns the tables): the oldest connection of the address holding the most is closed, and
+/// the client takes its slots at once, ahead of anybody waiting for them. A newcomer (an
+/// address holding nothing) thus always gets in while anybody holds two or more.
+pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> Room {
+    let ip = peer.ip();
+    let table = &ctx.stats.clients;
+    let limits = &ctx.frontend.limits;
+    let share = share_when_full(shared, ctx);
+    let is_exempt = exempt(ctx, ip);
+    let held = table.held_by(ip, limits) as usize;
+    if held >= share && !is_exempt {
+        refuse_full(ctx, peer, held, share);
+        return Room::Refused;
+    }
+    let me = fulcrum_core::clients::client_key(ip, limits.ipv6_prefix);
+    let victim = table
+        .busiest(|a| exempt(ctx, a))
+        .filter(|v| v.active() as usize > held.saturating_add(1) && v.key != me);
+    let Some(victim) = victim else { return Room::Wait };
+    if !take_slots_over(shared, ctx) {
+        // Those closed for earlier newcomers have not ended yet: too many at once.
+        refuse_full(ctx, peer, held, share);
+        return Room::Refused;
+    }
+    victim.evict.notify_one();
+    ctx.stats.fair_share_evictions.fetch_add(1, Ordering::Relaxed);
+    if let Some(skipped) = FULL_LOG.allow(now_ms()) {
+        tracing::info!(
+            frontend = %ctx.name, client = %peer, evicted = %victim.key, held = victim.active(),
+            share, skipped, "no connection slot left: closed one of the busiest address's"
+        );
+    }
+    Room::Made
+}
+
+/// Takes a TCP connection's slots (global, descriptors, frontend) past their limits by at
+/// most `DECIDING_MAX` connections' worth, all or none.
+fn take_slots_over(shared: &Shared, ctx: &AcceptCtx) -> bool {
+    use crate::ledger::TCP_DESCRIPTORS;
+    if !shared.limits.take_over(1, DECIDING_MAX) {
+        return false;
+    }
+    if !shared.descriptors.take_over(TCP_DESCRIPTORS, DECIDING_MAX * TCP_DESCRIPTORS) {
+        shared.limits.release();
+        return false;
+    }
+    if let Some(l) = &ctx.limits
+        && !l.take_over(1, DECIDING_MAX)
+    {
+        shared.limits.release();
+        shared.descriptors.release_n(TCP_DESCRIPTORS);
+        return false;
+    }
+    true
+}
+
+/// A client that waited `ROOM_WAIT` in vain for a slot.
+pub(crate) fn waited_in_vain(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) {
+    let held = ctx.stats.clients.held_by(peer.ip(), &ctx.frontend.limits) as usize;
+    refuse_full(ctx, peer, held, share_when_full(shared, ctx));
+}
+
+/// An address's fair share of the slots of `ctx`'s frontend (the smaller of its limit and
+/// the global one) among those holding some now.
+fn share_when_full(shared: &Shared, ctx: &AcceptCtx) -> usize {
+    let capacity =
+        ctx.limits.as_ref().map_or(shared.limits.max(), |l| l.max().min(shared.limits.max()));
+    fulcrum_core::clients::fair_share(capacity, ctx.stats.clients.holders())
+}
+
+fn refuse_full(ctx: &AcceptCtx, peer: SocketAddr, held: usize, share: usize) {
+    crate::guard::refused(ctx, peer, Rejection::Full);
+    if let Some(skipped) = FULL_LOG.allow(now_ms()) {
+        tracing::info!(
+            frontend = %ctx.name, client = %peer, held, share, skipped,
+            "no connection slot left and none to make: client refused"
+        );
     }
 }

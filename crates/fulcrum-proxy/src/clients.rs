@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use fulcrum_config::ClientLimits;
 use fulcrum_core::acl::Rejection;
 use fulcrum_core::clients::{Rate, client_key};
 use rustix::time::{ClockId, clock_gettime};
+use tokio::sync::Notify;
 
 const SHARDS: usize = 16;
 
@@ -38,6 +39,11 @@ pub struct Client {
     pub key: IpAddr,
     /// Connections and UDP sessions open now.
     active: AtomicU32,
+    /// The table's count of clients holding something (this one counts while `active > 0`).
+    holders: Arc<AtomicUsize>,
+    /// Wakes one of its connections (the one waiting longest: its oldest) to close it and
+    /// make room for an address holding less (the fair share).
+    pub(crate) evict: Notify,
     connections: AtomicU64,
     requests: AtomicU64,
     refused: AtomicU64,
@@ -83,10 +89,12 @@ impl Window {
 }
 
 impl Client {
-    fn new(key: IpAddr, now_ns: u64) -> Client {
+    fn new(key: IpAddr, now_ns: u64, holders: Arc<AtomicUsize>) -> Client {
         Client {
             key,
             active: AtomicU32::new(0),
+            holders,
+            evict: Notify::new(),
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -137,6 +145,17 @@ impl Client {
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
     }
+
+    /// Takes a hold (a connection or session): counted in `active`, and in the table's
+    /// holders when it is the first.
+    fn hold(self: &Arc<Client>, now: u64) -> ClientRef {
+        if self.active.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.holders.fetch_add(1, Ordering::Relaxed);
+        }
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.window.bump(now);
+        ClientRef(self.clone())
+    }
 }
 
 /// A connection's or session's hold on its client: counted in `active` until dropped.
@@ -155,7 +174,9 @@ impl ClientRef {
 
 impl Drop for ClientRef {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.holders.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -178,6 +199,8 @@ pub struct ClientTable {
     shards: Box<[Shard]>,
     /// `max_clients`, as last configured (a reload may change it).
     cap: AtomicU64,
+    /// Clients holding at least one connection or session.
+    holders: Arc<AtomicUsize>,
 }
 
 impl Default for ClientTable {
@@ -185,6 +208,7 @@ impl Default for ClientTable {
         ClientTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             cap: AtomicU64::new(fulcrum_config::DEFAULT_MAX_CLIENTS as u64),
+            holders: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -220,20 +244,28 @@ impl ClientTable {
                 return None;
             }
         }
-        let c = Arc::new(Client::new(key, now));
+        let c = Arc::new(Client::new(key, now, self.holders.clone()));
         map.insert(key, c.clone());
         Some(c)
     }
 
     /// A new TCP connection from `ip`: its hold on the client, or why it is refused.
+    /// `fair`: under pressure, the most connections an address may hold (the fair share).
     /// `Ok(None)`: served uncounted (table full of busy clients).
     pub fn connect(
         &self,
         ip: IpAddr,
         limits: &ClientLimits,
+        fair: Option<usize>,
     ) -> Result<Option<ClientRef>, Rejection> {
         let now = now_ns();
         let Some(c) = self.find(ip, limits, now) else { return Ok(None) };
+        if let Some(share) = fair
+            && c.active() as usize >= share
+        {
+            c.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Rejection::FairShare);
+        }
         if let Some(max) = limits.conn_per_client
             && c.active.load(Ordering::Relaxed) >= max
         {
@@ -248,21 +280,40 @@ impl ClientTable {
         }
         // Counted after the checks: two connections racing past `conn_per_client` may both
         // pass by one; the limit is a guard, not an exact cap.
-        c.active.fetch_add(1, Ordering::Relaxed);
-        c.connections.fetch_add(1, Ordering::Relaxed);
-        c.window.bump(now);
-        Ok(Some(ClientRef(c)))
+        Ok(Some(c.hold(now)))
     }
 
     /// A new UDP session of `ip` (counted as held while it lives; no limit of its own:
     /// `max_sessions_per_source` bounds sessions).
     pub fn session(&self, ip: IpAddr, limits: &ClientLimits) -> Option<ClientRef> {
         let now = now_ns();
-        let c = self.find(ip, limits, now)?;
-        c.active.fetch_add(1, Ordering::Relaxed);
-        c.connections.fetch_add(1, Ordering::Relaxed);
-        c.window.bump(now);
-        Some(ClientRef(c))
+        Some(self.find(ip, limits, now)?.hold(now))
+    }
+
+    /// Clients holding at least one connection or session now.
+    pub fn holders(&self) -> usize {
+        self.holders.load(Ordering::Relaxed)
+    }
+
+    /// Connections (and sessions) `ip` holds now, without making it an entry.
+    pub fn held_by(&self, ip: IpAddr, limits: &ClientLimits) -> u32 {
+        let key = client_key(ip, limits.ipv6_prefix);
+        let map = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&key).map_or(0, |c| c.active())
+    }
+
+    /// The client holding the most connections, `skip` (the exempt) aside.
+    pub fn busiest(&self, skip: impl Fn(IpAddr) -> bool) -> Option<Arc<Client>> {
+        let mut best: Option<Arc<Client>> = None;
+        for shard in self.shards.iter() {
+            let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for c in map.values() {
+                if c.active() > best.as_ref().map_or(0, |b| b.active()) && !skip(c.key) {
+                    best = Some(c.clone());
+                }
+            }
+        }
+        best
     }
 
     /// One datagram of `ip` on a frontend without sessions: false when over `rate`.
@@ -364,12 +415,12 @@ mod tests {
     fn connections_per_client_are_held_until_dropped() {
         let t = ClientTable::default();
         let limits = ClientLimits { conn_per_client: Some(2), ..Default::default() };
-        let a = t.connect(ip("10.0.0.1"), &limits).unwrap().unwrap();
-        let b = t.connect(ip("10.0.0.1"), &limits).unwrap().unwrap();
-        assert_eq!(t.connect(ip("10.0.0.1"), &limits).unwrap_err(), Rejection::ConnPerClient);
-        assert!(t.connect(ip("10.0.0.2"), &limits).unwrap().is_some(), "others are apart");
+        let a = t.connect(ip("10.0.0.1"), &limits, None).unwrap().unwrap();
+        let b = t.connect(ip("10.0.0.1"), &limits, None).unwrap().unwrap();
+        assert_eq!(t.connect(ip("10.0.0.1"), &limits, None).unwrap_err(), Rejection::ConnPerClient);
+        assert!(t.connect(ip("10.0.0.2"), &limits, None).unwrap().is_some(), "others are apart");
         drop(a);
-        let _c = t.connect(ip("10.0.0.1"), &limits).unwrap().unwrap();
+        let _c = t.connect(ip("10.0.0.1"), &limits, None).unwrap().unwrap();
         drop(b);
         let top = t.top(10);
         assert_eq!(top[0].address, "10.0.0.1");
@@ -377,13 +428,34 @@ mod tests {
     }
 
     #[test]
+    fn the_fair_share_refuses_the_holder_and_finds_the_busiest() {
+        let t = ClientTable::default();
+        let limits = ClientLimits::default();
+        let held: Vec<_> =
+            (0..3).map(|_| t.connect(ip("10.0.0.1"), &limits, Some(3)).unwrap()).collect();
+        let other = t.connect(ip("10.0.0.2"), &limits, Some(3)).unwrap();
+        assert_eq!(t.holders(), 2);
+        assert_eq!(t.connect(ip("10.0.0.1"), &limits, Some(3)).unwrap_err(), Rejection::FairShare);
+        assert_eq!(
+            (t.held_by(ip("10.0.0.1"), &limits), t.held_by(ip("10.0.0.9"), &limits)),
+            (3, 0)
+        );
+        assert_eq!(t.busiest(|_| false).unwrap().key, ip("10.0.0.1"));
+        assert_eq!(t.busiest(|a| a == ip("10.0.0.1")).unwrap().key, ip("10.0.0.2"));
+        drop(held);
+        drop(other);
+        assert_eq!(t.holders(), 0);
+        assert!(t.busiest(|_| false).is_none());
+    }
+
+    #[test]
     fn ipv6_clients_are_counted_by_prefix() {
         let t = ClientTable::default();
         let limits = ClientLimits { conn_per_client: Some(1), ..Default::default() };
-        let _a = t.connect(ip("2001:db8::1"), &limits).unwrap();
-        assert!(t.connect(ip("2001:db8::2"), &limits).is_err());
+        let _a = t.connect(ip("2001:db8::1"), &limits, None).unwrap();
+        assert!(t.connect(ip("2001:db8::2"), &limits, None).is_err());
         let wide = ClientLimits { ipv6_prefix: 128, ..limits };
-        assert!(t.connect(ip("2001:db8::3"), &wide).is_ok());
+        assert!(t.connect(ip("2001:db8::3"), &wide, None).is_ok());
     }
 
     #[test]
@@ -392,10 +464,12 @@ mod tests {
         t.set_capacity(1024);
         let limits = ClientLimits::default();
         let held: Vec<_> = (0..64u32)
-            .map(|i| t.connect(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()), &limits).unwrap())
+            .map(|i| {
+                t.connect(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()), &limits, None).unwrap()
+            })
             .collect();
         for i in 0..100_000u32 {
-            let _ = t.connect(IpAddr::from((0x0b00_0000u32 + i).to_be_bytes()), &limits);
+            let _ = t.connect(IpAddr::from((0x0b00_0000u32 + i).to_be_bytes()), &limits, None);
         }
         assert!(t.len() <= 1024 + SHARDS, "{} tracked", t.len());
         let top = t.top(64);
@@ -407,7 +481,7 @@ mod tests {
     fn requests_over_the_rate_wait_the_exact_time() {
         let t = ClientTable::default();
         let limits = ClientLimits::default();
-        let c = t.connect(ip("10.0.0.1"), &limits).unwrap().unwrap();
+        let c = t.connect(ip("10.0.0.1"), &limits, None).unwrap().unwrap();
         let rate = Rate::parse("2/s", Some(2)).unwrap();
         assert!(c.client().request(Some(&rate)).is_ok());
         assert!(c.client().request(Some(&rate)).is_ok());

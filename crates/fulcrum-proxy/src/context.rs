@@ -87,6 +87,8 @@ pub struct Shared {
     pub(crate) peers: Vec<Peer>,
     /// Admission by client address: the runtime block list and what cuts connections.
     pub guard: crate::guard::Guard,
+    /// Clients accepted while no slot was left, being decided on (admit.rs, the fair share).
+    pub(crate) deciding: Limits,
 }
 
 /// One worker as the others see it.

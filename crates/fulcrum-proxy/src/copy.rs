@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::admit::IdleLimit;
 use crate::clock::now_ms;
 use crate::splice::Pipe;
 
@@ -292,7 +293,7 @@ pub(crate) fn stall_ends(stalled: Option<&AtomicU64>) {
 pub async fn proxy(
     client: &TcpStream,
     server: &TcpStream,
-    idle: Duration,
+    idle: IdleLimit<'_>,
     send_timeout: Duration,
     splice: SpliceMode,
     refuse_proxy_header: bool,
@@ -355,21 +356,24 @@ pub async fn proxy(
 /// Waits until the pair has been idle for `idle` (no byte either way since `activity`) or a
 /// write to the client has waited `send_timeout` (since `stalled`, 0 = none waits). One timer
 /// per connection for both limits: it wakes at the nearer deadline, at least every
-/// `send_timeout`.
+/// `send_timeout` and, while the idle limit may shrink under pressure, every shortened limit.
 pub(crate) async fn watchdog(
-    idle: Duration,
+    idle: IdleLimit<'_>,
     send_timeout: Duration,
     activity: &AtomicU64,
     stalled: &AtomicU64,
 ) -> Outcome {
-    let idle_ms = idle.as_millis() as u64;
     let send_ms = send_timeout.as_millis() as u64;
-    let mut wait = idle.min(send_timeout);
+    let recheck_ms = idle.recheck().as_millis() as u64;
+    let mut wait = idle.now().min(send_timeout).min(idle.recheck());
     loop {
         tokio::time::sleep(wait).await;
         let now = now_ms();
+        let limit = idle.now();
+        let idle_ms = limit.as_millis() as u64;
         let quiet = now.saturating_sub(activity.load(Ordering::Relaxed));
         if quiet >= idle_ms {
+            idle.expired(limit);
             return Outcome::IdleTimeout;
         }
         let since = stalled.load(Ordering::Relaxed);
@@ -378,7 +382,7 @@ pub(crate) async fn watchdog(
             return Outcome::SendTimeout;
         }
         let to_send = if since == 0 { send_ms } else { send_ms - stalled_for };
-        wait = Duration::from_millis((idle_ms - quiet).min(to_send).max(1));
+        wait = Duration::from_millis((idle_ms - quiet).min(to_send).min(recheck_ms).max(1));
     }
 }
 
@@ -403,7 +407,7 @@ mod tests {
             proxy(
                 &inner,
                 &upstream,
-                Duration::from_secs(10),
+                Duration::from_secs(10).into(),
                 Duration::from_secs(10),
                 SpliceMode::Auto,
                 false,

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::admit::IdleLimit;
 use crate::clock::now_ms;
 use crate::copy::{Buf, Copied, Outcome, stall_begins, stall_ends, watchdog};
 
@@ -167,7 +168,7 @@ impl Half<'_> {
 pub async fn proxy<C, S>(
     client: &mut C,
     server: &mut S,
-    idle: Duration,
+    idle: IdleLimit<'_>,
     send_timeout: Duration,
     refuse_proxy_header: bool,
 ) -> Copied
@@ -236,7 +237,9 @@ mod tests {
         let (client, mut inner) = duplex(cap);
         let (mut upstream, server) = duplex(cap);
         let task =
-            tokio::spawn(async move { proxy(&mut inner, &mut upstream, idle, T, false).await });
+            tokio::spawn(
+                async move { proxy(&mut inner, &mut upstream, idle.into(), T, false).await },
+            );
         (client, server, task)
     }
 
@@ -331,7 +334,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_server_that_fails_is_the_servers_error() {
         let (_client, mut inner) = duplex(64);
-        let c = proxy(&mut inner, &mut Broken, T, T, false).await;
+        let c = proxy(&mut inner, &mut Broken, T.into(), T, false).await;
         assert_eq!((c.outcome, c.bytes_out), (Outcome::ServerError, 0));
     }
 }

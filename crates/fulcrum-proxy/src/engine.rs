@@ -15,19 +15,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fulcrum_config::{Config, Protocol};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::now_ms;
 pub use crate::context::{AcceptCtx, Service, Shared, SpliceMode};
 use crate::context::{Peer, Sock, WorkerCmd};
-use crate::ledger::{Ledger, TCP_DESCRIPTORS, release_tcp_slots};
-use crate::listener::{bind_group, bind_udp_group, is_resource_error};
-use crate::ratelog::RateLimit;
+use crate::ledger::Ledger;
+use crate::listener::{bind_group, bind_udp_group};
 use crate::resolve::{NameSet, NameUse};
 use crate::state::{Names, QueueRegistry, Snapshot, StatsRegistry};
 use crate::stats::{FrontendStats, Limits};
@@ -140,6 +136,7 @@ impl Engine {
             state: ArcSwap::from_pointee(Snapshot { frontends: Vec::new(), pools: Vec::new() }),
             limits: Limits::new(max),
             descriptors: Limits::new(opts.descriptor_budget),
+            deciding: Limits::new(crate::admit::DECIDING_MAX),
             access_log: config.access_log.into(),
             splice: opts.splice,
             park_yield: opts.park_yield,
@@ -470,8 +467,8 @@ fn worker(
                     let token = stop.child_token();
                     let (name, generation) = (ctx.name.clone(), ctx.generation);
                     let h = match sock {
-                        Sock::Tcp(l) => register_listener(l).map(|l| {
-                            tokio::spawn(accept_loop(
+                        Sock::Tcp(l) => crate::accept::register_listener(l).map(|l| {
+                            tokio::spawn(crate::accept::accept_loop(
                                 id,
                                 shared.clone(),
                                 ctx,
@@ -546,160 +543,9 @@ async fn keep_timer_wake_near() {
     }
 }
 
-static ACCEPT_ERR_LOG: RateLimit = RateLimit::new(1_000);
-
-async fn accept_loop(
-    id: usize,
-    shared: Arc<Shared>,
-    ctx: Arc<AcceptCtx>,
-    listener: AsyncFd<std::net::TcpListener>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let mut backoff = Duration::from_millis(5);
-    // One stop future for the loop's life: each new `cancelled()` future registers with the
-    // token's waiter list under a lock when first polled, and would do so on every accept.
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
-    loop {
-        // Accept backpressure: at a limit, leave new clients in the kernel's backlog.
-        let gates = [(&shared.limits, 1), (&shared.descriptors, TCP_DESCRIPTORS)];
-        for (limits, n) in gates.into_iter().chain(ctx.limits.as_ref().map(|l| (l, 1))) {
-            if wait_below(limits, n, &stop).await.is_err() {
-                return;
-            }
-        }
-        let accepted = tokio::select! {
-            r = accept(&listener) => r,
-            () = &mut stopped => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(5);
-                // Refused by address before anything is taken for it. A trusted PROXY source
-                // speaks for a client whose address comes in its header: checked there.
-                let stream = if crate::admit::is_proxy_source(&ctx, peer) {
-                    stream
-                } else {
-                    match crate::guard::admit_stream(&shared, &ctx, stream, peer) {
-                        Some(s) => s,
-                        None => continue,
-                    }
-                };
-                // Other workers may have filled the limit while this one waited in accept:
-                // the slot is taken atomically, and the client waits (accepted, unserved)
-                // until one frees. At most one client per accept loop waits like this.
-                if acquire(&shared.limits, 1, &stop).await.is_err() {
-                    return;
-                }
-                if acquire(&shared.descriptors, TCP_DESCRIPTORS, &stop).await.is_err() {
-                    shared.limits.release();
-                    return;
-                }
-                if let Some(l) = &ctx.limits
-                    && acquire(l, 1, &stop).await.is_err()
-                {
-                    shared.limits.release();
-                    shared.descriptors.release_n(TCP_DESCRIPTORS);
-                    return;
-                }
-                let target = pick_worker(id, &shared);
-                let Some(peer_state) = shared.peers.get(target) else {
-                    release_tcp_slots(&shared, &ctx);
-                    continue;
-                };
-                // Counted on the serving worker now, before it even sees the connection, so
-                // the next accept (here or on another worker) already weighs it.
-                peer_state.load.fetch_add(1, Ordering::Relaxed);
-                if target == id {
-                    serve_here(id, &shared, ctx.clone(), stream, peer, &tracker);
-                } else if peer_state.tx.send(WorkerCmd::Adopt(ctx.clone(), stream, peer)).is_ok() {
-                    ctx.stats.handoffs.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    peer_state.load.fetch_sub(1, Ordering::Relaxed);
-                    release_tcp_slots(&shared, &ctx);
-                }
-            }
-            Err(e) => {
-                ctx.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(skipped) = ACCEPT_ERR_LOG.allow(now_ms()) {
-                    tracing::warn!(frontend = %ctx.name, error = %e, skipped, "accept failed");
-                }
-                if is_resource_error(&e) {
-                    // Out of descriptors or memory: wait for connections to close.
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = &mut stopped => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-            }
-        }
-    }
-}
-
-/// Watches a listening socket with this worker's reactor.
-// `with_interest` is deprecated because an arbitrary `T` could close or swap its descriptor
-// while registered (the safe replacement, `register_with_interest`, is an `unsafe fn`, and this
-// workspace denies unsafe code). A `std::net::TcpListener` owns its descriptor for its whole
-// life, which is the case the constructor is sound for.
-#[allow(deprecated)]
-fn register_listener(l: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
-    AsyncFd::with_interest(l, Interest::READABLE)
-}
-
-/// Accepts one connection as a plain non-blocking socket that no runtime watches yet: the
-/// worker that serves it registers it once. (`tokio::net::TcpListener` registers every
-/// accepted socket with the accepting worker, so a hand-off paid a registration here and a
-/// deregistration to move it: two `epoll_ctl` per moved connection.)
-async fn accept(
-    listener: &AsyncFd<std::net::TcpListener>,
-) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
-    use rustix::net::{SocketFlags, acceptfrom_with};
-    loop {
-        let mut ready = listener.readable().await?;
-        let r = ready.try_io(|l| {
-            let (fd, addr) =
-                acceptfrom_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
-            let peer = addr.and_then(|a| SocketAddr::try_from(a).ok()).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "accepted without a peer address",
-                )
-            })?;
-            Ok((std::net::TcpStream::from(fd), peer))
-        });
-        if let Ok(r) = r {
-            return r;
-        }
-    }
-}
-
-/// The worker that should serve a new connection accepted by worker `me`: `me`, unless it
-/// carries at least two connections more than the least loaded worker. `SO_REUSEPORT`
-/// spreads connections by hash, not by load; moving a connection once, at accept, evens the
-/// workers out (HAProxy balances its threads the same way). It then lives on one worker: no
-/// byte crosses threads.
-fn pick_worker(me: usize, shared: &Shared) -> usize {
-    let Some(mine) = shared.peers.get(me).map(|p| p.load.load(Ordering::Relaxed)) else {
-        return me;
-    };
-    let least = shared
-        .peers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != me)
-        .map(|(i, p)| (p.load.load(Ordering::Relaxed), i))
-        .min();
-    match least {
-        Some((load, i)) if mine >= load + 2 => i,
-        _ => me,
-    }
-}
-
 /// Registers a connection with this worker's runtime and serves it. Its slots and its place
 /// in this worker's load were taken by the acceptor.
-fn serve_here(
+pub(crate) fn serve_here(
     me: usize,
     shared: &Arc<Shared>,
     ctx: Arc<AcceptCtx>,
@@ -729,11 +575,16 @@ fn serve_here(
                     return;
                 }
                 let client = ledger.client().ip();
+                // Its client's entry outlives the service: until_cut waits on its `evict`.
+                let entry = ledger.client_arc();
                 let mark = crate::guard::CutMark::default();
                 let service = crate::http::serve(ledger, stream);
                 tokio::pin!(service);
-                if crate::guard::until_cut(&shared, me, client, service).await {
-                    mark.set();
+                let evict = entry.as_ref().map(|c| &c.evict);
+                if let Some(why) =
+                    crate::guard::until_cut(&shared, me, client, evict, service).await
+                {
+                    mark.set(why);
                 }
             });
         }
@@ -744,6 +595,8 @@ fn serve_here(
                     return;
                 }
                 let client = ledger.client().ip();
+                // Its client's entry outlives the service: until_cut waits on its `evict`.
+                let entry = ledger.client_arc();
                 let mark = crate::guard::CutMark::default();
                 let service = async move {
                     match ctx.service {
@@ -760,39 +613,13 @@ fn serve_here(
                     }
                 };
                 tokio::pin!(service);
-                if crate::guard::until_cut(&shared, me, client, service).await {
-                    mark.set();
+                let evict = entry.as_ref().map(|c| &c.evict);
+                if let Some(why) =
+                    crate::guard::until_cut(&shared, me, client, evict, service).await
+                {
+                    mark.set(why);
                 }
             });
         }
     }
-}
-
-/// Takes `n` units of `limits`, waiting for them to free; `Err` when the worker is stopping.
-async fn acquire(limits: &Limits, n: usize, stop: &CancellationToken) -> Result<(), ()> {
-    loop {
-        if limits.try_acquire_n(n) {
-            return Ok(());
-        }
-        wait_below(limits, n, stop).await?;
-    }
-}
-
-/// Waits until `limits` has room for `n`; `Err` when the worker is stopping.
-async fn wait_below(limits: &Limits, n: usize, stop: &CancellationToken) -> Result<(), ()> {
-    while limits.full_for(n) {
-        let freed = limits.freed().notified();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
-        if !limits.full_for(n) {
-            break;
-        }
-        tokio::select! {
-            () = freed => {}
-            () = stop.cancelled() => return Err(()),
-            // Another worker may take the freed slot first; look again now and then.
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    }
-    Ok(())
 }

@@ -175,12 +175,12 @@ pub(crate) fn admit_lone_datagram(
 }
 
 thread_local! {
-    /// Set while a cut connection's task is being dropped, so its ledger logs why it ended.
-    static CUTTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set while a cut connection's task is being dropped: why, for its ledger's log line.
+    static CUTTING: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether the connection being dropped on this thread was cut by a block.
-pub(crate) fn cutting() -> bool {
+/// Why the connection being dropped on this thread was cut, if it was.
+pub(crate) fn cutting() -> Option<&'static str> {
     CUTTING.get()
 }
 
@@ -191,47 +191,70 @@ pub(crate) fn cutting() -> bool {
 pub(crate) struct CutMark(());
 
 impl CutMark {
-    pub(crate) fn set(&self) {
-        CUTTING.set(true);
+    pub(crate) fn set(&self, why: Cut) {
+        CUTTING.set(Some(match why {
+            Cut::Blocked => Rejection::Blocked.name(),
+            Cut::FairShare => "fair-share-evicted",
+        }));
     }
 }
 
 impl Drop for CutMark {
     fn drop(&mut self) {
-        CUTTING.set(false);
+        CUTTING.set(None);
     }
 }
 
-/// Polls `service` (a TCP connection of `client`, served on `worker`) until it ends (false) or
-/// until a block with `cut` covers `client` (true): the caller then drops the service on the
+/// Why a connection was closed from outside its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// A block with `cut` covers its client.
+    Blocked,
+    /// Its client held the most connections when no slot was left (the fair share).
+    FairShare,
+}
+
+/// Polls `service` (a TCP connection of `client`, served on `worker`) until it ends (`None`)
+/// or until it must be closed (`Some(why)`): a block with `cut` covers `client`, or `evict`
+/// (its client's, for the fair share) picks it. The caller then drops the service on the
 /// spot, closing both sockets. The service is borrowed, not moved in: an HTTP connection's
 /// future is large, and a future taken by value would be stored twice in this one.
 pub(crate) async fn until_cut<F: Future<Output = ()>>(
     shared: &Shared,
     worker: usize,
     client: IpAddr,
+    evict: Option<&Notify>,
     mut service: Pin<&mut F>,
-) -> bool {
+) -> Option<Cut> {
     let Some(peer) = shared.peers.get(worker) else {
         service.await;
-        return false;
+        return None;
     };
     let mut notified = pin!(peer.cut.notified());
     // Registered before the cut set is read: a cut published in between still wakes it.
     notified.as_mut().enable();
     if shared.guard.cuts(client) {
-        return true;
+        return Some(Cut::Blocked);
     }
+    let mut evicted = pin!(async {
+        match evict {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    });
     std::future::poll_fn(|cx| {
         if service.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(false);
+            return Poll::Ready(None);
         }
         while notified.as_mut().poll(cx).is_ready() {
             notified.set(peer.cut.notified());
             notified.as_mut().enable();
             if shared.guard.cuts(client) {
-                return Poll::Ready(true);
+                return Poll::Ready(Some(Cut::Blocked));
             }
+        }
+        if evicted.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Cut::FairShare));
         }
         Poll::Pending
     })

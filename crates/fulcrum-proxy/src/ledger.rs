@@ -179,9 +179,12 @@ impl Ledger {
         let table = &ctx.stats.clients;
         let limits = &ctx.frontend.limits;
         let held = match self.slots {
-            Slots::Tcp { .. } => table.connect(self.client.ip(), limits).inspect_err(|why| {
-                crate::guard::refused(ctx, self.client, *why);
-            })?,
+            Slots::Tcp { .. } => {
+                let fair = crate::admit::fair_share(&self.shared, ctx, self.client.ip());
+                table.connect(self.client.ip(), limits, fair).inspect_err(|why| {
+                    crate::guard::refused(ctx, self.client, *why);
+                })?
+            }
             Slots::UdpSession => table.session(self.client.ip(), limits),
         };
         self.held = held;
@@ -201,8 +204,8 @@ impl Ledger {
 
 impl Drop for Ledger {
     fn drop(&mut self) {
-        if crate::guard::cutting() {
-            self.outcome = fulcrum_core::acl::Rejection::Blocked.name();
+        if let Some(why) = crate::guard::cutting() {
+            self.outcome = why;
         }
         let f = &self.ctx.stats;
         if let Some(s) = &self.server {

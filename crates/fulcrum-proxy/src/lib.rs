@@ -5,6 +5,7 @@
 //! It never parses configuration text and never decides *how* to balance: it asks
 //! `fulcrum-core` for picks and `fulcrum-config` for the model.
 
+mod accept;
 mod admit;
 mod clients;
 mod clock;

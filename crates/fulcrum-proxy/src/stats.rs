@@ -39,6 +39,17 @@ impl Limits {
             })
             .is_ok()
     }
+    /// Takes `n` units even past the limit, by at most `over`: a client let in by the fair
+    /// share in place of a connection being closed for it, whose units come back when that
+    /// one ends. False (nothing taken) past `max + over`.
+    pub(crate) fn take_over(&self, n: usize, over: usize) -> bool {
+        let cap = self.max.saturating_add(over);
+        self.active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                (a.saturating_add(n) <= cap).then_some(a + n)
+            })
+            .is_ok()
+    }
     pub(crate) fn release(&self) {
         self.release_n(1);
     }
@@ -97,6 +108,11 @@ pub struct FrontendStats {
     /// Client addresses: what each holds and how fast it comes (per-client limits, busiest
     /// clients).
     pub clients: crate::clients::ClientTable,
+    /// Connections closed to make room for an address holding less (the fair share).
+    pub fair_share_evictions: AtomicU64,
+    /// Idle connections closed at `pressure_idle_timeout` (shorter than their own) while the
+    /// connection slots were under pressure.
+    pub pressure_idle_closed: AtomicU64,
     /// Clients closed because no server could take them.
     pub no_server: AtomicU64,
     /// Clients refused by address, by `fulcrum_core::acl::Rejection::index` (TCP connections

@@ -87,6 +87,7 @@ pub(crate) async fn relay(
     // A source that may not send a PROXY header is refused one (accept_proxy names those
     // that may; the trusted ones' headers were read before this).
     let refuse = !ledger.ctx().frontend.accept_proxy.is_empty() && !ledger.proxied();
+    let idle = crate::admit::IdleLimit::new(idle, ledger.shared(), ledger.ctx());
     let copied = match upstream {
         Upstream::Plain(s) => {
             let copied =

@@ -23,7 +23,10 @@ async fn echo_once(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 async fn connection_limit_queues_clients_until_a_slot_frees() {
     let b = Backend::start(Mode::Echo).await;
     let toml = config(2, "round-robin", &format!("\"{}\"", b.addr), "")
-        .replace("drain_timeout", "max_connections = 5\ndrain_timeout");
+        .replace("drain_timeout", "max_connections = 5\ndrain_timeout")
+        // One address holding every slot: with the fair share it would be refused more
+        // (tests/fair_share.rs); without it, it waits.
+        .replace("pool = \"app\"\n", "pool = \"app\"\nfair_share = false\n");
     let d = Daemon::run_config(&toml);
     let front = d.addr("web");
     let mut held = Vec::new();

@@ -47,7 +47,7 @@ impl Walker<'_> {
         ok
     }
 
-    fn net_list(&mut self, x: &Value<'_>, key: &str) -> Option<Vec<IpNet>> {
+    pub(super) fn net_list(&mut self, x: &Value<'_>, key: &str) -> Option<Vec<IpNet>> {
         let DeValue::Array(items) = x.get_ref() else {
             self.error(x, key, "expected a list of addresses or CIDR ranges");
             return None;

@@ -41,6 +41,10 @@ const FRONTEND_KEYS: &[&str] = &[
     "allow_file",
     "deny_file",
     "limits",
+    "fair_share",
+    "fair_share_above",
+    "fair_share_exempt",
+    "pressure_idle_timeout",
 ];
 const FANOUT_KEYS: &[&str] =
     &["timeout", "on_timeout", "reject_prefix", "servers", "delay", "match"];
@@ -223,6 +227,7 @@ impl Walker<'_> {
         ok &= self.proxy_protocol(t, path, &mut f, c);
         ok &= self.access_lists(t, path, &mut f);
         ok &= self.client_limits(t, path, &mut f);
+        ok &= self.fair_share(t, path, &mut f);
         let routes_ok = self.frontend_routes(t, path, c, &mut f);
         ok &= routes_ok;
         if let Some(x) = t.get("sni_timeout") {

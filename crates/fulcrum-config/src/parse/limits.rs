@@ -69,6 +69,52 @@ impl Walker<'_> {
         self.errors.len() == before
     }
 
+    /// `fair_share`, `fair_share_above` (`"90%"`), `fair_share_exempt` (CIDR list),
+    /// `pressure_idle_timeout`: TCP transports only (the slots it shares are connection slots).
+    pub(super) fn fair_share(&mut self, t: &DeTable<'_>, path: &str, f: &mut Frontend) -> bool {
+        let before = self.errors.len();
+        let stream = !matches!(f.protocol, Protocol::Udp | Protocol::DirectoryUdp);
+        for key in ["fair_share", "fair_share_above", "fair_share_exempt", "pressure_idle_timeout"]
+        {
+            if let Some(x) = t.get(key)
+                && !stream
+            {
+                self.error(x, &format!("{path}.{key}"), "UDP has no connection slots to share");
+            }
+        }
+        let fs = &mut f.fair_share;
+        if let Some(x) = t.get("fair_share")
+            && let Some(b) = self.boolean(x, &format!("{path}.fair_share"))
+        {
+            fs.enabled = b;
+        }
+        if let Some(x) = t.get("fair_share_above") {
+            let key = format!("{path}.fair_share_above");
+            if let Some(s) = self.string(x, &key) {
+                match s.trim().strip_suffix('%').and_then(|n| n.trim().parse::<u8>().ok()) {
+                    Some(n) if (1..=100).contains(&n) => f.fair_share.above_percent = n,
+                    _ => self.error(
+                        x,
+                        &key,
+                        format!("\"{s}\" is not a percentage from \"1%\" to \"100%\""),
+                    ),
+                }
+            }
+        }
+        if let Some(x) = t.get("pressure_idle_timeout")
+            && let Some(d) = self.nonzero_duration(x, &format!("{path}.pressure_idle_timeout"))
+        {
+            f.fair_share.pressure_idle_timeout = d;
+        }
+        if let Some(x) = t.get("fair_share_exempt") {
+            let key = format!("{path}.fair_share_exempt");
+            if let Some(nets) = self.net_list(x, &key) {
+                f.fair_share.exempt = std::sync::Arc::new(fulcrum_core::acl::IpSet::new(&nets));
+            }
+        }
+        self.errors.len() == before
+    }
+
     /// A rate: `"20/s"` (burst: one second's worth) or `{ rate = "20/s", burst = 40 }`.
     fn rate(&mut self, v: Option<&Value<'_>>, path: &str, key: &str) -> Option<Rate> {
         let v = v?;
@@ -160,5 +206,35 @@ mod tests {
         assert!(e[0].contains("out of range"), "{e:?}");
         let e = config("tcp", "per_client = 3").unwrap_err();
         assert!(e[0].contains("unknown key"), "{e:?}");
+    }
+
+    fn frontend(protocol: &str, keys: &str) -> Result<crate::Config, Vec<String>> {
+        let text = format!(
+            "[frontend.f]\nbind = \"127.0.0.1:8080\"\nprotocol = \"{protocol}\"\npool = \"p\"\n\
+             {keys}\n[pool.p]\nservers = [\"127.0.0.1:9001\"]\n"
+        );
+        parse_str(&text, "f.toml").map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn the_fair_share_is_on_by_default_and_its_keys_are_checked() {
+        let fs = &frontend("tcp", "").unwrap().frontends[0].fair_share;
+        assert!(fs.enabled && fs.above_percent == 90 && fs.exempt.is_empty());
+        assert_eq!(fs.pressure_idle_timeout, crate::DEFAULT_PRESSURE_IDLE_TIMEOUT);
+        let c = frontend(
+            "http",
+            "fair_share = false\nfair_share_above = \"75%\"\n\
+             fair_share_exempt = [\"10.0.0.0/8\"]\npressure_idle_timeout = \"2s\"",
+        )
+        .unwrap();
+        let fs = &c.frontends[0].fair_share;
+        assert!(!fs.enabled && fs.above_percent == 75 && !fs.exempt.is_empty());
+        assert_eq!(fs.pressure_idle_timeout, std::time::Duration::from_secs(2));
+        let e = frontend("tcp", "fair_share_above = \"0%\"").unwrap_err();
+        assert!(e[0].contains("frontend.f.fair_share_above") && e[0].contains("1%"), "{e:?}");
+        let e = frontend("udp", "fair_share = true").unwrap_err();
+        assert!(e[0].contains("UDP has no connection slots"), "{e:?}");
+        let e = frontend("tcp", "pressure_idle_timeout = \"0s\"").unwrap_err();
+        assert!(e[0].contains("greater than zero"), "{e:?}");
     }
 }

@@ -36,10 +36,14 @@ pub enum Rejection {
     RequestRate,
     /// The client sends datagrams faster than `datagram_rate_per_client` (dropped).
     DatagramRate,
+    /// The connection slots are under pressure and the client holds more than its fair share.
+    FairShare,
+    /// No connection slot was left and none could be made for this client.
+    Full,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::Deny,
         Rejection::NotAllowed,
         Rejection::Blocked,
@@ -47,6 +51,8 @@ impl Rejection {
         Rejection::ConnRate,
         Rejection::RequestRate,
         Rejection::DatagramRate,
+        Rejection::FairShare,
+        Rejection::Full,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -60,6 +66,8 @@ impl Rejection {
             Rejection::ConnRate => "conn-rate",
             Rejection::RequestRate => "request-rate",
             Rejection::DatagramRate => "datagram-rate",
+            Rejection::FairShare => "fair-share",
+            Rejection::Full => "full",
         }
     }
 

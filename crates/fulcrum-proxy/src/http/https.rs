@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::ClientCert;
 use super::io::{HttpIo, Phase};
-use super::server::{conn_info, finish, run};
+use super::server::{conn_info, finish, pressure, run};
 use crate::clock::now_ms;
 use crate::ledger::Ledger;
 use crate::ratelog::RateLimit;
@@ -53,7 +53,8 @@ pub(super) async fn serve_tls(ledger: Ledger, stream: TcpStream, loaded: Arc<cra
                 .and_then(|s| HeaderValue::from_str(&s).ok());
             let client_cert = ClientCert { loaded: loaded.clone(), subject };
             let conn = conn_info(&ledger, &phase, "https", Some(client_cert));
-            run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive)).await
+            run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive, pressure(&conn)))
+                .await
         }
         Ok(Err(e)) => {
             stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);

@@ -22,6 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::admit::IdleLimit;
+use crate::context::{AcceptCtx, Shared};
+
 /// What the handler and the socket share about one client connection.
 #[derive(Debug, Default)]
 pub(crate) struct Phase {
@@ -100,9 +103,15 @@ pub(crate) struct HttpIo<S = TcpStream> {
     phase: Arc<Phase>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
+    /// Where the keep-alive wait learns of pressure on the frontend's connection slots (it
+    /// shrinks then: `admit::IdleLimit`); `None` when it never shrinks.
+    pressure: Option<(Arc<Shared>, Arc<AcceptCtx>)>,
     timer: Pin<Box<Sleep>>,
     /// The timer counts a head's arrival (not the idle wait before it).
     head_started: bool,
+    /// When the head being read must be whole (while `head_started`): the timer may fire
+    /// earlier to look at the keep-alive limit.
+    head_deadline: Instant,
     /// Nothing written is still waiting for a flush (a 408 may be written).
     clean: bool,
     /// Seen the HTTP/2 preface: never write an HTTP/1 answer.
@@ -120,21 +129,29 @@ impl<S: ClientStream> HttpIo<S> {
         phase: Arc<Phase>,
         header_timeout: Duration,
         keepalive_timeout: Duration,
+        pressure: Option<(Arc<Shared>, Arc<AcceptCtx>)>,
     ) -> Self {
         // The first request's head counts from accept, as in NGINX's client_header_timeout.
-        let timer = Box::pin(tokio::time::sleep(header_timeout));
-        HttpIo {
+        let now = Instant::now();
+        let head_deadline = now + header_timeout;
+        let timer = Box::pin(tokio::time::sleep_until(head_deadline));
+        let mut io = HttpIo {
             stream,
             phase,
             header_timeout,
             keepalive_timeout,
+            pressure,
             timer,
             head_started: true,
+            head_deadline,
             clean: true,
             h2: None,
             seen_requests: 0,
             prefix: bytes::Bytes::new(),
-        }
+        };
+        let first_look = head_deadline.min(now + io.limit().recheck());
+        io.timer.as_mut().reset(first_look);
+        io
     }
 
     /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1 request line; what
@@ -215,14 +232,28 @@ impl<S: ClientStream> HttpIo<S> {
         }
     }
 
+    /// The keep-alive limit: `keepalive_timeout`, shorter under pressure.
+    fn limit(&self) -> IdleLimit<'_> {
+        match &self.pressure {
+            Some((shared, ctx)) => IdleLimit::new(self.keepalive_timeout, shared, ctx),
+            None => self.keepalive_timeout.into(),
+        }
+    }
+
     /// The timer fired: either a wait really ran out (an error ends the connection) or it was
     /// only a checkpoint (re-armed; `Ok`).
     fn on_timer(&mut self) -> io::Result<()> {
         let now = Instant::now();
         self.sync();
+        let recheck = self.limit().recheck();
         if self.phase.active.load(Ordering::Relaxed) > 0 {
             // A request is running: its own timeouts govern it. Look again later.
-            self.timer.as_mut().reset(now + self.keepalive_timeout);
+            self.timer.as_mut().reset(now + self.keepalive_timeout.min(recheck));
+            return Ok(());
+        }
+        if self.head_started && now < self.head_deadline {
+            // Fired early to look at the keep-alive limit (below) or while a request ran.
+            self.timer.as_mut().reset(self.head_deadline.min(now + recheck));
             return Ok(());
         }
         if self.head_started {
@@ -235,12 +266,16 @@ impl<S: ClientStream> HttpIo<S> {
         }
         let idle_ms =
             crate::clock::now_ms().saturating_sub(self.phase.idle_since_ms.load(Ordering::Relaxed));
-        let keepalive_ms = self.keepalive_timeout.as_millis() as u64;
+        let limit = self.limit();
+        let keepalive = limit.now();
+        let keepalive_ms = keepalive.as_millis() as u64;
         if idle_ms >= keepalive_ms {
+            limit.expired(keepalive);
             self.phase.keepalive_expired.store(true, Ordering::Relaxed);
             return Err(io::Error::new(io::ErrorKind::TimedOut, "keep-alive timeout"));
         }
-        self.timer.as_mut().reset(now + Duration::from_millis(keepalive_ms - idle_ms));
+        let wait = Duration::from_millis(keepalive_ms - idle_ms).min(limit.recheck());
+        self.timer.as_mut().reset(now + wait);
         Ok(())
     }
 }
@@ -273,8 +308,10 @@ impl<S: ClientStream> AsyncRead for HttpIo<S> {
                     if !this.head_started && this.phase.active.load(Ordering::Relaxed) == 0 {
                         // The first byte of a new head: from now on it has header_timeout.
                         this.head_started = true;
-                        let deadline = Instant::now() + this.header_timeout;
-                        this.timer.as_mut().reset(deadline);
+                        let now = Instant::now();
+                        this.head_deadline = now + this.header_timeout;
+                        let recheck = this.limit().recheck();
+                        this.timer.as_mut().reset(this.head_deadline.min(now + recheck));
                     }
                 }
                 Poll::Ready(Ok(()))

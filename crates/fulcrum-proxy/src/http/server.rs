@@ -72,12 +72,24 @@ pub(super) fn conn_info(
     })
 }
 
+/// What a connection's keep-alive wait needs to shrink under pressure (`admit::IdleLimit`),
+/// when it may: the fair share on and a shorter limit set.
+pub(super) fn pressure(
+    conn: &ConnInfo,
+) -> Option<(Arc<crate::context::Shared>, Arc<crate::context::AcceptCtx>)> {
+    let fs = &conn.ctx.frontend.fair_share;
+    (fs.enabled && fs.pressure_idle_timeout < conn.ctx.frontend.http.keepalive_timeout)
+        .then(|| (conn.shared.clone(), conn.ctx.clone()))
+}
+
 async fn serve_plain(mut ledger: Ledger, stream: TcpStream) {
     let settings = &ledger.ctx().frontend.http;
     let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
     let phase = Arc::new(Phase::default());
     let conn = conn_info(&ledger, &phase, "http", None);
-    let res = run(&conn, HttpIo::new(stream, phase.clone(), header_timeout, keepalive)).await;
+    let res =
+        run(&conn, HttpIo::new(stream, phase.clone(), header_timeout, keepalive, pressure(&conn)))
+            .await;
     finish(&mut ledger, &phase, res);
 }
 
