@@ -256,9 +256,11 @@ impl Controller {
     pub fn into_shared(self) -> Arc<tokio::sync::Mutex<Controller>> {
         let handle = self.handle.clone();
         let (runtime, expiry) = (self.runtime.clone(), self.block_expiry.clone());
+        let engine = self.engine.shared().clone();
         let shared = Arc::new(tokio::sync::Mutex::new(self));
         let _ = handle.set(Arc::downgrade(&shared));
         runtime.spawn(blocks::sweep(Arc::downgrade(&shared), expiry));
+        runtime.spawn(blocks::bans(Arc::downgrade(&shared), engine));
         shared
     }
 

@@ -267,6 +267,17 @@ pub struct ClientLimits {
     /// Client addresses tracked at once per frontend (the least recently seen without an
     /// open connection are forgotten first): bounds the table's memory.
     pub max_clients: usize,
+    /// `ban`: a client refused by these limits `after` times `within` a window is put on the
+    /// runtime block list `for` a while.
+    pub ban: Option<Ban>,
+}
+
+/// `[frontend.NAME.limits] ban = { after, within, for }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ban {
+    pub after: u32,
+    pub within: std::time::Duration,
+    pub duration: std::time::Duration,
 }
 
 pub const DEFAULT_MAX_CLIENTS: usize = 32_768;
@@ -280,6 +291,7 @@ impl Default for ClientLimits {
             datagram_rate_per_client: None,
             ipv6_prefix: 64,
             max_clients: DEFAULT_MAX_CLIENTS,
+            ban: None,
         }
     }
 }

@@ -69,7 +69,7 @@ async fn take_proxy_header(ledger: &mut Ledger, stream: &mut TcpStream) -> bool 
     match crate::guard::check(ledger.shared(), ledger.ctx(), client.ip()) {
         Ok(()) => true,
         Err(why) => {
-            crate::guard::refused(ledger.ctx(), client, why);
+            crate::guard::refused(ledger.shared(), ledger.ctx(), client, why);
             ledger.outcome = why.name();
             false
         }
@@ -203,7 +203,7 @@ pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> R
     let is_exempt = exempt(ctx, ip);
     let held = table.held_by(ip, limits) as usize;
     if held >= share && !is_exempt {
-        refuse_full(ctx, peer, held, share);
+        refuse_full(shared, ctx, peer, held, share);
         return Room::Refused;
     }
     let me = fulcrum_core::clients::client_key(ip, limits.ipv6_prefix);
@@ -213,7 +213,7 @@ pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> R
     let Some(victim) = victim else { return Room::Wait };
     if !take_slots_over(shared, ctx) {
         // Those closed for earlier newcomers have not ended yet: too many at once.
-        refuse_full(ctx, peer, held, share);
+        refuse_full(shared, ctx, peer, held, share);
         return Room::Refused;
     }
     victim.evict.notify_one();
@@ -251,7 +251,7 @@ fn take_slots_over(shared: &Shared, ctx: &AcceptCtx) -> bool {
 /// A client that waited `ROOM_WAIT` in vain for a slot.
 pub(crate) fn waited_in_vain(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) {
     let held = ctx.stats.clients.held_by(peer.ip(), &ctx.frontend.limits) as usize;
-    refuse_full(ctx, peer, held, share_when_full(shared, ctx));
+    refuse_full(shared, ctx, peer, held, share_when_full(shared, ctx));
 }
 
 /// An address's fair share of the slots of `ctx`'s frontend (the smaller of its limit and
@@ -262,8 +262,8 @@ fn share_when_full(shared: &Shared, ctx: &AcceptCtx) -> usize {
     fulcrum_core::clients::fair_share(capacity, ctx.stats.clients.holders())
 }
 
-fn refuse_full(ctx: &AcceptCtx, peer: SocketAddr, held: usize, share: usize) {
-    crate::guard::refused(ctx, peer, Rejection::Full);
+fn refuse_full(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr, held: usize, share: usize) {
+    crate::guard::refused(shared, ctx, peer, Rejection::Full);
     if let Some(skipped) = FULL_LOG.allow(now_ms()) {
         tracing::info!(
             frontend = %ctx.name, client = %peer, held, share, skipped,

@@ -44,6 +44,11 @@ pub struct Client {
     /// Wakes one of its connections (the one waiting longest: its oldest) to close it and
     /// make room for an address holding less (the fair share).
     pub(crate) evict: Notify,
+    /// Refusals by a per-client limit in the ban window begun at `trips_since_ns`.
+    trips: AtomicU32,
+    trips_since_ns: AtomicU64,
+    /// Until when (process clock, ns) a ban asked for it holds: not asked for again before.
+    banned_until_ns: AtomicU64,
     connections: AtomicU64,
     requests: AtomicU64,
     refused: AtomicU64,
@@ -95,6 +100,9 @@ impl Client {
             active: AtomicU32::new(0),
             holders,
             evict: Notify::new(),
+            trips: AtomicU32::new(0),
+            trips_since_ns: AtomicU64::new(0),
+            banned_until_ns: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -290,6 +298,39 @@ impl ClientTable {
         Some(self.find(ip, limits, now)?.hold(now))
     }
 
+    /// A refusal of `ip` by one of `limits`' per-client limits, counted towards its `ban`:
+    /// the client's key (its address, an IPv6 one cut to its prefix) when this refusal makes
+    /// `after` within the window and it is to be banned. Asked once per ban.
+    pub fn trip(&self, ip: IpAddr, limits: &ClientLimits) -> Option<IpAddr> {
+        self.trip_at(ip, limits, now_ns())
+    }
+
+    fn trip_at(&self, ip: IpAddr, limits: &ClientLimits, now: u64) -> Option<IpAddr> {
+        let ban = limits.ban?;
+        let key = client_key(ip, limits.ipv6_prefix);
+        let c = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner()).get(&key)?.clone();
+        if c.banned_until_ns.load(Ordering::Relaxed) > now {
+            return None;
+        }
+        // Two refusals racing at a window's edge may both start it: one trip less counted.
+        let since = c.trips_since_ns.load(Ordering::Relaxed);
+        let n = if since == 0 || now.saturating_sub(since) >= ban.within.as_nanos() as u64 {
+            c.trips_since_ns.store(now, Ordering::Relaxed);
+            c.trips.store(1, Ordering::Relaxed);
+            1
+        } else {
+            c.trips.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if n < ban.after {
+            return None;
+        }
+        let until = now.saturating_add(ban.duration.as_nanos() as u64);
+        c.banned_until_ns.store(until, Ordering::Relaxed);
+        c.trips.store(0, Ordering::Relaxed);
+        c.trips_since_ns.store(0, Ordering::Relaxed);
+        Some(key)
+    }
+
     /// Clients holding at least one connection or session now.
     pub fn holders(&self) -> usize {
         self.holders.load(Ordering::Relaxed)
@@ -446,6 +487,38 @@ mod tests {
         drop(other);
         assert_eq!(t.holders(), 0);
         assert!(t.busiest(|_| false).is_none());
+    }
+
+    #[test]
+    fn a_ban_is_asked_for_once_after_enough_refusals_within_the_window() {
+        let t = ClientTable::default();
+        let ban = fulcrum_config::Ban {
+            after: 3,
+            within: Duration::from_secs(60),
+            duration: Duration::from_secs(600),
+        };
+        let limits =
+            ClientLimits { conn_per_client: Some(1), ban: Some(ban), ..Default::default() };
+        assert_eq!(t.trip(ip("10.0.0.1"), &limits), None, "an unknown client is not counted");
+        let _held = t.connect(ip("10.0.0.1"), &limits, None).unwrap();
+        assert_eq!(t.trip(ip("10.0.0.1"), &limits), None);
+        assert_eq!(t.trip(ip("10.0.0.1"), &limits), None);
+        assert_eq!(t.trip(ip("10.0.0.1"), &limits), Some(ip("10.0.0.1")));
+        for _ in 0..10 {
+            assert_eq!(t.trip(ip("10.0.0.1"), &limits), None, "asked once while banned");
+        }
+        // An IPv6 client by its /64; refusals further apart than `within` never add up.
+        let _v6 = t.connect(ip("2001:db8::1"), &limits, None).unwrap();
+        let minute = 60_000_000_000u64;
+        for i in 1..=10 {
+            assert_eq!(t.trip_at(ip("2001:db8::7"), &limits, i * minute), None, "window {i}");
+        }
+        let at = 11 * minute;
+        assert_eq!(t.trip_at(ip("2001:db8::7"), &limits, at + 1), None);
+        assert_eq!(t.trip_at(ip("2001:db8::7"), &limits, at + 2), None);
+        assert_eq!(t.trip_at(ip("2001:db8::8"), &limits, at + 3), Some(ip("2001:db8::")));
+        let none = ClientLimits { ban: None, ..limits };
+        assert_eq!(t.trip(ip("10.0.0.1"), &none), None);
     }
 
     #[test]

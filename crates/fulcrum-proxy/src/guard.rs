@@ -43,7 +43,28 @@ pub struct Guard {
     generation: AtomicU64,
     /// Wakes the UDP receive loops to end the sessions of addresses just cut.
     udp_cut: Notify,
+    /// Bans asked for by the data path (`[frontend.X.limits] ban`), waiting for the control
+    /// plane to put them on the block list. A lock taken only when a ban is asked or taken.
+    bans: std::sync::Mutex<Vec<BanRequest>>,
+    /// Wakes the control plane when a ban is asked.
+    ban_asked: Notify,
 }
+
+/// A ban asked by the data path: what the control plane adds to the runtime block list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanRequest {
+    /// The client's address as a range: `/32`, or for IPv6 its `ipv6_prefix`.
+    pub cidr: String,
+    pub duration: std::time::Duration,
+    /// For the block entry: which frontend, which limit, how many refusals in what window.
+    pub reason: String,
+}
+
+/// Bans waiting for the control plane at most; more are dropped (and logged) until it
+/// catches up. Each client asks once per ban, so this many is a flood of distinct clients.
+const MAX_PENDING_BANS: usize = 1024;
+
+static BAN_LOG: RateLimit = RateLimit::new(1_000);
 
 impl Default for Guard {
     fn default() -> Self {
@@ -51,6 +72,8 @@ impl Default for Guard {
             blocks: ArcSwap::from_pointee(Blocks::default()),
             generation: AtomicU64::new(1),
             udp_cut: Notify::new(),
+            bans: std::sync::Mutex::new(Vec::new()),
+            ban_asked: Notify::new(),
         }
     }
 }
@@ -78,6 +101,30 @@ impl Guard {
 
     pub(crate) fn udp_cut(&self) -> &Notify {
         &self.udp_cut
+    }
+
+    /// The bans asked since the last call, oldest first.
+    pub fn take_bans(&self) -> Vec<BanRequest> {
+        std::mem::take(&mut *self.bans.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Notified when a ban is asked (a permit is kept if nobody waits).
+    pub fn ban_asked(&self) -> &Notify {
+        &self.ban_asked
+    }
+
+    fn ask_ban(&self, ban: BanRequest) {
+        let mut pending = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= MAX_PENDING_BANS {
+            drop(pending);
+            if let Some(skipped) = BAN_LOG.allow(now_ms()) {
+                tracing::warn!(cidr = %ban.cidr, skipped, "too many bans waiting: ban dropped");
+            }
+            return;
+        }
+        pending.push(ban);
+        drop(pending);
+        self.ban_asked.notify_one();
     }
 }
 
@@ -116,9 +163,37 @@ pub(crate) fn check(shared: &Shared, ctx: &AcceptCtx, ip: IpAddr) -> Result<(), 
 }
 
 /// Counts a refused client of `ctx` and logs it (at most once a second for all frontends).
-pub(crate) fn refused(ctx: &AcceptCtx, client: SocketAddr, why: Rejection) {
+/// A refusal by a per-client limit counts towards the frontend's `ban`, if it has one.
+pub(crate) fn refused(shared: &Shared, ctx: &AcceptCtx, client: SocketAddr, why: Rejection) {
     if let Some(c) = ctx.stats.rejections.get(why.index()) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+    let limits = &ctx.frontend.limits;
+    let by_limit = matches!(
+        why,
+        Rejection::ConnPerClient
+            | Rejection::ConnRate
+            | Rejection::RequestRate
+            | Rejection::DatagramRate
+    );
+    if by_limit
+        && let Some(ban) = limits.ban
+        && let Some(key) = ctx.stats.clients.trip(client.ip(), limits)
+    {
+        let prefix = if key.is_ipv4() { 32 } else { limits.ipv6_prefix };
+        let cidr = format!("{key}/{prefix}");
+        let reason = format!(
+            "ban: {} refusals by per-client limits within {}s on frontend {} (the last: {})",
+            ban.after,
+            ban.within.as_secs_f64(),
+            ctx.name,
+            why.name()
+        );
+        tracing::warn!(
+            frontend = %ctx.name, cidr = %cidr, for_s = ban.duration.as_secs(), reason = why.name(),
+            "client banned"
+        );
+        shared.guard.ask_ban(BanRequest { cidr, duration: ban.duration, reason });
     }
     if let Some(skipped) = REFUSED_LOG.allow(now_ms()) {
         tracing::info!(
@@ -139,7 +214,7 @@ pub(crate) fn admit_stream(
     match check(shared, ctx, peer.ip()) {
         Ok(()) => Some(stream),
         Err(why) => {
-            refused(ctx, peer, why);
+            refused(shared, ctx, peer, why);
             // A reset frees the socket at once, where a FIN would leave it in TIME_WAIT here.
             let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
             None
@@ -153,7 +228,7 @@ pub(crate) fn admit_datagram(
     ctx: &AcceptCtx,
     client: SocketAddr,
 ) -> Result<(), Rejection> {
-    check(shared, ctx, client.ip()).inspect_err(|why| refused(ctx, client, *why))
+    check(shared, ctx, client.ip()).inspect_err(|why| refused(shared, ctx, client, *why))
 }
 
 /// Checks one datagram of a UDP service without sessions (per-datagram proxy, fan-out,
@@ -168,7 +243,7 @@ pub(crate) fn admit_lone_datagram(
     if let Some(rate) = &limits.datagram_rate_per_client
         && !ctx.stats.clients.datagram(client.ip(), limits, rate)
     {
-        refused(ctx, client, Rejection::DatagramRate);
+        refused(shared, ctx, client, Rejection::DatagramRate);
         return Err(Rejection::DatagramRate);
     }
     Ok(())

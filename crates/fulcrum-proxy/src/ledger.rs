@@ -182,7 +182,7 @@ impl Ledger {
             Slots::Tcp { .. } => {
                 let fair = crate::admit::fair_share(&self.shared, ctx, self.client.ip());
                 table.connect(self.client.ip(), limits, fair).inspect_err(|why| {
-                    crate::guard::refused(ctx, self.client, *why);
+                    crate::guard::refused(&self.shared, ctx, self.client, *why);
                 })?
             }
             Slots::UdpSession => table.session(self.client.ip(), limits),

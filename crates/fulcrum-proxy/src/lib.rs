@@ -43,7 +43,7 @@ pub use clients::{ClientTable, ClientView};
 pub use clock::now_ms;
 pub use context::{AcceptCtx, Service, Shared, SpliceMode};
 pub use engine::{Engine, EngineOptions, StartError};
-pub use guard::Guard;
+pub use guard::{BanRequest, Guard};
 pub use health::run_pool_checks;
 pub use pull::run_agent_pull;
 pub use queue::PoolQueue;

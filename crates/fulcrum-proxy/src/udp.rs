@@ -354,7 +354,7 @@ fn on_datagram(
         && let Some(c) = s.value.ledger.client_entry()
         && !c.datagram(rate)
     {
-        crate::guard::refused(ctx, client, fulcrum_core::acl::Rejection::DatagramRate);
+        crate::guard::refused(shared, ctx, client, fulcrum_core::acl::Rejection::DatagramRate);
         return;
     }
     if forward(&ctx.stats, &s.value, data) == Forwarded::Refused

@@ -73,6 +73,44 @@ async fn conn_per_client_refuses_the_next_and_leaves_others_alone() {
     assert!(code != 0 && out.contains("404"), "{out}");
 }
 
+/// `ban = { after = 3, within = "1m", for = "10m" }`: the third refusal by a per-client limit
+/// within the minute puts the address on the runtime block list (listed with its reason and
+/// end), its open connection is cut, and its next ones are refused as `blocked`; another
+/// address is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_keeps_tripping_its_limits_is_banned() {
+    let b = Backend::start(Mode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "conn_per_client = 1\nban = { after = 3, within = \"1m\", for = \"10m\" }";
+    let s = start_in(dir.path(), &tcp_config(&b, limits));
+    let front = s.d.addr("tcp");
+    let mut held = connect_from(from(6), front).await;
+    assert!(echoes(&mut held).await);
+    for _ in 0..2 {
+        assert!(!served(from(6), front).await, "over conn_per_client");
+    }
+    assert_eq!(rejections(&s, "tcp", "conn-per-client"), 2.0);
+    assert_eq!(metric(&s.api, "fulcrum_blocks{} "), 0.0, "two refusals are not a ban yet");
+    assert!(!served(from(6), front).await);
+    wait_until_async(LIMIT, "the ban on the block list", || {
+        metric(&s.api, "fulcrum_blocks{} ") == 1.0
+    })
+    .await;
+    let (code, list) = ctl(&s, &["blocks", "list"]);
+    assert_eq!(code, 0, "{list}");
+    assert!(list.contains("127.0.0.6") && list.contains("ban: 3 refusals"), "{list}");
+    let blocks = get(&format!("{}/api/v1/blocks", s.api));
+    let left = blocks["blocks"][0]["expires_in_ms"].as_u64().unwrap();
+    assert!((590_000..=600_000).contains(&left), "banned for 10 minutes: {left} ms left");
+    // The banned address's open connection is cut.
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(LIMIT, held.read(&mut buf)).await.expect("cut within");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    assert!(!served(from(6), front).await);
+    assert!(rejections(&s, "tcp", "blocked") >= 1.0);
+    assert!(served(from(7), front).await, "another address is apart");
+}
+
 /// `conn_rate_per_client = "50/s"` admits 50 ± 10 % a second once the burst (one second's
 /// worth) is spent. The client tries every 4 ms (250 a second) for 4 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

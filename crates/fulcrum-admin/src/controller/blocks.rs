@@ -191,3 +191,42 @@ pub(super) async fn sweep(controller: Weak<tokio::sync::Mutex<Controller>>, due:
         let _ = write.finish().await;
     }
 }
+
+/// Puts the bans the data path asks for (`[frontend.X.limits] ban`) on the block list, with
+/// `cut` (a banned client's open connections close too), as `fulcrum ctl blocks add` would:
+/// listed, kept in the state file, ended by the sweep. Ends with the controller.
+pub(super) async fn bans(
+    controller: Weak<tokio::sync::Mutex<Controller>>,
+    engine: Arc<fulcrum_proxy::Shared>,
+) {
+    loop {
+        engine.guard.ban_asked().notified().await;
+        let asked = engine.guard.take_bans();
+        let Some(c) = controller.upgrade() else { return };
+        let mut write = None;
+        {
+            let mut c = c.lock().await;
+            for ban in asked {
+                let cidr = ban.cidr.clone();
+                // A block of its own that lasts as long (one put by hand) is left as it is.
+                let until = unix_ms().saturating_add(ban.duration.as_millis() as u64);
+                let (entries, _) = c.blocks();
+                if entries
+                    .iter()
+                    .any(|b| b.net.to_string() == cidr && b.until_ms.is_none_or(|u| u >= until))
+                {
+                    continue;
+                }
+                match c.add_block(&ban.cidr, Some(ban.duration), true, Some(ban.reason)) {
+                    Ok((_, _, w)) => write = Some(w),
+                    Err(e) => tracing::warn!(cidr = %cidr, error = %e.message, "ban not added"),
+                }
+            }
+        }
+        drop(c);
+        // The last write holds the whole list; a failed one is logged by `finish`.
+        if let Some(w) = write {
+            let _ = w.finish().await;
+        }
+    }
+}

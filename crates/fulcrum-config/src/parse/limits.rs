@@ -15,7 +15,11 @@ const LIMITS_KEYS: &[&str] = &[
     "datagram_rate_per_client",
     "ipv6_prefix",
     "max_clients",
+    "ban",
 ];
+const BAN_KEYS: &[&str] = &["after", "within", "for"];
+/// Longest `within` and `for` of a ban (as the runtime block list's longest `--for`).
+const MAX_BAN: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 const RATE_KEYS: &[&str] = &["rate", "burst"];
 
 impl Walker<'_> {
@@ -66,7 +70,54 @@ impl Walker<'_> {
         {
             l.max_clients = n as usize;
         }
+        if let Some(x) = t.get("ban") {
+            let limited = l.conn_per_client.is_some()
+                || l.conn_rate_per_client.is_some()
+                || l.request_rate_per_client.is_some()
+                || l.datagram_rate_per_client.is_some();
+            let key = format!("{path}.ban");
+            if !limited {
+                self.error(
+                    x,
+                    &key,
+                    "a ban counts refusals by this table's per-client limits: set one of \
+                     conn_per_client, conn_rate_per_client, request_rate_per_client or \
+                     datagram_rate_per_client",
+                );
+            } else {
+                f.limits.ban = self.ban(x, &key);
+            }
+        }
         self.errors.len() == before
+    }
+
+    /// `{ after = N, within = "1m", for = "10m" }`, every key required.
+    fn ban(&mut self, v: &Value<'_>, key: &str) -> Option<crate::model::Ban> {
+        let t = self.table(v, key)?;
+        self.check_keys(t, key, BAN_KEYS);
+        let need = |w: &mut Self, k: &str| {
+            let x = t.get(k);
+            if x.is_none() {
+                w.error(
+                    v,
+                    key,
+                    format!("needs `{k}` (ban = {{ after = 5, within = \"1m\", for = \"10m\" }})"),
+                );
+            }
+            x
+        };
+        let (after, within, duration) =
+            (need(self, "after"), need(self, "within"), need(self, "for"));
+        let after = self.integer(after?, &format!("{key}.after"), 1, 1_000_000)? as u32;
+        let within = self.nonzero_duration(within?, &format!("{key}.within"))?;
+        let duration = self.nonzero_duration(duration?, &format!("{key}.for"))?;
+        for (d, k) in [(within, "within"), (duration, "for")] {
+            if d > MAX_BAN {
+                self.error(v, &format!("{key}.{k}"), "at most 10 years");
+                return None;
+            }
+        }
+        Some(crate::model::Ban { after, within, duration })
     }
 
     /// `fair_share`, `fair_share_above` (`"90%"`), `fair_share_exempt` (CIDR list),
@@ -236,5 +287,38 @@ mod tests {
         assert!(e[0].contains("UDP has no connection slots"), "{e:?}");
         let e = frontend("tcp", "pressure_idle_timeout = \"0s\"").unwrap_err();
         assert!(e[0].contains("greater than zero"), "{e:?}");
+    }
+
+    #[test]
+    fn a_ban_needs_a_limit_to_count_and_all_three_keys() {
+        let c = config(
+            "http",
+            "request_rate_per_client = \"5/s\"\n\
+                               ban = { after = 5, within = \"1m\", for = \"10m\" }",
+        )
+        .unwrap();
+        let ban = c.frontends[0].limits.ban.unwrap();
+        assert_eq!(ban.after, 5);
+        assert_eq!((ban.within.as_secs(), ban.duration.as_secs()), (60, 600));
+        let e = config("tcp", "ban = { after = 5, within = \"1m\", for = \"10m\" }").unwrap_err();
+        assert!(
+            e[0].contains("frontend.f.limits.ban") && e[0].contains("counts refusals"),
+            "{e:?}"
+        );
+        let e =
+            config("tcp", "conn_per_client = 2\nban = { after = 5, within = \"1m\" }").unwrap_err();
+        assert!(e[0].contains("needs `for`"), "{e:?}");
+        let e = config(
+            "tcp",
+            "conn_per_client = 2\nban = { after = 0, within = \"1m\", for = \"1m\" }",
+        )
+        .unwrap_err();
+        assert!(e[0].contains("ban.after"), "{e:?}");
+        let e = config(
+            "tcp",
+            "conn_per_client = 2\nban = { after = 2, within = \"1m\", for = \"1m\", x = 1 }",
+        )
+        .unwrap_err();
+        assert!(e[0].contains("unknown key"), "{e:?}");
     }
 }

@@ -286,7 +286,12 @@ fn count_request(conn: &ConnInfo, client: std::net::IpAddr) -> Result<(), std::t
     };
     if res.is_err() {
         let who = std::net::SocketAddr::new(client, 0);
-        crate::guard::refused(&conn.ctx, who, fulcrum_core::acl::Rejection::RequestRate);
+        crate::guard::refused(
+            &conn.shared,
+            &conn.ctx,
+            who,
+            fulcrum_core::acl::Rejection::RequestRate,
+        );
     }
     res
 }
