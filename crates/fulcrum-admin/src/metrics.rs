@@ -571,6 +571,23 @@ impl Scrape {
             MetricType::Counter,
             rows,
         )?;
+        let rows: Vec<_> = self
+            .snapshot
+            .frontends
+            .iter()
+            .map(|f| {
+                let n = load(&f.stats.first_byte_timeouts);
+                (vec![("frontend", f.name.to_string())], counter(n))
+            })
+            .collect();
+        family(
+            enc,
+            "fulcrum_first_byte_timeouts",
+            "Clients closed for sending nothing within first_byte_timeout of being accepted \
+             (before any server was connected).",
+            MetricType::Counter,
+            rows,
+        )?;
         family(
             enc,
             "fulcrum_clients_tracked",

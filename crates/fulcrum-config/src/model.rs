@@ -179,6 +179,10 @@ pub struct Frontend {
     pub idle_timeout: Duration,
     /// A client that takes no byte of the answers waiting for it for this long is closed.
     pub send_timeout: Duration,
+    /// `first_byte_timeout`: a TCP client that has sent nothing this long after it was
+    /// accepted is closed before any server is connected (protocols where the client
+    /// speaks first).
+    pub first_byte_timeout: Option<Duration>,
     /// Per-frontend limit of concurrent connections, on top of the global one.
     pub max_connections: Option<usize>,
     /// UDP: a client's session (its server and upstream socket) ends after this long without
@@ -360,6 +364,9 @@ pub struct HttpFrontend {
     pub max_headers: usize,
     /// Most bytes of a request body; more is 413. `None`: unlimited (bodies are streamed).
     pub max_body: Option<u64>,
+    /// `min_body_rate`: bytes a second a request body must keep up on average (after a
+    /// grace of one second), else 408. `None`: no minimum (the default).
+    pub min_body_rate: Option<u64>,
     /// An HTTP/1 connection between requests (or an HTTP/2 one with no stream) is closed
     /// after this long.
     pub keepalive_timeout: Duration,
@@ -381,6 +388,7 @@ impl Default for HttpFrontend {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_body: None,
+            min_body_rate: None,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             trusted_proxies: Vec::new(),
             forwarded: false,
@@ -475,6 +483,7 @@ impl Frontend {
             http: HttpFrontend::default(),
             routes: Vec::new(),
             sni_timeout: DEFAULT_SNI_TIMEOUT,
+            first_byte_timeout: None,
             tls: None,
             accept_proxy: Vec::new(),
             access: Default::default(),

@@ -32,15 +32,38 @@ pub(crate) async fn admit(ledger: &mut Ledger, stream: &mut TcpStream, proxied: 
     if proxied && !take_proxy_header(ledger, stream).await {
         return false;
     }
-    match ledger.admit_client() {
-        Ok(()) => true,
-        Err(why) => {
-            ledger.outcome = why.name();
-            // A reset frees the socket at once, where a FIN would leave it in TIME_WAIT here.
-            let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
-            false
-        }
+    let why = match ledger.admit_client() {
+        Ok(()) => match first_byte(ledger, stream).await {
+            Ok(()) => return true,
+            Err(why) => why,
+        },
+        Err(why) => why.name(),
+    };
+    ledger.outcome = why;
+    // A reset frees the socket at once, where a FIN would leave it in TIME_WAIT here.
+    let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+    false
+}
+
+static FIRST_BYTE_LOG: RateLimit = RateLimit::new(1_000);
+
+/// `first_byte_timeout`: waits until the client has sent something (or closed) before any
+/// server hears of it; a client still silent when it ends is refused (`first-byte-timeout`,
+/// counted). Nothing is read: the service gets every byte.
+async fn first_byte(ledger: &Ledger, stream: &TcpStream) -> Result<(), &'static str> {
+    let Some(wait) = ledger.ctx().frontend.first_byte_timeout else { return Ok(()) };
+    if tokio::time::timeout(wait, stream.readable()).await.is_ok() {
+        return Ok(());
     }
+    let ctx = ledger.ctx();
+    ctx.stats.first_byte_timeouts.fetch_add(1, Ordering::Relaxed);
+    if let Some(skipped) = FIRST_BYTE_LOG.allow(now_ms()) {
+        tracing::info!(
+            frontend = %ctx.name, client = %ledger.client(), wait_ms = wait.as_millis() as u64,
+            skipped, "client sent nothing within first_byte_timeout: closed"
+        );
+    }
+    Err("first-byte-timeout")
 }
 
 /// Reads the PROXY header a trusted source (`accept_proxy`) must send first; its client becomes

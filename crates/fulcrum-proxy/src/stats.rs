@@ -113,6 +113,8 @@ pub struct FrontendStats {
     /// Idle connections closed at `pressure_idle_timeout` (shorter than their own) while the
     /// connection slots were under pressure.
     pub pressure_idle_closed: AtomicU64,
+    /// Clients closed for sending nothing within `first_byte_timeout`.
+    pub first_byte_timeouts: AtomicU64,
     /// Clients closed because no server could take them.
     pub no_server: AtomicU64,
     /// Clients refused by address, by `fulcrum_core::acl::Rejection::index` (TCP connections

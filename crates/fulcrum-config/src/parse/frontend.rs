@@ -15,6 +15,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "pool",
     "idle_timeout",
     "send_timeout",
+    "first_byte_timeout",
     "max_connections",
     "session_timeout",
     "max_sessions",
@@ -29,6 +30,7 @@ const FRONTEND_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_headers",
     "max_body",
+    "min_body_rate",
     "keepalive_timeout",
     "trusted_proxies",
     "forwarded",
@@ -192,6 +194,15 @@ impl Walker<'_> {
             f.send_timeout = self
                 .nonzero_duration(sv, &format!("{path}.send_timeout"))
                 .unwrap_or(f.send_timeout);
+        }
+        if let Some(x) = t.get("first_byte_timeout") {
+            let key = format!("{path}.first_byte_timeout");
+            if matches!(f.protocol, Protocol::Udp | Protocol::DirectoryUdp) {
+                self.error(x, &key, "UDP has no connection to wait on");
+                ok = false;
+            } else {
+                f.first_byte_timeout = self.nonzero_duration(x, &key);
+            }
         }
         if let Some(mv) = t.get("max_connections") {
             f.max_connections = self

@@ -13,6 +13,7 @@ pub(super) const HTTP_FRONTEND_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_headers",
     "max_body",
+    "min_body_rate",
     "keepalive_timeout",
     "trusted_proxies",
     "forwarded",
@@ -76,6 +77,30 @@ impl Walker<'_> {
         if let Some(x) = t.get("max_body") {
             match self.size(x, &format!("{path}.max_body"), 0, u64::MAX / 2) {
                 Some(n) => h.max_body = Some(n),
+                None => ok = false,
+            }
+        }
+        if let Some(x) = t.get("min_body_rate") {
+            let key = format!("{path}.min_body_rate");
+            let rate = self.string(x, &key).map(|s| {
+                s.trim()
+                    .strip_suffix("/s")
+                    .ok_or(())
+                    .and_then(|n| parse_size(n).map_err(|_| ()))
+                    .map_err(|()| {
+                        format!("\"{s}\" is not a byte rate (e.g. \"1KiB/s\", \"500/s\")")
+                    })
+            });
+            match rate {
+                Some(Ok(n)) if n > 0 => h.min_body_rate = Some(n),
+                Some(Ok(_)) => {
+                    self.error(x, &key, "must be more than 0 bytes a second");
+                    ok = false;
+                }
+                Some(Err(e)) => {
+                    self.error(x, &key, e);
+                    ok = false;
+                }
                 None => ok = false,
             }
         }
@@ -359,6 +384,24 @@ fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn min_body_rate_is_a_byte_rate() {
+        let text = |v: &str| {
+            format!(
+                "[frontend.f]\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"p\"\n\
+                 min_body_rate = {v}\n[pool.p]\nservers = [\"127.0.0.1:9001\"]\n"
+            )
+        };
+        let c = crate::parse_str(&text("\"1KiB/s\""), "f.toml").unwrap();
+        assert_eq!(c.frontends[0].http.min_body_rate, Some(1024));
+        for bad in ["\"1KiB\"", "\"0/s\"", "\"fast/s\"", "5"] {
+            let e = crate::parse_str(&text(bad), "f.toml").unwrap_err();
+            assert!(e.0[0].to_string().contains("min_body_rate"), "{bad}: {}", e.0[0]);
+        }
+        let c = crate::parse_str(&text("\"1KiB/s\"").replace("http", "tcp"), "f.toml");
+        assert!(c.is_err(), "an http key on a tcp frontend");
+    }
 
     #[test]
     fn sizes() {

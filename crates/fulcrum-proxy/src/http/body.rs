@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
@@ -36,12 +36,65 @@ pub(crate) struct Upload {
     pub(crate) complete: AtomicBool,
     /// The client's body was malformed (a bad chunk) or cut off: the client's fault.
     pub(crate) client_error: AtomicBool,
+    /// The client's body fell behind `min_body_rate` and was cut off.
+    pub(crate) too_slow: AtomicBool,
 }
 
 pub(crate) enum ReqBody {
     Empty,
-    Stream { inner: Incoming, upload: Arc<Upload>, limit: u64 },
+    Stream { inner: Incoming, upload: Arc<Upload>, limit: u64, pace: Option<Pace> },
 }
+
+/// `min_body_rate`: a body must have arrived at `rate` bytes a second on average, counted
+/// from a second after it began (the grace a slow start needs). One timer, armed at the time
+/// the bytes so far would fall behind; it is looked at only while the server side waits for
+/// more of the body, so a server slow to take it never counts against the client.
+pub(crate) struct Pace {
+    rate: u64,
+    start: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+const PACE_GRACE: Duration = Duration::from_secs(1);
+
+impl Pace {
+    pub(crate) fn new(rate: u64) -> Pace {
+        let start = tokio::time::Instant::now();
+        Pace { rate, start, timer: Box::pin(tokio::time::sleep_until(start + PACE_GRACE)) }
+    }
+
+    /// When `bytes` would be too few: a second after the start, plus the time `bytes` take
+    /// at the rate (capped far beyond any wait that matters).
+    fn due(&self, bytes: u64) -> tokio::time::Instant {
+        let secs = (bytes as f64 / self.rate.max(1) as f64).min(1e9);
+        self.start + PACE_GRACE + Duration::from_secs_f64(secs)
+    }
+
+    /// Polled while the body has nothing new: `true` once the client fell behind.
+    fn behind(&mut self, cx: &mut Context<'_>, bytes: u64) -> bool {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.due(bytes);
+            if tokio::time::Instant::now() >= due {
+                return true;
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct TooSlow;
+
+impl std::fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body slower than min_body_rate")
+    }
+}
+
+impl StdError for TooSlow {}
 
 #[derive(Debug)]
 pub(crate) struct TooLarge;
@@ -64,28 +117,39 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Stream { inner, upload, limit } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(d) = frame.data_ref() {
-                        let n = upload.bytes.fetch_add(d.len() as u64, Ordering::Relaxed)
-                            + d.len() as u64;
-                        if n > *limit {
-                            upload.too_large.store(true, Ordering::Relaxed);
-                            return Poll::Ready(Some(Err(Box::new(TooLarge))));
+            ReqBody::Stream { inner, upload, limit, pace } => {
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            let n = upload.bytes.fetch_add(d.len() as u64, Ordering::Relaxed)
+                                + d.len() as u64;
+                            if n > *limit {
+                                upload.too_large.store(true, Ordering::Relaxed);
+                                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                            }
                         }
+                        Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Ok(frame)))
+                    Poll::Ready(Some(Err(e))) => {
+                        upload.client_error.store(true, Ordering::Relaxed);
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    Poll::Ready(None) => {
+                        upload.complete.store(true, Ordering::Relaxed);
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => {
+                        let bytes = upload.bytes.load(Ordering::Relaxed);
+                        if let Some(p) = pace
+                            && p.behind(cx, bytes)
+                        {
+                            upload.too_slow.store(true, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(TooSlow))));
+                        }
+                        Poll::Pending
+                    }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    upload.client_error.store(true, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(Box::new(e))))
-                }
-                Poll::Ready(None) => {
-                    upload.complete.store(true, Ordering::Relaxed);
-                    Poll::Ready(None)
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 

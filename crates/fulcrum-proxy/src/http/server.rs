@@ -422,7 +422,9 @@ async fn proxy(
     } else {
         let upload = Arc::new(Upload::default());
         ex.upload = Some(upload.clone());
-        Some(ReqBody::Stream { inner: body, upload, limit: settings.max_body.unwrap_or(u64::MAX) })
+        let limit = settings.max_body.unwrap_or(u64::MAX);
+        let pace = settings.min_body_rate.map(super::body::Pace::new);
+        Some(ReqBody::Stream { inner: body, upload, limit, pace })
     };
     let idempotent = matches!(
         template.method,
@@ -584,6 +586,12 @@ async fn proxy(
                 if too_large {
                     ex.slot = Some(slot);
                     return reply(ex, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
+                }
+                let too_slow =
+                    ex.upload.as_ref().is_some_and(|u| u.too_slow.load(Ordering::Relaxed));
+                if too_slow {
+                    ex.slot = Some(slot);
+                    return reply(ex, StatusCode::REQUEST_TIMEOUT, "body-too-slow");
                 }
 
                 let now = now_ms();
