@@ -85,6 +85,18 @@ pub(crate) async fn accept_loop(
                     }
                     continue;
                 };
+                // The slots are taken atomically: others may have filled them since the
+                // look above (this loop then waited in accept meanwhile).
+                if try_take_tcp_slots(&shared, &ctx) {
+                    if deciding {
+                        shared.deciding.release();
+                    }
+                    dispatch(id, &shared, &ctx, stream, peer, &tracker);
+                    continue;
+                }
+                if !deciding && ctx.frontend.fair_share.enabled {
+                    deciding = shared.deciding.try_acquire();
+                }
                 if deciding {
                     let room = crate::admit::make_room(&shared, &ctx, peer);
                     if room != crate::admit::Room::Wait {
@@ -112,9 +124,9 @@ pub(crate) async fn accept_loop(
                     });
                     continue;
                 }
-                // Other workers may have filled the limit while this one waited in accept:
-                // the slot is taken atomically, and the client waits (accepted, unserved)
-                // until one frees. At most one client per accept loop waits like this.
+                // No slot, and the fair share off (or 64 clients already being decided on):
+                // the client waits (accepted, unserved) until one frees. At most one client
+                // per accept loop waits like this.
                 if take_tcp_slots(&shared, &ctx, &stop).await.is_err() {
                     return;
                 }
@@ -165,6 +177,26 @@ pub(crate) async fn take_tcp_slots(
     }
     taken.0.clear();
     Ok(())
+}
+
+/// Takes a TCP connection's slots (global, descriptors, frontend) if all are free now, all
+/// or none.
+fn try_take_tcp_slots(shared: &Shared, ctx: &AcceptCtx) -> bool {
+    if !shared.limits.try_acquire() {
+        return false;
+    }
+    if !shared.descriptors.try_acquire_n(TCP_DESCRIPTORS) {
+        shared.limits.release();
+        return false;
+    }
+    if let Some(l) = &ctx.limits
+        && !l.try_acquire()
+    {
+        shared.limits.release();
+        shared.descriptors.release_n(TCP_DESCRIPTORS);
+        return false;
+    }
+    true
 }
 
 /// Closes a refused client's connection with a reset rather than a FIN: it was never served.

@@ -213,11 +213,12 @@ pub(crate) enum Room {
     Refused,
 }
 
-/// Decides on a client accepted while no connection slot was left. Room is made when some
-/// address holds at least two more connections than the client (so closing one never
-/// turns the tables): the oldest connection of the address holding the most is closed, and
-/// the client takes its slots at once, ahead of anybody waiting for them. A newcomer (an
-/// address holding nothing) thus always gets in while anybody holds two or more.
+/// Decides on a client accepted while no connection slot was left. Room is made for an
+/// address holding less than half its fair share when some address holds at least two more
+/// connections than it (so closing one never turns the tables): the oldest connection of
+/// the address holding the most is closed, and the client takes its slots at once, ahead of
+/// anybody waiting for them. A newcomer (an address holding nothing) thus always gets in
+/// while anybody holds two or more.
 pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> Room {
     let ip = peer.ip();
     let table = &ctx.stats.clients;
@@ -229,15 +230,20 @@ pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> R
         refuse_full(shared, ctx, peer, held, share);
         return Room::Refused;
     }
+    // Room is made for an address holding less than half its share: a newcomer always, not
+    // the members of a flood closing each other's connections in turn.
+    if held > 0 && held >= share / 2 && !is_exempt {
+        return Room::Wait;
+    }
     let me = fulcrum_core::clients::client_key(ip, limits.ipv6_prefix);
     let victim = table
         .busiest(|a| exempt(ctx, a))
         .filter(|v| v.active() as usize > held.saturating_add(1) && v.key != me);
     let Some(victim) = victim else { return Room::Wait };
     if !take_slots_over(shared, ctx) {
-        // Those closed for earlier newcomers have not ended yet: too many at once.
-        refuse_full(shared, ctx, peer, held, share);
-        return Room::Refused;
+        // Those closed for earlier newcomers have not ended yet: too many at once. Their
+        // slots come back soon.
+        return Room::Wait;
     }
     victim.evict.notify_one();
     ctx.stats.fair_share_evictions.fetch_add(1, Ordering::Relaxed);

@@ -75,29 +75,18 @@ async fn flood(front: SocketAddr, addresses: &[Ipv4Addr], per_address: usize) ->
     held
 }
 
-/// Waits until the balancer has gone through the flood's backlog: its refusals and evictions
-/// stop moving (two readings 200 ms apart agree), within `WAIT`. The attack is then in place:
-/// its connections held, the rest refused.
-async fn settled(s: &Setup) {
-    let count = || {
-        rejections(s, "fair-share")
-            + rejections(s, "full")
-            + metric(&s.api, "fulcrum_fair_share_evictions_total{frontend=\"fe\"}")
-    };
-    let deadline = Instant::now() + WAIT;
-    let mut last = count();
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = count();
-        if now == last {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the balancer still deciding on the flood after {WAIT:?}"
-        );
-        last = now;
-    }
+/// Waits until the balancer has gone through the flood's backlog, within `WAIT`: each of
+/// the `sockets` connections the flood opened was either served (a connection counted) or
+/// refused when no slot was left or made (`full`), and the connections closed to make room
+/// are gone (no more held than the limit). The attack is then in place.
+async fn settled(s: &Setup, sockets: usize) {
+    let max = metric(&s.api, "fulcrum_connections_max");
+    wait_until_async(WAIT, "the balancer through the flood's backlog", || {
+        let seen = metric(&s.api, "fulcrum_frontend_connections_total{frontend=\"fe\"}")
+            + rejections(s, "full");
+        seen >= sockets as f64 && active(s) <= max
+    })
+    .await;
 }
 
 /// One request on a new connection from 127.0.0.1: a line out, its upper-cased echo back.
@@ -138,12 +127,9 @@ async fn one_address_with_12000_idle_connections_does_not_crowd_out_another() {
     assert!(max > 0.0 && max < 12_000.0, "the flood must pass the limit ({max})");
     let started = Instant::now();
     let held = flood(front, &[Ipv4Addr::new(127, 0, 0, 3)], 12_000).await;
+    settled(&s, held.len()).await;
     // Under pressure (90 % of the slots) the address is held at its fair share.
-    wait_until_async(WAIT, "the flood refused at its fair share", || {
-        rejections(&s, "fair-share") > 0.0
-    })
-    .await;
-    settled(&s).await;
+    assert!(rejections(&s, "fair-share") > 0.0, "the flood refused at its fair share");
     let (a, flooded) = (active(&s), started.elapsed());
     println!("{} attacker sockets, {a} connections held of {max}, in {flooded:?}", held.len());
     assert!(a >= max * 0.85 && a < max, "{a} held of {max}");
@@ -162,8 +148,8 @@ async fn a_thousand_addresses_with_12_each_do_not_crowd_out_another() {
     let held = flood(front, &addresses, 12).await;
     // More than every slot asked for: those over the share refused, the slots run out, and
     // addresses still under their share close connections of those holding more.
-    wait_until_async(WAIT, "every slot taken", || active(&s) >= max - 1.0).await;
-    settled(&s).await;
+    settled(&s, held.len()).await;
+    assert!(active(&s) >= max * 0.9, "the slots under pressure: {}", active(&s));
     let before = (rejections(&s, "fair-share"), rejections(&s, "full"), active(&s));
     let served = legitimate(front).await;
     println!(
