@@ -5,6 +5,8 @@
 //!   client behind HAProxy, bytes pass intact; a trusted source without a header is closed.
 //! * `fulcrum_sends_v1_and_v2_and_haproxy_sees_the_real_client`: fulcrum's pool with
 //!   `send_proxy`, HAProxy behind with `accept-proxy` answering with the source it was told.
+//! * `an_http_pool_sends_each_client_connection_its_own_proxied_server_connection`: the
+//!   same from an `http` frontend, two keep-alive clients taking turns.
 //! * `an_untrusted_source_with_a_header_is_refused_over_http` and `..._over_tcp`.
 //! * `udp_sessions_send_a_v2_datagram_header_with_every_datagram` (no real peer speaks it:
 //!   the test server parses the header with ppp).
@@ -120,6 +122,72 @@ send_proxy = "{version}"
         let text = String::from_utf8_lossy(&back);
         assert!(text.starts_with("HTTP/1.1 200"), "{version}: {text}");
         assert!(text.ends_with(&format!("src={from}")), "{version}: {text}");
+    }
+}
+
+/// One keep-alive request on `c`: the answer's body.
+async fn keepalive_get(c: &mut TcpStream) -> String {
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap();
+            if got.len() >= end + 4 + len {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                return text[end + 4..end + 4 + len].to_string();
+            }
+        }
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed mid-answer: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An `http` frontend whose pool has `send_proxy`: HAProxy behind it (`accept-proxy`)
+/// answers each request with the client and port its connection's header named. Two
+/// keep-alive clients taking turns each always get their own: a server connection carries
+/// the requests of one client connection only, and a client's requests reuse its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_pool_sends_each_client_connection_its_own_proxied_server_connection() {
+    for version in ["v1", "v2"] {
+        let h = haproxy(
+            "frontend f\n    mode http\n    bind 127.0.0.1:{port} accept-proxy\n    \
+             http-request return status 200 content-type text/plain \
+             lf-string \"src=%[src]:%[src_port]\"\n",
+        );
+        let toml = format!(
+            "workers = 1\n[frontend.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+             pool = \"app\"\n[pool.app]\nservers = [\"127.0.0.1:{}\"]\nsend_proxy = \"{version}\"\n",
+            h.port
+        );
+        let d = Daemon::run_config(&toml);
+        let mut a = connect_from("127.0.0.6", d.addr("web")).await;
+        let mut b = connect_from("127.0.0.7", d.addr("web")).await;
+        let (pa, pb) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
+        for round in 0..3 {
+            let got_a = keepalive_get(&mut a).await;
+            let got_b = keepalive_get(&mut b).await;
+            assert_eq!(got_a, format!("src=127.0.0.6:{pa}"), "{version} round {round}");
+            assert_eq!(got_b, format!("src=127.0.0.7:{pb}"), "{version} round {round}");
+        }
+        // A new connection from the first address is a new client connection: its own
+        // server connection, its own port in the header.
+        drop(a);
+        let mut a2 = connect_from("127.0.0.6", d.addr("web")).await;
+        let pa2 = a2.local_addr().unwrap().port();
+        assert_eq!(keepalive_get(&mut a2).await, format!("src=127.0.0.6:{pa2}"), "{version}");
+        assert_eq!(keepalive_get(&mut b).await, format!("src=127.0.0.7:{pb}"), "{version}");
     }
 }
 

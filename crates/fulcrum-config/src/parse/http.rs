@@ -142,8 +142,8 @@ impl Walker<'_> {
         ok
     }
 
-    /// `accept_proxy` of a frontend (TCP proxy, `http`, `https`), and the check that a pool
-    /// with `send_proxy` serves no HTTP frontend (not supported there yet).
+    /// `accept_proxy` of a frontend (TCP proxy, `http`, `https`), and the check that a udp
+    /// frontend's pool sends PROXY headers only where a datagram can carry one.
     pub(super) fn proxy_protocol(
         &mut self,
         t: &DeTable<'_>,
@@ -203,22 +203,6 @@ impl Walker<'_> {
                 }
                 ok = false;
             }
-        }
-        if f.protocol.is_http()
-            && let Some(p) = c.pool(&f.pool)
-            && p.send_proxy.is_some()
-        {
-            if let Some(x) = t.get("pool") {
-                self.error(
-                    x,
-                    &format!("{path}.pool"),
-                    format!(
-                        "pool \"{}\" has send_proxy, which HTTP frontends do not support yet",
-                        p.name
-                    ),
-                );
-            }
-            ok = false;
         }
         ok
     }

@@ -716,7 +716,6 @@ send_proxy = "v1"
     for want in [
         "frontend.u.accept_proxy: only tcp (proxy mode), http and https frontends read a PROXY header",
         "pool.p.send_proxy: unknown version \"v3\" (expected: v1, v2)",
-        "frontend.h.pool: pool \"q\" has send_proxy, which HTTP frontends do not support yet",
     ] {
         assert!(errs.contains(want), "{want} not in:\n{errs}");
     }

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::ClientCert;
 use super::io::{HttpIo, Phase};
-use super::server::{conn_info, finish, pressure, run};
+use super::server::{conn_info, finish, local_addr, pressure, run};
 use crate::clock::now_ms;
 use crate::ledger::Ledger;
 use crate::ratelog::RateLimit;
@@ -30,6 +30,7 @@ pub(super) async fn serve_tls(ledger: Ledger, stream: TcpStream, loaded: Arc<cra
     // Passthrough routes decide first: a name of theirs is a server's to terminate.
     let terminated = crate::sni::passthrough(ledger, stream, header_timeout).await;
     let Some((mut ledger, stream)) = terminated else { return };
+    let local = local_addr(&ledger, &stream);
     let phase = Arc::new(Phase::default());
     let acceptor = tokio_rustls::TlsAcceptor::from(loaded.config.clone());
     let stats = &ctx.stats;
@@ -52,7 +53,7 @@ pub(super) async fn serve_tls(ledger: Ledger, stream: TcpStream, loaded: Arc<cra
                 .and_then(|leaf| crate::tls::certificate_subject(leaf))
                 .and_then(|s| HeaderValue::from_str(&s).ok());
             let client_cert = ClientCert { loaded: loaded.clone(), subject };
-            let conn = conn_info(&ledger, &phase, "https", Some(client_cert));
+            let conn = conn_info(&ledger, &phase, "https", Some(client_cert), local);
             run(&conn, HttpIo::new(tls, phase.clone(), header_timeout, keepalive, pressure(&conn)))
                 .await
         }

@@ -46,6 +46,17 @@ pub(crate) struct ConnInfo {
     pub(crate) client_cert: Option<ClientCert>,
     /// The connection's client in the frontend's table (its requests are counted there).
     pub(crate) client_entry: Option<Arc<crate::clients::Client>>,
+    /// What its server connections are listed under when a pool sends PROXY headers
+    /// (`upstream::client_id`), and the address the client reached (the header's
+    /// destination: known only when a pool of the snapshot has `send_proxy`).
+    pub(crate) upstream_id: u64,
+    pub(crate) local: SocketAddr,
+}
+
+impl Drop for ConnInfo {
+    fn drop(&mut self) {
+        upstream::forget_client(self.upstream_id);
+    }
 }
 
 /// An `https` connection's `client_cert_header` (in the TLS material it was accepted with)

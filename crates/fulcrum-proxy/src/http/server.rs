@@ -54,11 +54,23 @@ pub(crate) async fn serve(ledger: Ledger, stream: TcpStream) {
     }
 }
 
+/// The address a client connection reached, asked of the kernel only when some pool sends
+/// PROXY headers (it is their destination); else the client's own stands in, never sent.
+pub(super) fn local_addr(ledger: &Ledger, stream: &TcpStream) -> std::net::SocketAddr {
+    let snap = ledger.shared().state.load();
+    if snap.pools.iter().any(|p| p.send_proxy.is_some()) {
+        stream.local_addr().unwrap_or(ledger.client())
+    } else {
+        ledger.client()
+    }
+}
+
 pub(super) fn conn_info(
     ledger: &Ledger,
     phase: &Arc<Phase>,
     proto: &'static str,
     client_cert: Option<ClientCert>,
+    local: std::net::SocketAddr,
 ) -> Arc<ConnInfo> {
     Arc::new(ConnInfo {
         shared: ledger.shared().clone(),
@@ -69,6 +81,8 @@ pub(super) fn conn_info(
         proto,
         client_cert,
         client_entry: ledger.client_arc(),
+        upstream_id: upstream::client_id(),
+        local,
     })
 }
 
@@ -86,7 +100,8 @@ async fn serve_plain(mut ledger: Ledger, stream: TcpStream) {
     let settings = &ledger.ctx().frontend.http;
     let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
     let phase = Arc::new(Phase::default());
-    let conn = conn_info(&ledger, &phase, "http", None);
+    let local = local_addr(&ledger, &stream);
+    let conn = conn_info(&ledger, &phase, "http", None, local);
     let res =
         run(&conn, HttpIo::new(stream, phase.clone(), header_timeout, keepalive, pressure(&conn)))
             .await;
@@ -491,7 +506,8 @@ async fn proxy(
             return reply(ex, StatusCode::SERVICE_UNAVAILABLE, "no-server");
         };
         server.stats.on_assigned();
-        let addr = upstream::Key::of(&pool, server);
+        let addr = upstream::Key::of(&pool, server, conn.upstream_id);
+        let me = (conn.upstream_id, conn.peer, conn.local);
         let mut reused = true;
         let mut sender = match upstream::take(addr, pool.http.version) {
             Some(s) => s,
@@ -499,7 +515,7 @@ async fn proxy(
                 reused = false;
                 // Boxed: a new connection is the rare case, and its future is large. It
                 // keeps the pool's connect_timeout itself (TCP, TLS, HTTP/2 preface).
-                match Box::pin(upstream::connect(&conn.shared, &pool, server)).await {
+                match Box::pin(upstream::connect(&conn.shared, &pool, server, me)).await {
                     Ok(s) => s,
                     Err(e) => {
                         connect_failure(&pool, index, &e);
@@ -529,7 +545,7 @@ async fn proxy(
                 // fault of the server and costs no attempt.
                 Ok(Err(Failed { unsent: Some(back), error })) if reused => {
                     reused = false;
-                    match Box::pin(upstream::connect(&conn.shared, &pool, server)).await {
+                    match Box::pin(upstream::connect(&conn.shared, &pool, server, me)).await {
                         Ok(s) => {
                             sender = s;
                             req = back;

@@ -7,7 +7,9 @@
 //! atomic is needed to take or return a connection. Every connection holds a descriptor of
 //! the process's budget while it is open. A pool with `[pool.X.tls]` speaks TLS to its
 //! servers (ALPN `http/1.1`, or `h2` for `version = "h2"`); its connections are listed apart
-//! from plain ones to the same address (see [`Key`]).
+//! from plain ones to the same address (see [`Key`]). A pool with `send_proxy` opens each
+//! connection with a PROXY header naming one client: its connections are listed under that
+//! client connection alone, never given to another, and closed when it ends.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,20 +29,49 @@ use crate::ledger::Descriptor;
 use crate::state::{PoolState, ServerEntry};
 use crate::upstream_tls::Alpn;
 
-/// What an idle connection is listed under: its server's address and the TLS settings it
-/// was made with (0: plain TCP). Two pools reaching one address with and without TLS, or
+/// What an idle connection is listed under: its server's address, the TLS settings it was
+/// made with (0: plain TCP) and, for a pool with `send_proxy`, the one client connection
+/// its PROXY header names (0: any). Two pools reaching one address with and without TLS, or
 /// with other TLS settings, never take each other's connections, nor does a pool after its
-/// TLS settings changed.
+/// TLS settings changed, nor does a client another client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
     addr: SocketAddr,
     tls: u64,
+    client: u64,
 }
 
 impl Key {
-    pub(crate) fn of(pool: &PoolState, server: &ServerEntry) -> Key {
-        Key { addr: server.addr, tls: pool.tls.as_ref().map_or(0, |t| t.id) }
+    /// `client`: the connection's [`client_id`].
+    pub(crate) fn of(pool: &PoolState, server: &ServerEntry, client: u64) -> Key {
+        let client = if pool.send_proxy.is_some() { client } else { 0 };
+        Key { addr: server.addr, tls: pool.tls.as_ref().map_or(0, |t| t.id), client }
     }
+}
+
+thread_local! {
+    static CLIENT_IDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A number for a new client connection of this worker, never 0 and never reused on it:
+/// what its private server connections are listed under (the lists are the worker's own).
+pub(crate) fn client_id() -> u64 {
+    CLIENT_IDS.with(|c| {
+        let id = c.get().wrapping_add(1).max(1);
+        c.set(id);
+        id
+    })
+}
+
+/// Closes the idle server connections of client connection `client` (it ended): they could
+/// serve nobody else.
+pub(crate) fn forget_client(client: u64) {
+    let _ = LISTS.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.h1.retain(|k, _| k.client != client);
+            l.h2.retain(|k, _| k.client != client);
+        }
+    });
 }
 
 pub(crate) enum Sender {
@@ -127,12 +158,15 @@ async fn sweep() {
     }
 }
 
-/// Opens a connection to `server` of `pool`: the TCP connect, the TLS handshake when the
-/// pool has TLS, and the HTTP/2 preface for h2, all within the pool's `connect_timeout`.
+/// Opens a connection to `server` of `pool` for client connection `client` (its id, its
+/// client's address and the address it reached): the TCP connect, the PROXY header when the
+/// pool has `send_proxy` (in the clear, before TLS), the TLS handshake when the pool has
+/// TLS, and the HTTP/2 preface for h2, all within the pool's `connect_timeout`.
 pub(crate) async fn connect(
     shared: &Arc<Shared>,
     pool: &PoolState,
     server: &ServerEntry,
+    client: (u64, SocketAddr, SocketAddr),
 ) -> io::Result<Sender> {
     let Some(descriptor) = Descriptor::take(shared) else {
         return Err(io::Error::other("descriptor budget spent"));
@@ -141,10 +175,13 @@ pub(crate) async fn connect(
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
     let started = Instant::now();
     let tcp = tokio::time::timeout_at(deadline, crate::connect::connect(server.addr));
-    let stream = tcp.await.map_err(|_| timed_out())??;
+    let mut stream = tcp.await.map_err(|_| timed_out())??;
     server.stats.on_connected(started.elapsed());
-    let (key, version) = (Key::of(pool, server), pool.http.version);
+    let (key, version) = (Key::of(pool, server, client.0), pool.http.version);
     let open = async {
+        if let Some(v) = pool.send_proxy {
+            crate::proxyproto::send(&mut stream, v, client.1, client.2).await?;
+        }
         match (&pool.tls, &server.tls_name) {
             (Some(tls), Some(name)) => {
                 let alpn = if version == HttpVersion::H2 { Alpn::H2 } else { Alpn::H1 };
