@@ -231,9 +231,12 @@ pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> R
         return Room::Refused;
     }
     // Room is made for an address holding less than half its share: a newcomer always, not
-    // the members of a flood closing each other's connections in turn.
+    // the members of a flood closing each other's connections in turn. One holding more is
+    // refused at once rather than left to wait: a flood's backlog would otherwise take every
+    // place of those being decided on, two seconds each, with newcomers queued behind it.
     if held > 0 && held >= share / 2 && !is_exempt {
-        return Room::Wait;
+        refuse_full(shared, ctx, peer, held, share);
+        return Room::Refused;
     }
     let me = fulcrum_core::clients::client_key(ip, limits.ipv6_prefix);
     let victim = table
