@@ -242,11 +242,21 @@ pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> R
     let victim = table
         .busiest(|a| exempt(ctx, a))
         .filter(|v| v.active() as usize > held.saturating_add(1) && v.key != me);
-    let Some(victim) = victim else { return Room::Wait };
+    // Only a newcomer (holding nothing) waits for a slot when no room can be made now: one
+    // holding some is served already, and its waiting would hold up those behind it.
+    let wait_or_refuse = || {
+        if held == 0 || is_exempt {
+            Room::Wait
+        } else {
+            refuse_full(shared, ctx, peer, held, share);
+            Room::Refused
+        }
+    };
+    let Some(victim) = victim else { return wait_or_refuse() };
     if !take_slots_over(shared, ctx) {
         // Those closed for earlier newcomers have not ended yet: too many at once. Their
         // slots come back soon.
-        return Room::Wait;
+        return wait_or_refuse();
     }
     victim.evict.notify_one();
     ctx.stats.fair_share_evictions.fetch_add(1, Ordering::Relaxed);
