@@ -82,6 +82,16 @@ impl Window {
         self.now.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Events in this second and the one before: those of the last one to two seconds.
+    fn recent(&self, now_ns: u64) -> u64 {
+        let sec = now_ns / 1_000_000_000;
+        match sec.saturating_sub(self.second.load(Ordering::Relaxed)) {
+            0 => self.now.load(Ordering::Relaxed) + self.before.load(Ordering::Relaxed),
+            1 => self.now.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
     /// Events in the last whole second.
     fn per_second(&self, now_ns: u64) -> u64 {
         let sec = now_ns / 1_000_000_000;
@@ -152,6 +162,15 @@ impl Client {
 
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// What the fair share counts as held: connections open now less those (and requests)
+    /// begun in the last one to two seconds. A client making short requests, however many at
+    /// once when its server is slow for a moment, holds little; connections kept open hold
+    /// from a second or two on, as does a flood once it is in place.
+    fn holding(&self, now_ns: u64) -> u32 {
+        let recent = u32::try_from(self.window.recent(now_ns)).unwrap_or(u32::MAX);
+        self.active().saturating_sub(recent)
     }
 
     /// Takes a hold (a connection or session): counted in `active`, and in the table's
@@ -266,10 +285,19 @@ impl ClientTable {
         limits: &ClientLimits,
         fair: Option<usize>,
     ) -> Result<Option<ClientRef>, Rejection> {
-        let now = now_ns();
+        self.connect_at(ip, limits, fair, now_ns())
+    }
+
+    fn connect_at(
+        &self,
+        ip: IpAddr,
+        limits: &ClientLimits,
+        fair: Option<usize>,
+        now: u64,
+    ) -> Result<Option<ClientRef>, Rejection> {
         let Some(c) = self.find(ip, limits, now) else { return Ok(None) };
         if let Some(share) = fair
-            && c.active() as usize >= share
+            && c.holding(now) as usize >= share
         {
             c.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Rejection::FairShare);
@@ -336,11 +364,12 @@ impl ClientTable {
         self.holders.load(Ordering::Relaxed)
     }
 
-    /// Connections (and sessions) `ip` holds now, without making it an entry.
+    /// What `ip` holds now as the fair share counts it (`Client::holding`), without making
+    /// it an entry.
     pub fn held_by(&self, ip: IpAddr, limits: &ClientLimits) -> u32 {
         let key = client_key(ip, limits.ipv6_prefix);
         let map = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&key).map_or(0, |c| c.active())
+        map.get(&key).map_or(0, |c| c.holding(now_ns()))
     }
 
     /// The client holding the most connections, `skip` (the exempt) aside.
@@ -472,11 +501,19 @@ mod tests {
     fn the_fair_share_refuses_the_holder_and_finds_the_busiest() {
         let t = ClientTable::default();
         let limits = ClientLimits::default();
+        // Opened ten seconds ago: held, as the fair share counts it.
+        let then = now_ns() - 10_000_000_000;
         let held: Vec<_> =
-            (0..3).map(|_| t.connect(ip("10.0.0.1"), &limits, Some(3)).unwrap()).collect();
+            (0..3).map(|_| t.connect_at(ip("10.0.0.1"), &limits, Some(3), then).unwrap()).collect();
         let other = t.connect(ip("10.0.0.2"), &limits, Some(3)).unwrap();
         assert_eq!(t.holders(), 2);
         assert_eq!(t.connect(ip("10.0.0.1"), &limits, Some(3)).unwrap_err(), Rejection::FairShare);
+        // Connections begun in the last second or two are not held yet: a client making
+        // short requests is not refused for having several open at once.
+        let young: Vec<_> =
+            (0..5).map(|_| t.connect(ip("10.0.0.3"), &limits, Some(3)).unwrap()).collect();
+        assert_eq!(young.len(), 5);
+        drop(young);
         assert_eq!(
             (t.held_by(ip("10.0.0.1"), &limits), t.held_by(ip("10.0.0.9"), &limits)),
             (3, 0)
