@@ -112,13 +112,11 @@ pub(crate) async fn accept_loop(
                     let (shared, ctx, stop, tracker2) =
                         (shared.clone(), ctx.clone(), stop.clone(), tracker.clone());
                     tracker.spawn(async move {
-                        let slot = take_tcp_slots(&shared, &ctx, &stop);
-                        let slot = tokio::time::timeout(crate::admit::ROOM_WAIT, slot).await;
+                        let room = wait_for_room(&shared, &ctx, peer, &stop).await;
                         shared.deciding.release();
-                        if let Ok(Ok(())) = slot {
+                        if room {
                             dispatch(id, &shared, &ctx, stream, peer, &tracker2);
                         } else {
-                            crate::admit::waited_in_vain(&shared, &ctx, peer);
                             reset(&stream);
                         }
                     });
@@ -177,6 +175,34 @@ pub(crate) async fn take_tcp_slots(
     }
     taken.0.clear();
     Ok(())
+}
+
+/// A newcomer for whom no room could be made at once: looks again whenever a slot frees and
+/// at least every 20 ms (the connections closed for earlier newcomers end, and room can be
+/// made again), for `ROOM_WAIT`; true once it holds its slots, false when refused.
+async fn wait_for_room(
+    shared: &Shared,
+    ctx: &AcceptCtx,
+    peer: SocketAddr,
+    stop: &CancellationToken,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + crate::admit::ROOM_WAIT;
+    loop {
+        if try_take_tcp_slots(shared, ctx) {
+            return true;
+        }
+        match crate::admit::make_room(shared, ctx, peer) {
+            crate::admit::Room::Made => return true,
+            crate::admit::Room::Refused => return false,
+            crate::admit::Room::Wait => {}
+        }
+        if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+            crate::admit::waited_in_vain(shared, ctx, peer);
+            return false;
+        }
+        let freed = shared.limits.freed().notified();
+        let _ = tokio::time::timeout(Duration::from_millis(20), freed).await;
+    }
 }
 
 /// Takes a TCP connection's slots (global, descriptors, frontend) if all are free now, all

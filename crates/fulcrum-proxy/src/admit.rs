@@ -241,7 +241,7 @@ pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> R
     let me = fulcrum_core::clients::client_key(ip, limits.ipv6_prefix);
     let victim = table
         .busiest(|a| exempt(ctx, a))
-        .filter(|v| v.active() as usize > held.saturating_add(1) && v.key != me);
+        .filter(|v| v.spare() as usize > held.saturating_add(1) && v.key != me);
     // Only a newcomer (holding nothing) waits for a slot when no room can be made now: one
     // holding some is served already, and its waiting would hold up those behind it.
     let wait_or_refuse = || {
@@ -258,7 +258,7 @@ pub(crate) fn make_room(shared: &Shared, ctx: &AcceptCtx, peer: SocketAddr) -> R
         // slots come back soon.
         return wait_or_refuse();
     }
-    victim.evict.notify_one();
+    victim.evict_one();
     ctx.stats.fair_share_evictions.fetch_add(1, Ordering::Relaxed);
     if let Some(skipped) = FULL_LOG.allow(now_ms()) {
         tracing::info!(

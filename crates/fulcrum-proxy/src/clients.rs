@@ -24,6 +24,10 @@ use tokio::sync::Notify;
 
 const SHARDS: usize = 16;
 
+/// Most connections (and requests) begun in the last second or two that the fair share
+/// does not count as held yet.
+const YOUNG_ALLOWANCE: u64 = 64;
+
 type Shard = Mutex<HashMap<IpAddr, Arc<Client>>>;
 
 /// Nanoseconds on the coarse monotonic clock (a vDSO load; one tick of resolution is far
@@ -44,6 +48,10 @@ pub struct Client {
     /// Wakes one of its connections (the one waiting longest: its oldest) to close it and
     /// make room for an address holding less (the fair share).
     pub(crate) evict: Notify,
+    /// Connections told through `evict` to close that have not yet: not counted again when
+    /// the next newcomer looks for room (a `Notify` keeps one permit at most, so telling a
+    /// client more often than it has connections waiting would free nothing).
+    evicting: AtomicU32,
     /// Refusals by a per-client limit in the ban window begun at `trips_since_ns`.
     trips: AtomicU32,
     trips_since_ns: AtomicU64,
@@ -110,6 +118,7 @@ impl Client {
             active: AtomicU32::new(0),
             holders,
             evict: Notify::new(),
+            evicting: AtomicU32::new(0),
             trips: AtomicU32::new(0),
             trips_since_ns: AtomicU64::new(0),
             banned_until_ns: AtomicU64::new(0),
@@ -164,12 +173,30 @@ impl Client {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Connections open now less those told to close for others that have not yet.
+    pub(crate) fn spare(&self) -> u32 {
+        self.active().saturating_sub(self.evicting.load(Ordering::Relaxed))
+    }
+
+    /// Tells its longest-waiting connection to close and make room (`evict`).
+    pub(crate) fn evict_one(&self) {
+        self.evicting.fetch_add(1, Ordering::Relaxed);
+        self.evict.notify_one();
+    }
+
+    /// One of its connections closed as `evict` told it.
+    pub(crate) fn evicted(&self) {
+        let _ =
+            self.evicting.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     /// What the fair share counts as held: connections open now less those (and requests)
-    /// begun in the last one to two seconds. A client making short requests, however many at
-    /// once when its server is slow for a moment, holds little; connections kept open hold
-    /// from a second or two on, as does a flood once it is in place.
+    /// begun in the last one to two seconds, at most `YOUNG_ALLOWANCE` of them. A client
+    /// making short requests holds little even when a slow moment leaves dozens open at once;
+    /// connections kept open hold from a second or two on, and a flood opening thousands at
+    /// once holds all but the allowance at once.
     fn holding(&self, now_ns: u64) -> u32 {
-        let recent = u32::try_from(self.window.recent(now_ns)).unwrap_or(u32::MAX);
+        let recent = self.window.recent(now_ns).min(YOUNG_ALLOWANCE) as u32;
         self.active().saturating_sub(recent)
     }
 
@@ -372,13 +399,14 @@ impl ClientTable {
         map.get(&key).map_or(0, |c| c.holding(now_ns()))
     }
 
-    /// The client holding the most connections, `skip` (the exempt) aside.
+    /// The client holding the most connections not already told to close, `skip` (the
+    /// exempt) aside.
     pub fn busiest(&self, skip: impl Fn(IpAddr) -> bool) -> Option<Arc<Client>> {
         let mut best: Option<Arc<Client>> = None;
         for shard in self.shards.iter() {
             let map = shard.lock().unwrap_or_else(|e| e.into_inner());
             for c in map.values() {
-                if c.active() > best.as_ref().map_or(0, |b| b.active()) && !skip(c.key) {
+                if c.spare() > best.as_ref().map_or(0, |b| b.spare()) && !skip(c.key) {
                     best = Some(c.clone());
                 }
             }

@@ -584,6 +584,11 @@ pub(crate) fn serve_here(
                 if let Some(why) =
                     crate::guard::until_cut(&shared, me, client, evict, service).await
                 {
+                    if why == crate::guard::Cut::FairShare
+                        && let Some(c) = &entry
+                    {
+                        c.evicted();
+                    }
                     mark.set(why);
                 }
             });
@@ -617,6 +622,11 @@ pub(crate) fn serve_here(
                 if let Some(why) =
                     crate::guard::until_cut(&shared, me, client, evict, service).await
                 {
+                    if why == crate::guard::Cut::FairShare
+                        && let Some(c) = &entry
+                    {
+                        c.evicted();
+                    }
                     mark.set(why);
                 }
             });

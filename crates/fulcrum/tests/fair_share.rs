@@ -144,7 +144,9 @@ async fn one_address_with_12000_idle_connections_does_not_crowd_out_another() {
         "{} attacker sockets, {a} connections held of {max}, {refused} refused, in {flooded:?}",
         held.len()
     );
-    assert!(refused > 0.0, "the flood refused");
+    // (When fewer connected than there are slots, e.g. the kernel's queue dropped some, no
+    // refusal is owed.)
+    assert!(refused > 0.0 || (held.len() as f64) < max, "the flood refused");
     assert!(a >= max * 0.85, "{a} held of {max}");
     let served = legitimate(front).await;
     assert_eq!(served, 100, "legitimate requests served during the flood");
@@ -171,7 +173,13 @@ async fn a_thousand_addresses_with_12_each_do_not_crowd_out_another() {
         (rejections(&s, "fair-share"), rejections(&s, "full"), active(&s)),
         metric(&s.api, "fulcrum_fair_share_evictions_total{frontend=\"fe\"}")
     );
-    assert!(rejections(&s, "fair-share") + rejections(&s, "full") > 0.0, "the flood refused");
+    // Met by the fair share: refused past its share or when full, or its connections
+    // closed to make room (a flood's first second or two holds nothing yet, so at first its
+    // members make room for each other).
+    let met = rejections(&s, "fair-share")
+        + rejections(&s, "full")
+        + metric(&s.api, "fulcrum_fair_share_evictions_total{frontend=\"fe\"}");
+    assert!(met > 0.0 || (held.len() as f64) < max, "the flood met by the fair share");
     let refusals: Vec<_> =
         ["client refused", "no connection slot left and none to make: client refused"]
             .iter()
