@@ -178,6 +178,10 @@ impl Ledger {
         let ctx = &self.ctx;
         let table = &ctx.stats.clients;
         let limits = &ctx.frontend.limits;
+        if limits.max_clients == 0 {
+            // `max_clients = 0`: nothing here needs the table (check refuses the keys that do).
+            return Ok(());
+        }
         let held = match self.slots {
             Slots::Tcp { .. } => {
                 let fair = crate::admit::fair_share(&self.shared, ctx, self.client.ip());

@@ -24,6 +24,7 @@ const RATE_KEYS: &[&str] = &["rate", "burst"];
 
 impl Walker<'_> {
     pub(super) fn client_limits(&mut self, t: &DeTable<'_>, path: &str, f: &mut Frontend) -> bool {
+        let frontend = t;
         let Some(v) = t.get("limits") else { return true };
         let path = format!("{path}.limits");
         let Some(t) = self.table(v, &path) else { return false };
@@ -66,9 +67,41 @@ impl Walker<'_> {
             l.ipv6_prefix = n as u8;
         }
         if let Some(x) = t.get("max_clients")
-            && let Some(n) = self.integer(x, &format!("{path}.max_clients"), 16, 10_000_000)
+            && let Some(n) = self.integer(x, &format!("{path}.max_clients"), 0, 10_000_000)
         {
+            if (1..16).contains(&n) {
+                self.error(
+                    x,
+                    &format!("{path}.max_clients"),
+                    format!("{n} is out of range (0 to track no client, or 16-10000000)"),
+                );
+            }
             l.max_clients = n as usize;
+        }
+        if let Some(x) = t.get("max_clients")
+            && l.max_clients == 0
+        {
+            let limited = l.conn_per_client.is_some()
+                || l.conn_rate_per_client.is_some()
+                || l.request_rate_per_client.is_some()
+                || l.datagram_rate_per_client.is_some();
+            // The fair share is on unless the frontend turns it off itself.
+            let fair = stream
+                && !matches!(
+                    frontend.get("fair_share").map(|v| v.get_ref()),
+                    Some(DeValue::Boolean(false))
+                );
+            let key = format!("{path}.max_clients");
+            if limited {
+                self.error(x, &key, "0 tracks no client, so no per-client limit could be counted");
+            } else if fair {
+                self.error(
+                    x,
+                    &key,
+                    "0 tracks no client, and the fair share counts what each address holds: \
+                     set fair_share = false on the frontend too",
+                );
+            }
         }
         if let Some(x) = t.get("ban") {
             let limited = l.conn_per_client.is_some()
@@ -255,6 +288,13 @@ mod tests {
         assert!(e[0].contains("needs `rate`"), "{e:?}");
         let e = config("tcp", "conn_per_client = 0").unwrap_err();
         assert!(e[0].contains("out of range"), "{e:?}");
+        let e = config("tcp", "max_clients = 8").unwrap_err();
+        assert!(e[0].contains("0 to track no client"), "{e:?}");
+        let e = config("tcp", "max_clients = 0").unwrap_err();
+        assert!(e[0].contains("set fair_share = false"), "{e:?}");
+        let e = config("http", "max_clients = 0\nrequest_rate_per_client = \"5/s\"").unwrap_err();
+        assert!(e[0].contains("no per-client limit"), "{e:?}");
+        assert_eq!(config("udp", "max_clients = 0").unwrap().frontends[0].limits.max_clients, 0);
         let e = config("tcp", "per_client = 3").unwrap_err();
         assert!(e[0].contains("unknown key"), "{e:?}");
     }
