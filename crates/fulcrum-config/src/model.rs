@@ -268,11 +268,9 @@ pub struct ClientLimits {
     pub datagram_rate_per_client: Option<fulcrum_core::clients::Rate>,
     /// IPv6 clients are counted by this many leading bits of their address.
     pub ipv6_prefix: u8,
-    /// Client addresses tracked at once per frontend (the least recently seen without an
-    /// open connection are forgotten first): bounds the table's memory.
+    /// Client addresses tracked at once per frontend (`0`: none), bounding the table's memory.
     pub max_clients: usize,
-    /// `ban`: a client refused by these limits `after` times `within` a window is put on the
-    /// runtime block list `for` a while.
+    /// `ban`: refused `after` times `within` a window puts a client on the block list `for` long.
     pub ban: Option<Ban>,
 }
 
@@ -525,16 +523,19 @@ pub struct Pool {
     pub retry_budget_percent: u32,
     /// HTTP: `sticky = { cookie, ttl }`, a cookie that keeps a client on its server.
     pub sticky: Option<Sticky>,
-    /// TCP: `send_proxy = "v1" | "v2"`, a PROXY protocol header naming the client first on
-    /// every server connection.
+    /// `send_proxy = "v1" | "v2"`: a PROXY header naming the client opens each server connection.
     pub send_proxy: Option<ProxyVersion>,
-    /// What the hashing algorithms hash (`hash = "header:NAME" | "cookie:NAME" | "path"`);
-    /// the client's address by default and whenever the keyed part is missing.
+    /// `hash = "header:NAME" | "cookie:NAME" | "path"`; else (or if missing) the client address.
     pub hash: HashKey,
-    /// `[pool.NAME.tls]`: connections to the servers are TLS (`None`: plain TCP, also when
-    /// the table says `enabled = false`).
+    /// `[pool.NAME.tls]`: TLS to the servers (`None`: plain TCP, or `enabled = false`).
     pub tls: Option<PoolTls>,
+    /// `receive_buffer`: SO_RCVBUF of server connections (`None`: the kernel's autotuning).
+    pub receive_buffer: Option<u32>,
 }
+
+/// The default `receive_buffer`: what a client that reads nothing can park in the kernel
+/// on the server side of its connection (docs/guards.md, "Slow clients").
+pub const DEFAULT_RECEIVE_BUFFER: u32 = 64 << 10;
 
 /// `[pool.NAME.tls]`: how fulcrum speaks TLS to a pool's servers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -671,6 +672,7 @@ impl Pool {
             algorithm,
             servers,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            receive_buffer: Some(DEFAULT_RECEIVE_BUFFER),
             retries: DEFAULT_RETRIES,
             eject: EjectPolicy::default(),
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,

@@ -415,6 +415,8 @@ pub struct PoolState {
     pub balancer: Balancer,
     pub servers: Vec<ServerEntry>,
     pub connect_timeout: Duration,
+    /// `receive_buffer`: SO_RCVBUF of its server connections (`None`: autotuned).
+    pub receive_buffer: Option<u32>,
     pub retries: u32,
     pub eject: EjectPolicy,
     pub max_ejection_percent: u32,
@@ -663,6 +665,7 @@ impl Snapshot {
                 balancer,
                 servers,
                 connect_timeout: p.connect_timeout,
+                receive_buffer: p.receive_buffer,
                 retries: p.retries,
                 eject: p.eject,
                 max_ejection_percent: p.max_ejection_percent,

@@ -21,6 +21,7 @@ fn pool(n: usize, max_percent: u32) -> PoolState {
         balancer: Balancer::new(Algorithm::RoundRobin, &[]),
         servers,
         connect_timeout: Duration::from_secs(1),
+        receive_buffer: None,
         retries: 2,
         eject: EjectPolicy { failures: 1, base_ms: 1_000, max_ms: 1_000 },
         max_ejection_percent: max_percent,

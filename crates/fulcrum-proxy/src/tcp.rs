@@ -174,7 +174,10 @@ async fn connect(
         let started = std::time::Instant::now();
         // One deadline for the TCP connect and what follows it (PROXY header, TLS handshake).
         let deadline = tokio::time::Instant::now() + pool.connect_timeout;
-        let res = tokio::time::timeout_at(deadline, crate::connect::connect(server.addr));
+        let res = tokio::time::timeout_at(
+            deadline,
+            crate::connect::connect(server.addr, pool.receive_buffer),
+        );
         let err = match res.await {
             Ok(Ok(stream)) => {
                 server.stats.on_connected(started.elapsed());

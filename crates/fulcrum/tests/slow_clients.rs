@@ -2,7 +2,7 @@
 //! server hears of it, `min_body_rate` answers 408 to an upload that trickles, and with
 //! default settings one address holding 10,000 slowloris connections (partial request heads,
 //! a line every 2 s) or 4,000 slow-read ones (1 MiB answers, a small receive buffer, nothing
-//! read; 1,000 in the test, see `SLOW_READERS`) does not stop a legitimate client from 127.0.0.1, opening a new connection per
+//! read) does not stop a legitimate client from 127.0.0.1, opening a new connection per
 //! request at 200 a second, from being served. The attackers are this test process; the
 //! balancer and the backends are processes of their own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -289,14 +289,13 @@ fn nginx_big() -> TestServer {
     )
 }
 
-/// Slow readers in the test. The issue asks for 4,000; with the server, the balancer and the
-/// clients on one host, 4,000 answers of 1 MiB buffered in the balancer's client sockets
-/// (loopback's 64 KiB segments let their send buffers grow to hold a whole answer) pass
-/// this host's `tcp_mem` limit (about 2.2 GB here), and the kernel then resets connections
-/// of every process: the CI run of 0f7253a served 22 of 100. 1,000 stay under its pressure
-/// mark. bench/attack/run.py runs the 4,000 (all served, BENCHMARKS.md); bounding the unsent
-/// bytes per client socket (TCP_NOTSENT_LOWAT) is the fix not yet built.
-const SLOW_READERS: usize = 1_000;
+/// Slow readers: the issue's 4,000. With the server, the balancer and the clients on one
+/// host, all their sockets share the kernel's `tcp_mem` (about 2.2 GB here, pressure from
+/// 1.5 GB). Before the balancer bounded what a client that reads nothing parks in the kernel
+/// (TCP_NOTSENT_LOWAT on its client sockets, a fixed `receive_buffer` on its server
+/// connections), 4,000 answers of 1 MiB passed that limit and the kernel reset connections of
+/// every process (the CI run of 0f7253a served 22 of 100).
+const SLOW_READERS: usize = 4_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_from_one_address_do_not_crowd_out_another() {

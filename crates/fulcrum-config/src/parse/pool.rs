@@ -34,6 +34,7 @@ const POOL_KEYS: &[&str] = &[
     "send_proxy",
     "hash",
     "tls",
+    "receive_buffer",
 ];
 const QUEUE_KEYS: &[&str] = &["size", "timeout"];
 const EJECT_KEYS: &[&str] = &["failures", "backoff", "max_backoff", "max_percent"];
@@ -65,6 +66,13 @@ impl Walker<'_> {
             pool.connect_timeout = self
                 .nonzero_duration(cv, &format!("{path}.connect_timeout"))
                 .unwrap_or(pool.connect_timeout);
+        }
+        if let Some(x) = t.get("receive_buffer") {
+            let key = format!("{path}.receive_buffer");
+            pool.receive_buffer = match x.get_ref() {
+                DeValue::String(s) if s.as_ref() == "auto" => None,
+                _ => self.size(x, &key, 4096, 64 << 20).map(|n| n as u32).or(pool.receive_buffer),
+            };
         }
         if let Some(rv) = t.get("retries") {
             pool.retries = self

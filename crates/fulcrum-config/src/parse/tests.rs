@@ -779,3 +779,15 @@ fn admin_tls_parses_relative_to_the_file_and_is_checked() {
     assert!(e.iter().any(|x| x.contains("admin.tls.key") && x.contains("missing key")), "{e:?}");
     assert!(e.iter().any(|x| x.contains("admin.tls.chain")), "{e:?}");
 }
+
+#[test]
+fn receive_buffer_defaults_and_auto() {
+    let c = parse_str(GOOD, "f.toml").unwrap();
+    assert_eq!(c.pools[0].receive_buffer, Some(crate::DEFAULT_RECEIVE_BUFFER));
+    for (v, want) in [("\"auto\"", None), ("\"256KiB\"", Some(256 << 10))] {
+        let c = parse_str(&format!("{GOOD}receive_buffer = {v}\n"), "f.toml").unwrap();
+        assert_eq!(c.pools[0].receive_buffer, want, "{v}");
+    }
+    let e = errors(&format!("{GOOD}receive_buffer = \"1KiB\"\n"));
+    assert!(e[0].contains("pool.app.receive_buffer"), "{e:?}");
+}

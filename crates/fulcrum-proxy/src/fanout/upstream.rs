@@ -268,7 +268,12 @@ async fn connect(shared: &Arc<Shared>, pool: &PoolState, index: usize) -> io::Re
         return Err(io::Error::from_raw_os_error(crate::listener::libc_errno::EMFILE));
     };
     let started = Instant::now();
-    match tokio::time::timeout(pool.connect_timeout, crate::connect::connect(server.addr)).await {
+    match tokio::time::timeout(
+        pool.connect_timeout,
+        crate::connect::connect(server.addr, pool.receive_buffer),
+    )
+    .await
+    {
         Ok(Ok(s)) => {
             server.stats.on_connect_success(started.elapsed());
             Ok(Conn { s, _fd: fd })

@@ -174,7 +174,10 @@ pub(crate) async fn connect(
     let deadline = tokio::time::Instant::now() + pool.connect_timeout;
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
     let started = Instant::now();
-    let tcp = tokio::time::timeout_at(deadline, crate::connect::connect(server.addr));
+    let tcp = tokio::time::timeout_at(
+        deadline,
+        crate::connect::connect(server.addr, pool.receive_buffer),
+    );
     let mut stream = tcp.await.map_err(|_| timed_out())??;
     server.stats.on_connected(started.elapsed());
     let (key, version) = (Key::of(pool, server, client.0), pool.http.version);
