@@ -306,13 +306,13 @@ pub struct TlsFrontend {
     pub min_version: TlsVersion,
     /// Refuse clients without SNI or with a name no certificate has, instead of the default.
     pub sni_strict: bool,
-    /// `client_ca`: PEM file of the CAs whose client certificates are accepted; `None`: no
-    /// client certificate is asked for.
+    /// `session_resumption` (tickets, session cache; default on): `false` = full handshakes.
+    pub session_resumption: bool,
+    /// `client_ca`: PEM of the CAs whose client certificates pass; `None`: none asked for.
     pub client_ca: Option<PathBuf>,
     /// `client_auth`: with `client_ca`, whether a client may come without a certificate.
     pub client_auth: ClientAuth,
-    /// `client_cert_header`: the request header carrying the verified client's subject to the
-    /// servers; clients' own copies are always removed.
+    /// `client_cert_header`: the verified client's subject, to the servers (clients' removed).
     pub client_cert_header: String,
 }
 

@@ -267,6 +267,12 @@ pub(crate) fn build(
             && *pca == ca_digest.as_ref()
     });
     match same_clients {
+        // `session_resumption = false`: every handshake is a full one (rustls' default
+        // ticketer makes no ticket; the storage keeps no session; no TLS 1.3 ticket is sent).
+        _ if !t.session_resumption => {
+            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            cfg.send_tls13_tickets = 0;
+        }
         Some((_, _, old)) => {
             cfg.ticketer = old.ticketer.clone();
             cfg.session_storage = old.session_storage.clone();

@@ -250,3 +250,40 @@ fn a_bad_certificate_stops_the_start_naming_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("frontend web: certificate {}", b.display())), "{err}");
 }
+
+/// TLS 1.2 sessions through `openssl s_client -sess_out` / `-sess_in`: resumed by default
+/// (a ticket), never with `session_resumption = false` (every handshake a full one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resumption_is_on_by_default_and_can_be_turned_off() {
+    let pki = std::sync::Arc::new(Pki::make());
+    for (extra, resumed) in [("", true), ("session_resumption = false", false)] {
+        let d = Daemon::run_config(&config(backend(), &pki.tls_table(extra)));
+        let front = d.addr("web");
+        let k = pki.clone();
+        let sess = k.path(&format!("sess-{resumed}.pem"));
+        let (first, second) = tokio::task::spawn_blocking(move || {
+            let s = sess.to_string_lossy().into_owned();
+            let first = s_client(&k, front, &["-servername", "a.test", "-tls1_2", "-sess_out", &s]);
+            // s_client writes no file for a session that cannot be resumed (no ticket, no id).
+            let second = std::path::Path::new(&s).exists().then(|| {
+                s_client(&k, front, &["-servername", "a.test", "-tls1_2", "-sess_in", &s])
+            });
+            (first, second)
+        })
+        .await
+        .unwrap();
+        assert!(first.0 && first.1.contains("New,"), "first handshake: {}", first.1);
+        let text = second.map(|(_, t)| t).unwrap_or_default();
+        let reused = text.contains("Reused,");
+        assert_eq!(reused, resumed, "{extra:?}: {text}");
+        if !resumed {
+            // Served by a full handshake all the same.
+            let k = pki.clone();
+            let again = tokio::task::spawn_blocking(move || {
+                s_client(&k, front, &["-servername", "a.test", "-tls1_2"])
+            });
+            let again = again.await.unwrap();
+            assert!(again.0 && again.1.contains("New,"), "{}", again.1);
+        }
+    }
+}

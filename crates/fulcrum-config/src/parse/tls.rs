@@ -14,6 +14,7 @@ const TLS_KEYS: &[&str] = &[
     "client_ca",
     "client_auth",
     "client_cert_header",
+    "session_resumption",
 ];
 const CERT_KEYS: &[&str] = &["cert", "key"];
 const POOL_TLS_KEYS: &[&str] = &["enabled", "ca", "server_name", "verify", "cert", "key", "alpn"];
@@ -86,6 +87,7 @@ impl Walker<'_> {
             certificates: Vec::new(),
             min_version: TlsVersion::V1_2,
             sni_strict: false,
+            session_resumption: true,
             client_ca: None,
             client_auth: ClientAuth::Required,
             client_cert_header: DEFAULT_CLIENT_CERT_HEADER.to_string(),
@@ -163,6 +165,12 @@ impl Walker<'_> {
         if let Some(sv) = tt.get("sni_strict") {
             match self.boolean(sv, &format!("{tpath}.sni_strict")) {
                 Some(b) => tls.sni_strict = b,
+                None => ok = false,
+            }
+        }
+        if let Some(sv) = tt.get("session_resumption") {
+            match self.boolean(sv, &format!("{tpath}.session_resumption")) {
+                Some(b) => tls.session_resumption = b,
                 None => ok = false,
             }
         }
