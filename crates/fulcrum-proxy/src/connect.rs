@@ -5,7 +5,8 @@
 //! on the socket before `connect`, and the error is fetched only when epoll reports the
 //! handshake failed: a refused or reset handshake leaves the socket closed for writing
 //! (`EPOLLHUP`, and `EPOLLERR` with the error). A connection that succeeds costs
-//! `socket`, `setsockopt`, `connect` and the epoll registration, as in HAProxy.
+//! `socket`, a `setsockopt` per option (`TCP_NODELAY`, and the pool's `receive_buffer` unless
+//! it is `"auto"`), `connect` and the epoll registration, as in HAProxy.
 
 use std::io;
 use std::net::SocketAddr;

@@ -22,9 +22,16 @@ const BAN_KEYS: &[&str] = &["after", "within", "for"];
 const MAX_BAN: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 const RATE_KEYS: &[&str] = &["rate", "burst"];
 
+/// Whether any per-client limit is set (what `ban` counts and `max_clients = 0` forbids).
+fn limited(l: &crate::model::ClientLimits) -> bool {
+    l.conn_per_client.is_some()
+        || l.conn_rate_per_client.is_some()
+        || l.request_rate_per_client.is_some()
+        || l.datagram_rate_per_client.is_some()
+}
+
 impl Walker<'_> {
     pub(super) fn client_limits(&mut self, t: &DeTable<'_>, path: &str, f: &mut Frontend) -> bool {
-        let frontend = t;
         let Some(v) = t.get("limits") else { return true };
         let path = format!("{path}.limits");
         let Some(t) = self.table(v, &path) else { return false };
@@ -80,36 +87,14 @@ impl Walker<'_> {
         }
         if let Some(x) = t.get("max_clients")
             && l.max_clients == 0
+            && limited(l)
         {
-            let limited = l.conn_per_client.is_some()
-                || l.conn_rate_per_client.is_some()
-                || l.request_rate_per_client.is_some()
-                || l.datagram_rate_per_client.is_some();
-            // The fair share is on unless the frontend turns it off itself.
-            let fair = stream
-                && !matches!(
-                    frontend.get("fair_share").map(|v| v.get_ref()),
-                    Some(DeValue::Boolean(false))
-                );
             let key = format!("{path}.max_clients");
-            if limited {
-                self.error(x, &key, "0 tracks no client, so no per-client limit could be counted");
-            } else if fair {
-                self.error(
-                    x,
-                    &key,
-                    "0 tracks no client, and the fair share counts what each address holds: \
-                     set fair_share = false on the frontend too",
-                );
-            }
+            self.error(x, &key, "0 tracks no client, so no per-client limit could be counted");
         }
         if let Some(x) = t.get("ban") {
-            let limited = l.conn_per_client.is_some()
-                || l.conn_rate_per_client.is_some()
-                || l.request_rate_per_client.is_some()
-                || l.datagram_rate_per_client.is_some();
             let key = format!("{path}.ban");
-            if !limited {
+            if !limited(l) {
                 self.error(
                     x,
                     &key,
@@ -195,6 +180,22 @@ impl Walker<'_> {
             if let Some(nets) = self.net_list(x, &key) {
                 f.fair_share.exempt = std::sync::Arc::new(fulcrum_core::acl::IpSet::new(&nets));
             }
+        }
+        // After `client_limits`: `max_clients = 0` leaves the fair share nothing to count.
+        if stream
+            && f.fair_share.enabled
+            && f.limits.max_clients == 0
+            && let Some(x) = t
+                .get("limits")
+                .and_then(|v| v.get_ref().as_table())
+                .and_then(|l| l.get("max_clients"))
+        {
+            self.error(
+                x,
+                &format!("{path}.limits.max_clients"),
+                "0 tracks no client, and the fair share counts what each address holds: \
+                 set fair_share = false on the frontend too",
+            );
         }
         self.errors.len() == before
     }
