@@ -148,7 +148,7 @@ def nginx_big(tmp):
             "events { worker_connections 10000; }\n"
             f"http {{ access_log off; client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;\n"
             f"fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;\n"
-            f"server {{ listen 127.0.0.1:{port} sndbuf=64k; root {tmp}; }} }}\n"
+            f"server {{ listen 127.0.0.1:{port} sndbuf=64k backlog=4096; root {tmp}; }} }}\n"
         )
     p = subprocess.Popen(["nginx", "-e", "stderr", "-p", tmp, "-c", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
