@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use super::body::{Exchange, ReqBody, RespBody, ServerSlot, Upload};
 use super::headers::{self as hdr, Forwarding, X_REQUEST_ID};
-use super::io::{ClientStream, HttpIo, Phase};
+use super::io::{ClientStream, HttpIo, Phase, QuietTimer};
 use super::upstream::{self, Sender};
 use super::{ClientCert, ConnInfo};
 use crate::clock::now_ms;
@@ -170,16 +170,20 @@ async fn serve_h1<S: ClientStream>(
         .max_headers(settings.max_headers)
         .timer(TokioTimer::new());
     let phase = &conn.phase;
+    let mut quiet = QuietTimer::new();
     loop {
         let mut c = builder.serve_connection(TokioIo::new(io), service(conn));
         let (mut parking, mut stopping) = (false, false);
         loop {
             tokio::select! {
+                // hyper first: the quiet timer reads what that poll left.
+                biased;
                 r = std::future::poll_fn(|cx| c.poll_without_shutdown(cx)) => {
                     r?;
                     break;
                 }
-                () = quiet_for(phase, PARK_AFTER), if S::PARKS && !parking && !stopping => {
+                () = std::future::poll_fn(|cx| quiet.poll_quiet(phase, PARK_AFTER, cx)),
+                    if S::PARKS && !parking && !stopping => {
                     parking = true;
                     Pin::new(&mut c).graceful_shutdown();
                 }
@@ -207,23 +211,6 @@ async fn serve_h1<S: ClientStream>(
                 () = conn.ctx.retired.cancelled() => return Ok(()),
             }
         }
-    }
-}
-
-/// Resolves once the connection has been quiet (no request in progress, nothing read since
-/// the last one, every response byte flushed) for `d`.
-async fn quiet_for(phase: &Phase, d: std::time::Duration) {
-    loop {
-        let quiet =
-            phase.quiet.load(Ordering::Relaxed) && phase.active.load(Ordering::Relaxed) == 0;
-        let since = phase.idle_since_ms.load(Ordering::Relaxed);
-        let idle = now_ms().saturating_sub(since);
-        let want = d.as_millis() as u64;
-        if quiet && idle >= want {
-            return;
-        }
-        let wait = if quiet { want - idle } else { want };
-        tokio::time::sleep(std::time::Duration::from_millis(wait.max(1))).await;
     }
 }
 
