@@ -404,6 +404,11 @@ async fn the_config_box_checks_applies_keeping_bak_and_refuses_a_read_only_file(
         assert_eq!(std::fs::read_to_string(&bak).unwrap(), original);
         let pools = s.get("/api/v1/pools");
         assert_eq!(pools["pools"][0]["servers"].as_array().unwrap().len(), 2, "{pools}");
+        // The live view counts the reload and says how long the daemon has run.
+        wait_until(Duration::from_secs(5), "the overview to count the reload", || {
+            s.get("/api/v1/overview")["reloads"] == 1
+        });
+        assert!(s.get("/api/v1/overview")["uptime_s"].is_u64());
         // Read-only: refused, nothing written.
         let mut perm = std::fs::metadata(s.path()).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o444);

@@ -263,6 +263,11 @@ fn top_shows_rates_rising_under_load_and_drains_with_its_keys() {
     // Its sparkline has a bar above the idle one (the row's last word is the sparkline).
     let spark = server_row(&busy, &a1).unwrap().last().unwrap().to_string();
     assert!(spark.chars().any(|c| "▂▃▄▅▆▇█".contains(c)), "sparkline {spark:?}:\n{busy}");
+    // The header tells how long the daemon has run; it was never reloaded.
+    assert!(
+        busy.lines().next().is_some_and(|l| l.contains(" · up ") && l.contains("0 reloads")),
+        "{busy}"
+    );
 
     // Select the second server; `d` asks, `n` leaves it alone.
     assert_eq!(selected(&busy).as_deref(), Some(a1.as_str()));

@@ -82,6 +82,8 @@ async fn run_sampler(d: Arc<Dashboard>, view: ReadView, stop: CancellationToken)
     let mut last = Instant::now();
     let mut last_at = 0;
     let mut last_seq = d.events.last_seq();
+    // The sampler starts with the daemon: its age is the daemon's uptime.
+    let started = Instant::now();
     // The first tick at once, so the overview is there as soon as the listener is.
     let mut wait = 0;
     loop {
@@ -105,6 +107,8 @@ async fn run_sampler(d: Arc<Dashboard>, view: ReadView, stop: CancellationToken)
                 h.forget_older(at, FORGET_AFTER_S);
             }
             v["clients"] = json!(crate::clients_api::top_clients(&snap, None, 10));
+            v["uptime_s"] = json!(started.elapsed().as_secs());
+            v["reloads"] = json!(view.reloads.load(std::sync::atomic::Ordering::Relaxed));
             v["history"] = json!({
                 "series": h.len(), "bytes": h.bytes(),
                 "bytes_per_series_max": history::BYTES_PER_SERIES,

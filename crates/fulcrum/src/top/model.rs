@@ -95,6 +95,9 @@ impl Pool {
 pub struct Overview {
     /// The daemon's clock, Unix seconds, of the sample.
     pub t: Option<u64>,
+    /// Seconds since the daemon started, and its reloads so far.
+    pub uptime_s: Option<u64>,
+    pub reloads: Option<u64>,
     pub frontends: Vec<Frontend>,
     pub pools: Vec<Pool>,
 }
@@ -162,7 +165,13 @@ pub fn parse_overview(v: &Value) -> Result<Overview, String> {
             }
         })
         .collect();
-    Ok(Overview { t: v["t"].as_u64(), frontends, pools })
+    Ok(Overview {
+        t: v["t"].as_u64(),
+        uptime_s: v["uptime_s"].as_u64(),
+        reloads: v["reloads"].as_u64(),
+        frontends,
+        pools,
+    })
 }
 
 /// The two rates a sparkline may show, per second of the daemon's clock.

@@ -211,11 +211,21 @@ impl App {
             Some(t) => format!("{:02}:{:02}:{:02} UTC", t / 3600 % 24, t / 60 % 60, t % 60),
             None => "--:--:-- UTC".into(),
         };
-        let title = format!(
-            "fulcrum top · {} · {clock} · every {}",
-            self.api,
-            short_duration(self.interval)
-        );
+        let mut up = String::new();
+        if let Some(ov) = &self.overview
+            && let Some(u) = ov.uptime_s
+        {
+            up = format!(" · up {}", uptime(u));
+            if let Some(r) = ov.reloads {
+                up.push_str(&format!(", {}", plural(r as usize, "reload")));
+            }
+        }
+        let mut title = format!("fulcrum top · {} · {clock}{up}", self.api);
+        let every = format!(" · every {}", short_duration(self.interval));
+        // The interval is the operator's own choice: the first thing left out when narrow.
+        if title.chars().count() + every.chars().count() <= width {
+            title.push_str(&every);
+        }
         let mut counts = String::new();
         if let Some(ov) = &self.overview {
             let servers: Vec<&Server> = ov.pools.iter().flat_map(|p| &p.servers).collect();
@@ -465,6 +475,17 @@ fn short_duration(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
+    }
+}
+
+/// An uptime in its two largest units: `45s`, `12m 5s`, `3h 12m`, `2d 3h`.
+pub(crate) fn uptime(s: u64) -> String {
+    let (d, h, m) = (s / 86_400, s / 3_600 % 24, s / 60 % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {}s", s % 60),
+        (0, ..) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
     }
 }
 

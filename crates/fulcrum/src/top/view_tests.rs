@@ -136,10 +136,31 @@ fn keys_without_a_server_do_nothing_harmful() {
 }
 
 #[test]
+fn uptimes_show_their_two_largest_units() {
+    let cases = [(45, "45s"), (725, "12m 5s"), (11_525, "3h 12m"), (183_600, "2d 3h")];
+    for (secs, text) in cases {
+        assert_eq!(uptime(secs), text);
+    }
+}
+
+#[test]
 fn rows_show_rates_states_and_the_unit_of_the_pool() {
     let a = app();
     let head = a.header(200);
     assert_eq!(head[0].text, "fulcrum top · http://127.0.0.1:9090 · 13:01:01 UTC · every 500ms");
+    let mut b = App::new("http://127.0.0.1:9090".into(), Duration::from_secs(1));
+    let mut v = overview(3_600 * 13 + 61);
+    v["uptime_s"] = json!(3 * 3_600 + 12 * 60 + 5);
+    v["reloads"] = json!(2);
+    b.on_overview(parse_overview(&v));
+    assert_eq!(
+        b.header(200)[0].text,
+        "fulcrum top · http://127.0.0.1:9090 · 13:01:01 UTC · up 3h 12m, 2 reloads · every 1s"
+    );
+    assert_eq!(
+        b.header(80)[0].text,
+        "fulcrum top · http://127.0.0.1:9090 · 13:01:01 UTC · up 3h 12m, 2 reloads"
+    );
     assert_eq!(
         head[1].text,
         "2 frontends · 2 pools · 3 servers: 1 in rotation, 1 drain, 0 maint, 1 failing"
