@@ -454,7 +454,7 @@ async fn secrets_are_hidden_in_the_config_view_and_put_back_on_apply() {
 async fn the_admin_listener_serves_tls() {
     let a = Backend::start(Mode::Echo).await;
     let pki = Pki::new();
-    pki.ca("ca");
+    pki.ca("ca", "fulcrum test CA");
     pki.leaf("ca", "admin", "localhost", "DNS:localhost,IP:127.0.0.1");
     let tls = format!(
         "tls = {{ cert = \"{}\", key = \"{}\" }}\n",

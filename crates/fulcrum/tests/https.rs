@@ -11,35 +11,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-include!("support/pki.rs");
-
-impl Pki {
-    /// A test CA and two leaf certificates signed by it: `a.test` and `*.b.test`.
-    fn make() -> Pki {
-        let pki = Pki::new();
-        pki.ca("ca");
-        pki.leaf("ca", "a", "a.test", "DNS:a.test");
-        pki.leaf("ca", "b", "*.b.test", "DNS:*.b.test");
-        pki
-    }
-
-    fn tls_table(&self, extra: &str) -> String {
-        format!(
-            "[frontend.web.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}, \
-             {{ cert = \"{}\", key = \"{}\" }}]\n{extra}\n",
-            self.path("a.pem").display(),
-            self.path("a.key").display(),
-            self.path("b.pem").display(),
-            self.path("b.key").display()
-        )
-    }
-}
+#[path = "support/tls.rs"]
+mod tls_support;
+use tls_support::Pki;
 
 /// An HTTP/1 keep-alive backend answering `proto=<X-Forwarded-Proto>`.
 fn backend() -> std::net::SocketAddr {

@@ -33,11 +33,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// A test CA and leaf certificates signed by it, each `{stem}.pem`/`{stem}.key` with its
-/// subject alternative names.
-struct Pki {
-    dir: tempfile::TempDir,
-}
+include!("support/pki.rs");
 
 const LEAVES: &[(&str, &[&str])] = &[
     ("a", &["a.test"]),
@@ -47,57 +43,16 @@ const LEAVES: &[(&str, &[&str])] = &[
 ];
 
 impl Pki {
+    /// A test CA and the leaves above signed by it, each `{stem}.pem`/`{stem}.key` with its
+    /// subject alternative names.
     fn make() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(d).output().expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend_from_slice(&ec);
-        ca.extend_from_slice(&["-days", "2", "-subj", "/CN=fulcrum test CA", "-keyout", "ca.key"]);
-        ca.extend_from_slice(&["-out", "ca.pem"]);
-        run(&ca);
+        let pki = Pki::new();
+        pki.ca("ca", "fulcrum test CA");
         for (stem, names) in LEAVES {
-            let subj = format!("/CN={}", names[0]);
-            let (key, csr, pem) =
-                (format!("{stem}.key"), format!("{stem}.csr"), format!("{stem}.pem"));
-            let mut req = vec!["req"];
-            req.extend_from_slice(&ec);
-            req.extend_from_slice(&["-subj", &subj, "-keyout", &key, "-out", &csr]);
-            run(&req);
-            let ext = format!("{stem}.ext");
             let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-            std::fs::write(d.join(&ext), format!("subjectAltName={}\n", sans.join(","))).unwrap();
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &pem,
-            ]);
+            pki.leaf("ca", stem, names[0], &sans.join(","));
         }
-        Pki { dir }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
+        pki
     }
 
     fn certs(&self, stem: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {

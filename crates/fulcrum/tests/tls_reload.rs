@@ -133,7 +133,7 @@ async fn certificate_swapped_under_200_clients_fails_no_request() {
     let pki = Pki::make();
     // Generations 1 to 3 of a.test's certificate, all from the same CA.
     for g in 1..=3 {
-        pki.leaf(
+        pki.cert(
             &format!("a{g}"),
             &format!("/O=gen {g}/CN=a.test"),
             "subjectAltName=DNS:a.test",

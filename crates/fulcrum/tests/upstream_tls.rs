@@ -37,8 +37,8 @@ include!("support/pki.rs");
 /// certificate; CA `other` with a server certificate for the same names.
 fn pki() -> Pki {
     let pki = Pki::new();
-    pki.ca("ca");
-    pki.ca("other");
+    pki.ca("ca", "fulcrum test CA");
+    pki.ca("other", "another CA");
     pki.leaf("ca", "server", "backend.test", "DNS:backend.test,IP:127.0.0.1");
     pki.leaf("other", "stranger", "backend.test", "DNS:backend.test,IP:127.0.0.1");
     pki.leaf("ca", "client", "fulcrum-client", "DNS:client.test");

@@ -1,74 +1,63 @@
-// A test PKI made with `openssl` for each test run: CAs and leaf certificates (EC P-256, valid
-// two days) in a temporary folder. Included by `include!`; the including file imports
-// `Command` and `PathBuf`.
+// The one test PKI of the TLS tests, made with `openssl` for each test run: CAs and
+// certificates (EC P-256, valid two days unless said) in a temporary folder. Included by
+// `include!` (support/tls.rs includes it too); the including file imports `Command` and
+// `PathBuf`.
 
-struct Pki {
-    dir: tempfile::TempDir,
+#[allow(dead_code)]
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    /// How long the certificates made are valid, in days.
+    pub days: String,
 }
 
 #[allow(dead_code)]
 impl Pki {
     fn new() -> Pki {
-        Pki { dir: tempfile::tempdir().unwrap() }
+        Pki::new_for_days(2)
     }
 
-    fn openssl(&self, args: &[&str]) {
+    pub fn new_for_days(days: u32) -> Pki {
+        Pki { dir: tempfile::tempdir().unwrap(), days: days.to_string() }
+    }
+
+    /// Runs openssl in the folder; its standard output.
+    pub fn openssl(&self, args: &[&str]) -> String {
         let out = Command::new("openssl")
             .args(args)
             .current_dir(self.dir.path())
             .output()
             .expect("openssl (apt-get install openssl)");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A self-signed CA: `NAME.pem`, `NAME.key`.
-    fn ca(&self, name: &str) {
-        let (pem, key, subj) =
-            (format!("{name}.pem"), format!("{name}.key"), format!("/CN=fulcrum test {name}"));
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &subj,
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-        ]);
+    /// A self-signed CA `{file}.pem`/`{file}.key` named `cn`.
+    pub fn ca(&self, file: &str, cn: &str) {
+        let (key, pem, subj) = (format!("{file}.key"), format!("{file}.pem"), format!("/CN={cn}"));
+        let mut args = vec!["req", "-x509"];
+        args.extend_from_slice(&EC_KEY);
+        args.extend_from_slice(&["-days", &self.days, "-subj", &subj, "-keyout", &key]);
+        args.extend_from_slice(&["-out", &pem]);
+        self.openssl(&args);
     }
 
-    /// A leaf certificate signed by CA `ca`: `FILE.pem`, `FILE.key`, and `FILE.both` (both in
-    /// one file, as HAProxy reads them). `san` as openssl writes it: `DNS:a.test,IP:127.0.0.1`.
-    fn leaf(&self, ca: &str, file: &str, cn: &str, san: &str) {
-        let (key, csr, pem, ext) = (
-            format!("{file}.key"),
-            format!("{file}.csr"),
-            format!("{file}.pem"),
-            format!("{file}.ext"),
-        );
-        let subj = format!("/CN={cn}");
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &subj,
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        std::fs::write(self.path(&ext), format!("subjectAltName={san}\n")).unwrap();
+    /// A server certificate signed by CA `ca`: `CN={cn}` and `san` as openssl writes it
+    /// (`DNS:a.test,IP:127.0.0.1`), in `{file}.pem`/`{file}.key`/`{file}.both`.
+    pub fn leaf(&self, ca: &str, file: &str, cn: &str, san: &str) {
+        self.cert(file, &format!("/CN={cn}"), &format!("subjectAltName={san}"), ca);
+    }
+
+    /// A certificate `{file}.pem`/`{file}.key` for `subj`, with the extension lines `ext`,
+    /// signed by the CA `{ca}.pem`; also `{file}.both` (both in one file, as HAProxy reads
+    /// them).
+    pub fn cert(&self, file: &str, subj: &str, ext: &str, ca: &str) {
+        let (key, csr, pem) = (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
+        let mut req = vec!["req"];
+        req.extend_from_slice(&EC_KEY);
+        req.extend_from_slice(&["-subj", subj, "-keyout", &key, "-out", &csr]);
+        self.openssl(&req);
+        let extfile = format!("{file}.ext");
+        std::fs::write(self.path(&extfile), format!("{ext}\n")).unwrap();
         let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
         self.openssl(&[
             "x509",
@@ -81,9 +70,9 @@ impl Pki {
             &ca_key,
             "-CAcreateserial",
             "-days",
-            "2",
+            &self.days,
             "-extfile",
-            &ext,
+            &extfile,
             "-out",
             &pem,
         ]);
@@ -92,12 +81,14 @@ impl Pki {
         std::fs::write(self.path(&format!("{file}.both")), both.concat()).unwrap();
     }
 
-    fn path(&self, f: &str) -> PathBuf {
+    pub fn path(&self, f: &str) -> PathBuf {
         self.dir.path().join(f)
     }
 
     /// `path` as a TOML string's content.
-    fn toml(&self, f: &str) -> String {
+    pub fn toml(&self, f: &str) -> String {
         self.path(f).display().to_string()
     }
 }
+
+const EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];

@@ -11,14 +11,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A test PKI in a temporary directory.
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-    /// How long the certificates made are valid, in days.
-    pub days: String,
-}
-
-const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+include!("pki.rs");
 
 impl Pki {
     /// The server CA (`ca.pem`) with `a.pem`/`a.key` (`a.test`) and `b.pem`/`b.key`
@@ -29,10 +22,10 @@ impl Pki {
 
     /// [`Pki::make`] with certificates valid for `days`.
     pub fn make_for_days(days: u32) -> Pki {
-        let pki = Pki { dir: tempfile::tempdir().unwrap(), days: days.to_string() };
+        let pki = Pki::new_for_days(days);
         pki.ca("ca", "fulcrum test CA");
-        pki.leaf("a", "/CN=a.test", "subjectAltName=DNS:a.test", "ca");
-        pki.leaf("b", "/CN=*.b.test", "subjectAltName=DNS:*.b.test", "ca");
+        pki.leaf("ca", "a", "a.test", "DNS:a.test");
+        pki.leaf("ca", "b", "*.b.test", "DNS:*.b.test");
         pki
     }
 
@@ -42,69 +35,15 @@ impl Pki {
     pub fn with_clients() -> Pki {
         let pki = Pki::make();
         pki.ca("client-ca", "fulcrum client CA");
-        pki.leaf(
+        pki.cert(
             "client",
             "/O=Fulcrum Test/CN=client one",
             "extendedKeyUsage=clientAuth",
             "client-ca",
         );
         pki.ca("rogue-ca", "someone else's CA");
-        pki.leaf("rogue", "/CN=rogue", "extendedKeyUsage=clientAuth", "rogue-ca");
+        pki.cert("rogue", "/CN=rogue", "extendedKeyUsage=clientAuth", "rogue-ca");
         pki
-    }
-
-    pub fn openssl(&self, args: &[&str]) -> String {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A self-signed CA `{file}.pem`/`{file}.key`.
-    pub fn ca(&self, file: &str, cn: &str) {
-        let (key, pem, subj) = (format!("{file}.key"), format!("{file}.pem"), format!("/CN={cn}"));
-        let mut args = vec!["req", "-x509"];
-        args.extend_from_slice(&EC);
-        args.extend_from_slice(&["-days", &self.days, "-subj", &subj, "-keyout", &key]);
-        args.extend_from_slice(&["-out", &pem]);
-        self.openssl(&args);
-    }
-
-    /// A leaf `{file}.pem`/`{file}.key` for `subj`, with the extension lines `ext`, signed by
-    /// the CA `{ca}.pem`.
-    pub fn leaf(&self, file: &str, subj: &str, ext: &str, ca: &str) {
-        let (key, csr, pem) = (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
-        let mut req = vec!["req"];
-        req.extend_from_slice(&EC);
-        req.extend_from_slice(&["-subj", subj, "-keyout", &key, "-out", &csr]);
-        self.openssl(&req);
-        let extfile = format!("{file}.ext");
-        std::fs::write(self.path(&extfile), format!("{ext}\n")).unwrap();
-        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            &self.days,
-            "-extfile",
-            &extfile,
-            "-out",
-            &pem,
-        ]);
-    }
-
-    pub fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
     }
 
     /// The subject of `{file}.pem` as OpenSSL prints it in RFC 2253 form.
