@@ -248,32 +248,19 @@ mod tests {
         let (client, server, task) = pair(1000, T);
         let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = up.iter().rev().copied().collect();
-        let (u, d) = (up.clone(), down.clone());
-        let client_side = async move {
-            let (mut r, mut w) = tokio::io::split(client);
+        /// Sends `out` and closes, while reading everything the other side sends.
+        async fn talk(end: DuplexStream, out: &[u8]) -> Vec<u8> {
+            let (mut r, mut w) = tokio::io::split(end);
             let send = async {
-                w.write_all(&u).await.unwrap();
+                w.write_all(out).await.unwrap();
                 w.shutdown().await.unwrap();
             };
             let mut got = Vec::new();
-            let recv = r.read_to_end(&mut got);
-            let (_, n) = tokio::join!(send, recv);
+            let (_, n) = tokio::join!(send, r.read_to_end(&mut got));
             n.unwrap();
             got
-        };
-        let server_side = async move {
-            let (mut r, mut w) = tokio::io::split(server);
-            let send = async {
-                w.write_all(&d).await.unwrap();
-                w.shutdown().await.unwrap();
-            };
-            let mut got = Vec::new();
-            let recv = r.read_to_end(&mut got);
-            let (_, n) = tokio::join!(send, recv);
-            n.unwrap();
-            got
-        };
-        let (at_client, at_server) = tokio::join!(client_side, server_side);
+        }
+        let (at_client, at_server) = tokio::join!(talk(client, &up), talk(server, &down));
         assert!(at_server == up, "the upload changed on its way");
         assert!(at_client == down, "the download changed on its way");
         let c = task.await.unwrap();
