@@ -47,6 +47,20 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
+/// A histogram family: one row per label set, each as `Histogram::snapshot` gives it.
+fn histograms(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (Labels, (f64, u64, Vec<(f64, u64)>))>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, (sum, count, buckets)) in rows {
+        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
 fn counter(v: u64) -> ConstCounter<u64> {
     ConstCounter::new(v)
 }
@@ -176,19 +190,12 @@ impl Collector for Scrape {
                 .map(|(l, sv)| (l, gauge(u64::from(sv.stats.is_ejected(self.now_ms)))))
                 .collect(),
         )?;
-        {
-            let mut m = enc.encode_descriptor(
-                "fulcrum_server_connect_seconds",
-                "Time to connect to the server.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (labels, sv) in servers() {
-                let (sum, count, buckets) = sv.stats.connect_time.snapshot();
-                m.encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-            }
-        }
+        histograms(
+            &mut enc,
+            "fulcrum_server_connect_seconds",
+            "Time to connect to the server.",
+            servers().map(|(l, sv)| (l, sv.stats.connect_time.snapshot())),
+        )?;
         family(
             &mut enc,
             "fulcrum_server_max_connections",
@@ -634,20 +641,13 @@ impl Scrape {
                 })
                 .collect(),
         )?;
-        {
-            let mut m = enc.encode_descriptor(
-                "fulcrum_http_request_seconds",
-                "HTTP request time, from the head to the end of the response.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for f in http_fronts() {
-                let (sum, count, buckets) = f.stats.http_latency.snapshot();
-                let labels: Labels = vec![("frontend", f.name.to_string())];
-                m.encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-            }
-        }
+        histograms(
+            enc,
+            "fulcrum_http_request_seconds",
+            "HTTP request time, from the head to the end of the response.",
+            http_fronts()
+                .map(|f| (vec![("frontend", f.name.to_string())], f.stats.http_latency.snapshot())),
+        )?;
         let mut rows = Vec::new();
         for f in http_fronts() {
             for (result, c) in [
@@ -686,20 +686,14 @@ impl Scrape {
                 })
                 .collect(),
         )?;
-        {
-            let mut m = enc.encode_descriptor(
-                "fulcrum_tls_handshake_seconds",
-                "TLS handshake time of https frontends.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for f in http_fronts() {
-                let (sum, count, buckets) = f.stats.tls_handshake_time.snapshot();
-                let labels: Labels = vec![("frontend", f.name.to_string())];
-                m.encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-            }
-        }
+        histograms(
+            enc,
+            "fulcrum_tls_handshake_seconds",
+            "TLS handshake time of https frontends.",
+            http_fronts().map(|f| {
+                (vec![("frontend", f.name.to_string())], f.stats.tls_handshake_time.snapshot())
+            }),
+        )?;
         let mut rows = Vec::new();
         for f in s.frontends.iter() {
             let Some(routes) = &f.routes else { continue };
