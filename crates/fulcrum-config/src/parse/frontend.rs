@@ -285,17 +285,9 @@ impl Walker<'_> {
         }
         if let Some(x) = t.get("framing") {
             let key = format!("{path}.framing");
-            match self.string(x, &key) {
-                Some("line") => f.framing = Framing::Line,
-                Some("message") => f.framing = Framing::Message,
-                Some(other) => {
-                    self.error(
-                        x,
-                        &key,
-                        format!("unknown framing \"{other}\" (expected: line, message)"),
-                    );
-                    ok = false;
-                }
+            let choices = [("line", Framing::Line), ("message", Framing::Message)];
+            match self.word(x, &key, "framing", &choices) {
+                Some(v) => f.framing = v,
                 None => ok = false,
             }
             if let Mode::Fanout(fan) | Mode::Hedge(fan) = &f.mode
@@ -335,15 +327,10 @@ impl Walker<'_> {
         }
         if let Some(x) = t.get("match") {
             let key = format!("{path}.match");
-            match self.string(x, &key) {
-                Some("none") => f.matching = AnswerMatch::OneAtATime,
-                Some("first-word") => f.matching = AnswerMatch::FirstWord,
-                Some(other) => self.error(
-                    x,
-                    &key,
-                    format!("unknown answer matching \"{other}\" (expected: none, first-word)"),
-                ),
-                None => {}
+            let choices =
+                [("none", AnswerMatch::OneAtATime), ("first-word", AnswerMatch::FirstWord)];
+            if let Some(v) = self.word(x, &key, "answer matching", &choices) {
+                f.matching = v;
             }
         }
         if let Some(x) = t.get("on_timeout") {

@@ -215,16 +215,10 @@ impl Walker<'_> {
                 self.check_keys(ht, &hpath, POOL_HTTP_KEYS);
                 let h = &mut pool.http;
                 if let Some(x) = ht.get("version") {
+                    let choices = [("h1", HttpVersion::H1), ("h2", HttpVersion::H2)];
                     let key = format!("{hpath}.version");
-                    match self.string(x, &key) {
-                        Some("h1") => h.version = HttpVersion::H1,
-                        Some("h2") => h.version = HttpVersion::H2,
-                        Some(other) => self.error(
-                            x,
-                            &key,
-                            format!("unknown version \"{other}\" (expected: h1, h2)"),
-                        ),
-                        None => {}
+                    if let Some(v) = self.word(x, &key, "version", &choices) {
+                        h.version = v;
                     }
                 }
                 if let Some(x) = ht.get("max_idle") {
@@ -246,14 +240,10 @@ impl Walker<'_> {
             }
         }
         if let Some(x) = t.get("send_proxy") {
+            let choices = [("v1", ProxyVersion::V1), ("v2", ProxyVersion::V2)];
             let key = format!("{path}.send_proxy");
-            match self.string(x, &key) {
-                Some("v1") => pool.send_proxy = Some(ProxyVersion::V1),
-                Some("v2") => pool.send_proxy = Some(ProxyVersion::V2),
-                Some(other) => {
-                    self.error(x, &key, format!("unknown version \"{other}\" (expected: v1, v2)"))
-                }
-                None => {}
+            if let Some(v) = self.word(x, &key, "version", &choices) {
+                pool.send_proxy = Some(v);
             }
         }
         if let Some(x) = t.get("retry_budget") {

@@ -61,6 +61,25 @@ impl Walker<'_> {
         }
     }
 
+    /// `v` as one of the words of `choices`, each with what it means; any other word is
+    /// reported as an unknown `what`, listing the words.
+    pub(super) fn word<T: Copy>(
+        &mut self,
+        v: &Value<'_>,
+        key: &str,
+        what: &str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let w = self.string(v, key)?;
+        if let Some((_, t)) = choices.iter().find(|(c, _)| *c == w) {
+            return Some(*t);
+        }
+        let words: Vec<&str> = choices.iter().map(|(c, _)| *c).collect();
+        let message = format!("unknown {what} \"{w}\" (expected: {})", words.join(", "));
+        self.error(v, key, message);
+        None
+    }
+
     pub(super) fn string<'v>(&mut self, v: &'v Value<'_>, key: &str) -> Option<&'v str> {
         match v.get_ref() {
             DeValue::String(s) => Some(s.as_ref()),
